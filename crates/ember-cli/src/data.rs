@@ -1,0 +1,154 @@
+//! `ember data fetch|list`, and finding datasets for other commands.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use ember_data::bpe::BpeTokenizer;
+use ember_data::datasets::{DataCache, Manifest, NoProgress};
+use ember_data::loader::{TokenWindows, WindowLoader, split_text};
+
+use crate::progress::FetchBar;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Download (or copy from $EMBER_DATA_MIRROR) and verify datasets into the cache.
+    Fetch(FetchArgs),
+    /// List the known datasets and whether each is cached and verified.
+    List,
+    /// Cut a corpus into sliding (input, target) windows and report the train/validation batches.
+    Windows(WindowsArgs),
+}
+
+#[derive(Args)]
+pub struct WindowsArgs {
+    /// Corpus: a text file or a single-file dataset name.
+    #[arg(long, default_value = "the-verdict")]
+    corpus: String,
+    /// Tokens per window (the model's context length).
+    #[arg(long, default_value_t = 256)]
+    max_length: usize,
+    /// Distance between window starts; equal to max_length for no overlap.
+    #[arg(long, default_value_t = 256)]
+    stride: usize,
+    #[arg(long, default_value_t = 2)]
+    batch_size: usize,
+    /// Fraction of the text (by characters) used for training; the rest is validation.
+    #[arg(long, default_value_t = 0.9)]
+    train_ratio: f64,
+    /// Tokenizer directory (encoder.json + vocab.bpe) [default: GPT-2's].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Dataset names (see `ember data list`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    names: Vec<String>,
+    /// Fetch every dataset of the manifest.
+    #[arg(long)]
+    all: bool,
+}
+
+pub fn run(cmd: DataCommand) -> Result<()> {
+    let manifest = Manifest::embedded();
+    let cache = DataCache::from_env();
+    match cmd {
+        DataCommand::Fetch(args) => {
+            let names: Vec<String> = if args.all {
+                manifest.datasets.iter().map(|d| d.name.clone()).collect()
+            } else {
+                args.names
+            };
+            for name in &names {
+                manifest.get(name)?; // unknown names fail before any download starts
+            }
+            for name in &names {
+                let paths = cache.fetch(name, &mut FetchBar::default())?;
+                for path in paths {
+                    println!("{name}: {}", path.display());
+                }
+            }
+        }
+        DataCommand::List => {
+            println!("cache: {}", cache.root().display());
+            for status in cache.status() {
+                println!(
+                    "{:<18} {:>10} bytes  {:<9} {}",
+                    status.name,
+                    status.size,
+                    if status.cached { "cached" } else { "missing" },
+                    status.license
+                );
+            }
+        }
+        DataCommand::Windows(args) => windows(args)?,
+    }
+    Ok(())
+}
+
+/// Reports what the pretraining loader makes of a corpus: the train split is shuffled-capable
+/// and drops its short last batch, the validation split keeps it (as in the book).
+fn windows(args: WindowsArgs) -> Result<()> {
+    let tokenizer = crate::tokenize::load_tokenizer(args.tokenizer.as_ref())?;
+    let text = ember_data::read_text_file(&resolve_text_source(&args.corpus)?)?;
+    let (train_text, val_text) = split_text(&text, args.train_ratio)?;
+    let build = |part: &str, what: &str, drop_last: bool| -> Result<WindowLoader> {
+        let windows =
+            TokenWindows::new(tokenizer.encode(part), args.max_length, args.stride, what)?;
+        Ok(WindowLoader::new(
+            windows,
+            args.batch_size,
+            None,
+            drop_last,
+        )?)
+    };
+    let train = build(train_text, "the training split", true)?;
+    let val = build(val_text, "the validation split", false)?;
+    for (name, loader) in [("train", &train), ("validation", &val)] {
+        println!(
+            "{name}: {} windows, {} batches of up to {}, {} tokens",
+            loader.windows().len(),
+            loader.num_batches(),
+            loader.batch_size(),
+            loader.num_tokens()
+        );
+    }
+    Ok(())
+}
+
+/// GPT-2's tokenizer from the data cache, fetched on first use.
+pub fn gpt2_tokenizer() -> Result<BpeTokenizer> {
+    let encoder = DataCache::from_env().file("gpt2-bpe", "gpt2/encoder.json")?;
+    let dir = encoder
+        .parent()
+        .context("encoder.json has no parent directory")?;
+    Ok(BpeTokenizer::from_dir(dir)?)
+}
+
+/// A text source given on the command line: an existing file, or the name of a dataset with a
+/// single file (fetched on first use).
+pub fn resolve_text_source(source: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(source);
+    if path.exists() {
+        return Ok(path);
+    }
+    let manifest = Manifest::embedded();
+    match manifest.get(source) {
+        Ok(entry) if entry.files.len() == 1 => {
+            let mut paths = DataCache::from_env().fetch(source, &mut NoProgress)?;
+            Ok(paths.remove(0))
+        }
+        _ => bail!(
+            "{source}: no such file (nor a single-file dataset: {})",
+            manifest
+                .datasets
+                .iter()
+                .filter(|d| d.files.len() == 1)
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}

@@ -1,0 +1,112 @@
+//! `--device`: the one place where ember picks a Burn backend.
+//!
+//! Library crates take a `Device`; which backends exist is decided here by cargo features
+//! (`flex` default, `ndarray`, `wgpu`, `cuda`). Asking for a backend that was not compiled in is
+//! a one-line error naming the feature to enable.
+
+use anyhow::{Result, bail};
+use burn::prelude::Device;
+
+/// Backends this binary was built with, for `--help` and `ember info`.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if cfg!(feature = "flex") {
+        names.push("flex");
+    }
+    if cfg!(feature = "ndarray") {
+        names.push("ndarray");
+    }
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        names.push("cuda");
+    }
+    names
+}
+
+fn not_compiled(spec: &str, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "device `{spec}` needs the `{feature}` backend, which this ember was built without; \
+         rebuild with `cargo build --release -p ember-cli --features {feature}` \
+         (compiled in: {})",
+        compiled_backends().join(", ")
+    )
+}
+
+/// Parses `cpu | flex | ndarray | wgpu[:N] | cuda[:N]` into a device.
+///
+/// `cpu` is the pure-Rust `flex` backend (or `ndarray` when only that one is compiled in).
+/// `wgpu:N` selects the N-th discrete GPU, plain `wgpu` the adapter wgpu prefers.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let (kind, index) = match spec.split_once(':') {
+        Some((kind, index)) => {
+            let Ok(index) = index.parse::<usize>() else {
+                bail!("device `{spec}`: `{index}` is not a device index (expected e.g. cuda:0)");
+            };
+            (kind, Some(index))
+        }
+        None => (spec, None),
+    };
+    if index.is_some() && !matches!(kind, "wgpu" | "cuda") {
+        bail!("device `{spec}`: only wgpu and cuda take an index");
+    }
+    match kind {
+        "cpu" | "flex" => {
+            #[cfg(feature = "flex")]
+            return Ok(Device::flex());
+            #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+            if kind == "cpu" {
+                #[allow(deprecated)]
+                return Ok(Device::ndarray());
+            }
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "flex"))
+        }
+        "ndarray" => {
+            #[cfg(feature = "ndarray")]
+            {
+                #[allow(deprecated)]
+                return Ok(Device::ndarray());
+            }
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "ndarray"))
+        }
+        "wgpu" => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::tensor::DeviceKind;
+                let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
+                return Ok(Device::wgpu(kind));
+            }
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "wgpu"))
+        }
+        "cuda" => {
+            #[cfg(feature = "cuda")]
+            return Ok(Device::cuda(index.unwrap_or(0)));
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "cuda"))
+        }
+        _ => bail!("unknown device `{spec}`: expected cpu, flex, ndarray, wgpu[:N] or cuda[:N]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert!(parse_device("cpu").is_ok());
+        let err = parse_device("tpu").unwrap_err().to_string();
+        assert!(err.contains("unknown device `tpu`"), "{err}");
+        assert!(parse_device("cuda:x").is_err());
+        assert!(parse_device("cpu:1").is_err());
+        #[cfg(not(feature = "cuda"))]
+        {
+            let err = parse_device("cuda:0").unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! ember-data: everything between raw files and batches of token ids.
+//!
+//! - [`datasets`]: the dataset manifest, a verified local cache and fetching (mirror first, then URLs).
+//! - [`bpe`]: GPT-2 byte-level BPE that encodes exactly like tiktoken's `gpt2` encoding.
+//! - [`bpe_train`]: training a byte-level BPE vocabulary in the same two-file format.
+//! - [`loader`]: sliding-window (input, target) pretraining batches.
+
+pub mod bpe;
+pub mod bpe_train;
+pub mod datasets;
+pub mod loader;
+mod pretokenize;
+pub mod rng;
+
+use std::path::{Path, PathBuf};
+
+/// Why a text file could not be read; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TextFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: is a directory, expected a text file")]
+    IsDirectory { path: PathBuf },
+    #[error("{path}: not valid UTF-8 (first bad byte at offset {offset})")]
+    NotUtf8 { path: PathBuf, offset: usize },
+}
+
+/// Reads a whole UTF-8 text file, with errors that say which file and what is wrong with it.
+pub fn read_text_file(path: &Path) -> Result<String, TextFileError> {
+    if path.is_dir() {
+        return Err(TextFileError::IsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| TextFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| TextFileError::NotUtf8 {
+        path: path.to_path_buf(),
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
