@@ -244,8 +244,8 @@ impl DataCache {
         for url in &file.urls {
             match self.fetch_url(url, file, &dest, progress) {
                 Ok(path) => return Ok(path),
-                Err(err @ DataError::Checksum { .. }) => reasons.push(err.to_string()),
-                Err(err) => reasons.push(format!("{url}: {err}")),
+                // Every error here already names its URL.
+                Err(err) => reasons.push(err.to_string()),
             }
         }
         if file.urls.is_empty() {

@@ -31,15 +31,26 @@ enum Class {
     Other,
 }
 
-fn class(c: char) -> Class {
-    if c.is_ascii() {
-        return match c as u8 {
+/// Classes of the 128 ASCII characters, so the common case is one table load.
+const ASCII_CLASS: [Class; 128] = {
+    let mut table = [Class::Other; 128];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = match b as u8 {
             b'a'..=b'z' | b'A'..=b'Z' => Class::Letter,
             b'0'..=b'9' => Class::Number,
             // White_Space in ASCII: \t \n \x0B \x0C \r and space.
             b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ' => Class::Space,
             _ => Class::Other,
         };
+        b += 1;
+    }
+    table
+};
+
+fn class(c: char) -> Class {
+    if c.is_ascii() {
+        return ASCII_CLASS[c as usize];
     }
     if c.is_whitespace() {
         return Class::Space;
@@ -66,11 +77,25 @@ impl<'a> Pieces<'a> {
     }
 }
 
-/// Byte length of the run of characters of class `class` at the start of `s`.
+/// Byte length of the run of characters of class `class_of_run` at the start of `s`.
 fn run_len(s: &str, class_of_run: Class) -> usize {
-    s.char_indices()
-        .find(|&(_, c)| class(c) != class_of_run)
-        .map_or(s.len(), |(i, _)| i)
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii() {
+            if ASCII_CLASS[bytes[i] as usize] != class_of_run {
+                return i;
+            }
+            i += 1;
+        } else {
+            let c = s[i..].chars().next().expect("i is a char boundary");
+            if class(c) != class_of_run {
+                return i;
+            }
+            i += c.len_utf8();
+        }
+    }
+    i
 }
 
 /// Length in bytes of the piece that starts at the beginning of `rest` (non-empty).
