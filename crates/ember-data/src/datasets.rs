@@ -9,6 +9,8 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -309,25 +311,39 @@ fn io_error(path: &Path, source: std::io::Error) -> DataError {
     }
 }
 
-/// `dir/.name.partial-<pid>.<tag>`: never a name the cache reads as data.
+/// `dir/.name.partial-<pid>-<n>.<tag>`: unique per process and call (fetches may run in
+/// parallel), and never a name the cache reads as data.
 fn partial_path(dest: &Path, tag: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = dest
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    dest.with_file_name(format!(".{name}.partial-{}.{tag}", std::process::id()))
+    dest.with_file_name(format!(".{name}.partial-{}-{n}.{tag}", std::process::id()))
 }
 
-/// Deletes temporary files left by killed fetches of `dest`.
+/// A partial file untouched for this long belongs to a fetch that was killed.
+const STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Deletes temporary files that killed fetches of `dest` left behind. Recent ones may belong to
+/// a fetch running right now in another process, so they are left alone (and never read).
 fn remove_stale_partials(dest: &Path) {
     let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
         return;
     };
     let prefix = format!(".{}.partial-", name.to_string_lossy());
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if stale && entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -119,6 +119,8 @@ fn a_corrupt_mirror_is_a_checksum_error_and_leaves_nothing() {
 
 #[test]
 fn a_corrupted_cached_file_or_stale_partial_is_not_trusted() {
+    // (Parallel fetches of the same file into one cache are exercised by the CLI tests, which
+    // start several `ember` processes at once on a fresh cache in CI.)
     let body = b"hello ember\n".to_vec();
     let mirror = tempfile::tempdir().unwrap();
     std::fs::write(mirror.path().join("hello.txt"), &body).unwrap();
@@ -133,12 +135,23 @@ fn a_corrupted_cached_file_or_stale_partial_is_not_trusted() {
     let path = cache.file("demo", "hello.txt").unwrap();
     // Damage the cached copy and leave a partial file from a "killed" fetch.
     std::fs::write(&path, b"hello emBer\n").unwrap();
-    let stale = cache_dir.path().join(".hello.txt.partial-99999.tmp");
+    let stale = cache_dir.path().join(".hello.txt.partial-99999-0.tmp");
     std::fs::write(&stale, &body[..3]).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    // A recent partial may be another process's fetch in progress: kept, and not trusted.
+    let recent = cache_dir.path().join(".hello.txt.partial-99998-0.tmp");
+    std::fs::write(&recent, &body[..3]).unwrap();
     assert!(!cache.status()[0].cached);
     let again = cache.file("demo", "hello.txt").unwrap();
     assert_eq!(std::fs::read(&again).unwrap(), body);
     assert!(!stale.exists());
+    std::fs::remove_file(&recent).unwrap();
     assert_eq!(files_under(cache_dir.path()), ["hello.txt"]);
 }
 
@@ -190,4 +203,27 @@ fn downloads_verify_and_fall_back_to_the_next_url_and_unpack_zips() {
     let paths = cache.fetch("demo", &mut NoProgress).unwrap();
     assert_eq!(std::fs::read(&paths[0]).unwrap(), body);
     assert_eq!(files_under(cache_dir.path()), ["sms/Collection"]);
+}
+
+#[test]
+fn parallel_fetches_into_one_cache_all_succeed() {
+    let mirror = shared_mirror();
+    if !mirror.is_dir() {
+        eprintln!("skipped: no mirror at {}", mirror.display());
+        return;
+    }
+    let cache_dir = tempfile::tempdir().unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let cache = DataCache::new(cache_dir.path().to_path_buf(), Some(mirror.clone()));
+            std::thread::spawn(move || cache.fetch("gpt2-bpe", &mut NoProgress))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        files_under(cache_dir.path()),
+        ["gpt2/encoder.json", "gpt2/vocab.bpe"]
+    );
 }
