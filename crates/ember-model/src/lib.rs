@@ -1,1 +1,12 @@
-//! ember models
+//! ember-model: GPT, BERT, seq2seq and LoRA on any Burn backend (library code takes a runtime `Device`).
+//!
+//! - [`config`]: TOML configs with one-line errors.
+//! - [`gpt`]: GPT-2 family models.
+//! - [`loss`]: cross-entropy with PyTorch's `-100` ignore index.
+//! - [`sampling`] and [`generate`]: decoding (greedy, temperature, top-k, top-p).
+
+pub mod config;
+pub mod generate;
+pub mod gpt;
+pub mod loss;
+pub mod sampling;

@@ -1,0 +1,57 @@
+//! Loading TOML configs with errors that fit on one line and point at the line at fault.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// A config that cannot be read or cannot build a model; the message names the file, the line
+/// or the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses TOML into `T`; a syntax error, an unknown key or a mistyped value is reported as
+/// ``line N: `the line`: what is wrong``.
+pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|err| {
+        let reason = err.message().replace('\n', " ");
+        match err.span() {
+            Some(span) => {
+                let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                format!("line {line_no}: `{line}`: {reason}")
+            }
+            None => reason,
+        }
+    })
+}
+
+/// Reads a TOML file into `T`, then runs `validate`; every error names the file.
+pub fn load_toml<T: DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let value: T = parse_toml(&text).map_err(|message| ConfigError::Parse {
+        path: shown.clone(),
+        message,
+    })?;
+    validate(&value).map_err(|message| ConfigError::Parse {
+        path: shown,
+        message,
+    })?;
+    Ok(value)
+}

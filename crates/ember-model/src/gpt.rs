@@ -1,0 +1,313 @@
+//! GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"), as built
+//! in chapter 4 of *Build a Large Language Model (From Scratch)*.
+//!
+//! token + learned position embeddings → dropout → `n_layers` pre-LayerNorm blocks (causal
+//! multi-head attention, then a 4× feed-forward with tanh-GELU, each wrapped in a shortcut) →
+//! final LayerNorm → bias-free output head, optionally tied to the token embedding.
+//!
+//! Field names follow HuggingFace's GPT-2 key tree (`wte`, `wpe`, `h.N.ln_1`, `h.N.attn.c_attn`,
+//! `h.N.attn.c_proj`, `h.N.ln_2`, `h.N.mlp.c_fc`, `h.N.mlp.c_proj`, `ln_f`), so loading a
+//! pretrained checkpoint is a short mapping. Burn's `Linear` stores weights `[in, out]`, the
+//! same layout as HF's `Conv1D`.
+
+use std::path::Path;
+
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, Initializer, LayerNorm,
+    LayerNormConfig, Linear, LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+
+pub use crate::config::ConfigError;
+use crate::config::{load_toml, parse_toml};
+
+/// Hyper-parameters of a GPT model, loaded from `configs/models/*.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Number of token ids (50,257 for GPT-2's BPE).
+    pub vocab_size: usize,
+    /// Longest sequence the position embedding covers (1,024 for GPT-2).
+    pub context_length: usize,
+    /// Width of the residual stream.
+    pub emb_dim: usize,
+    /// Attention heads per layer; must divide `emb_dim`.
+    pub n_heads: usize,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Dropout on embeddings, attention weights and residual branches during training.
+    pub drop_rate: f64,
+    /// Bias on the query/key/value projection (true for OpenAI's GPT-2 weights).
+    pub qkv_bias: bool,
+    /// Share the output head with the token embedding (GPT-2's checkpoints do).
+    #[serde(default)]
+    pub tie_weights: bool,
+    /// LayerNorm epsilon (GPT-2: 1e-5).
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-5
+}
+
+impl GptConfig {
+    /// Reads and validates a TOML config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_toml(path, |config: &Self| {
+            config.validate().map_err(|e| e.to_string())
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_toml(text).map_err(|message| ConfigError::Parse {
+            path: "<config>".into(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the sizes that would otherwise fail deep inside a tensor op.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("context_length", self.context_length),
+            ("emb_dim", self.emb_dim),
+            ("n_heads", self.n_heads),
+            ("n_layers", self.n_layers),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if !self.emb_dim.is_multiple_of(self.n_heads) {
+            return Err(ConfigError::Invalid(format!(
+                "emb_dim {} is not divisible by n_heads {}",
+                self.emb_dim, self.n_heads
+            )));
+        }
+        if !(0.0..1.0).contains(&self.drop_rate) {
+            return Err(ConfigError::Invalid(format!(
+                "drop_rate must be in [0, 1), got {}",
+                self.drop_rate
+            )));
+        }
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
+            return Err(ConfigError::Invalid(format!(
+                "layer_norm_eps must be positive, got {}",
+                self.layer_norm_eps
+            )));
+        }
+        Ok(())
+    }
+
+    /// Exact number of parameters of [`GptConfig::init`], without building the model.
+    pub fn num_params(&self) -> usize {
+        let (v, c, d, l) = (
+            self.vocab_size,
+            self.context_length,
+            self.emb_dim,
+            self.n_layers,
+        );
+        let ln = 2 * d;
+        let attn = d * 3 * d + if self.qkv_bias { 3 * d } else { 0 } + d * d + d;
+        let mlp = d * 4 * d + 4 * d + 4 * d * d + d;
+        let head = if self.tie_weights { 0 } else { d * v };
+        v * d + c * d + l * (2 * ln + attn + mlp) + ln + head
+    }
+
+    /// Builds a randomly initialised model on `device` (weights N(0, 0.02), as GPT-2).
+    pub fn init(&self, device: &Device) -> Gpt {
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let d = self.emb_dim;
+        let linear = |d_in: usize, d_out: usize, bias: bool| {
+            LinearConfig::new(d_in, d_out)
+                .with_bias(bias)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let layer_norm = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let dropout = || DropoutConfig::new(self.drop_rate).init();
+        let h = (0..self.n_layers)
+            .map(|_| GptBlock {
+                ln_1: layer_norm(),
+                attn: CausalSelfAttention {
+                    c_attn: linear(d, 3 * d, self.qkv_bias),
+                    c_proj: linear(d, d, true),
+                    attn_drop: dropout(),
+                    n_heads: self.n_heads,
+                },
+                ln_2: layer_norm(),
+                mlp: FeedForward {
+                    c_fc: linear(d, 4 * d, true),
+                    c_proj: linear(4 * d, d, true),
+                    act: Gelu::new_approximate(),
+                },
+                resid_drop: dropout(),
+            })
+            .collect();
+        Gpt {
+            wte: EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(init.clone())
+                .init(device),
+            wpe: EmbeddingConfig::new(self.context_length, d)
+                .with_initializer(init.clone())
+                .init(device),
+            drop: dropout(),
+            h,
+            ln_f: layer_norm(),
+            lm_head: (!self.tie_weights).then(|| linear(d, self.vocab_size, false)),
+            context_length: self.context_length,
+        }
+    }
+}
+
+/// Causal multi-head self-attention with one fused q/k/v projection.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention {
+    /// `[emb, 3·emb]`: queries, keys and values side by side.
+    pub c_attn: Linear,
+    /// `[emb, emb]`: mixes the heads back into the residual stream.
+    pub c_proj: Linear,
+    attn_drop: Dropout,
+    n_heads: usize,
+}
+
+impl CausalSelfAttention {
+    /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, emb] = x.dims();
+        let (heads, head_dim) = (self.n_heads, emb / self.n_heads);
+        let qkv = self.c_attn.forward(x); // [batch, seq, 3·emb]
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * emb, emb)
+                .reshape([batch, seq, heads, head_dim])
+                .swap_dims(1, 2) // [batch, heads, seq, head_dim]
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        // tril_mask is true strictly above the diagonal: the future positions to hide.
+        let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &q.device())
+            .reshape([1, 1, seq, seq])
+            .expand([batch, heads, seq, seq]);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((head_dim as f32).sqrt())
+            .mask_fill(future, f32::NEG_INFINITY); // [batch, heads, seq, seq]
+        let weights = self.attn_drop.forward(softmax(scores, 3));
+        let context = weights
+            .matmul(v) // [batch, heads, seq, head_dim]
+            .swap_dims(1, 2)
+            .reshape([batch, seq, emb]);
+        self.c_proj.forward(context)
+    }
+}
+
+/// The position-wise feed-forward network: `emb → 4·emb → GELU(tanh) → emb`.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    pub c_fc: Linear,
+    pub c_proj: Linear,
+    act: Gelu,
+}
+
+impl FeedForward {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.c_proj.forward(self.act.forward(self.c_fc.forward(x)))
+    }
+}
+
+/// One pre-LayerNorm transformer block with shortcut connections.
+#[derive(Module, Debug)]
+pub struct GptBlock {
+    pub ln_1: LayerNorm,
+    pub attn: CausalSelfAttention,
+    pub ln_2: LayerNorm,
+    pub mlp: FeedForward,
+    resid_drop: Dropout,
+}
+
+impl GptBlock {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .resid_drop
+                .forward(self.attn.forward(self.ln_1.forward(x)));
+        x.clone()
+            + self
+                .resid_drop
+                .forward(self.mlp.forward(self.ln_2.forward(x)))
+    }
+}
+
+/// A GPT language model.
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// Token embedding `[vocab, emb]`.
+    pub wte: Embedding,
+    /// Position embedding `[context_length, emb]`.
+    pub wpe: Embedding,
+    drop: Dropout,
+    pub h: Vec<GptBlock>,
+    pub ln_f: LayerNorm,
+    /// Output head `[emb, vocab]`; `None` when tied to `wte`.
+    pub lm_head: Option<Linear>,
+    context_length: usize,
+}
+
+impl Gpt {
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.wpe.weight.val().device()
+    }
+
+    /// Final hidden states `[batch, seq, emb]` for token ids `[batch, seq]` (seq ≤ context_length).
+    pub fn hidden_states(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq] = ids.dims();
+        assert!(
+            seq <= self.context_length,
+            "sequence of {seq} tokens exceeds the context length {}",
+            self.context_length
+        );
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &ids.device())
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        let mut x = self
+            .drop
+            .forward(self.wte.forward(ids) + self.wpe.forward(positions));
+        for block in &self.h {
+            x = block.forward(x);
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.head(self.hidden_states(ids))
+    }
+
+    /// The output head on hidden states `[batch, seq, emb]` → `[batch, seq, vocab]`.
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            // Tied: logits = hidden · wteᵀ.
+            None => hidden.matmul(self.wte.weight.val().transpose().unsqueeze::<3>()),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! GPT model: parameter counts, shapes, causality, determinism, and that it can learn.
+
+use std::path::PathBuf;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use ember_model::gpt::{ConfigError, GptConfig};
+use ember_model::loss::lm_loss;
+
+fn config_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/models/{name}.toml"))
+}
+
+fn tiny(vocab_size: usize, context_length: usize) -> GptConfig {
+    GptConfig {
+        vocab_size,
+        context_length,
+        emb_dim: 32,
+        n_heads: 4,
+        n_layers: 2,
+        drop_rate: 0.0,
+        qkv_bias: true,
+        tie_weights: false,
+        layer_norm_eps: 1e-5,
+    }
+}
+
+#[test]
+fn gpt2_small_has_the_books_parameter_counts() {
+    let mut config = GptConfig::load(&config_path("gpt2-small")).unwrap();
+    config.qkv_bias = false;
+    config.tie_weights = false;
+    assert_eq!(config.num_params(), 163_009_536);
+    config.tie_weights = true;
+    assert_eq!(config.num_params(), 124_412_160);
+    // The formula agrees with the modules actually built (on a small model, to stay fast).
+    for tie_weights in [false, true] {
+        for qkv_bias in [false, true] {
+            let config = GptConfig {
+                tie_weights,
+                qkv_bias,
+                ..tiny(97, 16)
+            };
+            assert_eq!(
+                config.init(&Device::flex()).num_params(),
+                config.num_params()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_shipped_config_loads() {
+    for (name, params) in [
+        ("gpt2-small", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("gpt2-large", 774_030_080),
+        ("gpt2-xl", 1_557_611_200),
+    ] {
+        let config = GptConfig::load(&config_path(name)).unwrap();
+        // HF's published counts (tied head, qkv bias) of GPT2LMHeadModel.
+        assert_eq!(config.num_params(), params, "{name}");
+    }
+    GptConfig::load(&config_path("gpt-tiny")).unwrap();
+}
+
+#[test]
+fn invalid_configs_are_one_line_errors() {
+    let base = "vocab_size = 10\ncontext_length = 8\nemb_dim = 12\nn_heads = 4\nn_layers = 1\n\
+                drop_rate = 0.0\nqkv_bias = false\n";
+    assert!(GptConfig::from_toml(base).is_ok());
+    let cases = [
+        (
+            base.replace("n_heads = 4", "n_heads = 5"),
+            "emb_dim 12 is not divisible by n_heads 5",
+        ),
+        (
+            base.replace("n_layers = 1", "n_layers = 0"),
+            "n_layers must be at least 1",
+        ),
+        (
+            base.replace("context_length = 8", "context_length = 0"),
+            "context_length must be at least 1",
+        ),
+        (
+            base.replace("emb_dim = 12", "emb_dim = -12"),
+            "line 3: `emb_dim = -12`: invalid value",
+        ),
+        (format!("{base}emb_size = 3\n"), "unknown field `emb_size`"),
+        (
+            base.replace("n_layers = 1\n", ""),
+            "missing field `n_layers`",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = GptConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        assert!(!err.contains('\n'), "{err:?}");
+    }
+    let err = GptConfig::load(&PathBuf::from("/nonexistent/model.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Io { .. }));
+    assert!(err.to_string().starts_with("/nonexistent/model.toml: "));
+}
+
+#[test]
+fn logits_have_the_right_shape_and_never_see_the_future() {
+    let device = Device::flex();
+    device.seed(7);
+    let model = tiny(50, 16).init(&device);
+    let ids = Tensor::<2, Int>::random([2, 10], Distribution::Uniform(0.0, 50.0), &device);
+    let logits = model.forward(ids.clone());
+    assert_eq!(logits.dims(), [2, 10, 50]);
+    for t in [0, 4, 9] {
+        let changed = ids.clone().slice_assign(
+            s![.., t..t + 1],
+            Tensor::<2, Int>::from_data([[49], [48]], &device),
+        );
+        let other = model.forward(changed);
+        if t > 0 {
+            let before = logits.clone().slice(s![.., 0..t, ..]);
+            let diff: f32 = (other.clone().slice(s![.., 0..t, ..]) - before)
+                .abs()
+                .max()
+                .into_scalar();
+            assert_eq!(diff, 0.0, "changing token {t} changed earlier logits");
+        }
+        let at: f32 = (other.slice(s![.., t..t + 1, ..])
+            - logits.clone().slice(s![.., t..t + 1, ..]))
+        .abs()
+        .max()
+        .into_scalar();
+        assert!(at > 0.0, "changing token {t} did not change its own logits");
+    }
+}
+
+#[test]
+fn the_same_seed_builds_the_same_model() {
+    let device = Device::flex();
+    let ids = Tensor::<2, Int>::from_data([[1, 2, 3, 4]], &device);
+    let run = |seed| {
+        device.seed(seed);
+        let model = tiny(20, 8).init(&device);
+        model.forward(ids.clone()).into_data()
+    };
+    assert_eq!(run(123), run(123));
+    assert_ne!(run(123), run(124));
+}
+
+#[test]
+fn a_tiny_model_overfits_a_short_text() {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let text = b"Every effort moves you forward, one token at a time.";
+    let ids: Vec<i64> = text.iter().map(|&b| i64::from(b)).collect();
+    let n = ids.len() - 1;
+    let inputs = Tensor::<1, Int>::from_data(&ids[..n], &device).reshape([1, n]);
+    let targets = Tensor::<1, Int>::from_data(&ids[1..], &device).reshape([1, n]);
+    let mut model = GptConfig {
+        tie_weights: true,
+        ..tiny(256, 64)
+    }
+    .init(&device);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut first = None;
+    let mut loss_value = f32::NAN;
+    for _ in 0..150 {
+        let loss = lm_loss(model.forward(inputs.clone()), targets.clone());
+        loss_value = loss.clone().into_scalar();
+        first.get_or_insert(loss_value);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    let first = first.unwrap();
+    assert!(
+        first > 5.0,
+        "initial loss {first} should be near ln(256) = 5.55"
+    );
+    assert!(
+        loss_value < 0.05,
+        "loss {first} → {loss_value} did not reach ~0"
+    );
+}
+
+#[test]
+fn generation_crops_long_prompts_stops_at_eos_and_repeats_with_a_seed() {
+    use ember_model::generate::{GenerateOptions, generate};
+    use ember_model::sampling::SamplingConfig;
+
+    let device = Device::flex();
+    device.seed(3);
+    let model = tiny(30, 8).init(&device);
+    let long: Vec<u32> = (0..20).map(|i| (i * 7) % 30).collect();
+    let short = vec![1, 2, 3];
+    let sampled = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_k: Some(5),
+            ..Default::default()
+        },
+        eos_id: None,
+        seed: 42,
+    };
+    let run = |prompts: &[Vec<u32>], options: &GenerateOptions| {
+        generate(&model, prompts, options, |_, _| {}).unwrap()
+    };
+    let a = run(&[long.clone(), short.clone()], &sampled);
+    assert_eq!(a, run(&[long.clone(), short.clone()], &sampled));
+    assert!(a[0].prompt_cropped && !a[1].prompt_cropped);
+    assert_eq!((a[0].tokens.len(), a[1].tokens.len()), (12, 12));
+
+    // A cropped prompt behaves like its last context_length tokens; batching changes nothing.
+    let greedy = GenerateOptions {
+        sampling: SamplingConfig::default(),
+        ..sampled.clone()
+    };
+    let cropped = run(&[long[12..].to_vec()], &greedy);
+    let both = run(&[long.clone(), long[12..].to_vec()], &greedy);
+    assert_eq!(both[0].tokens, cropped[0].tokens);
+    assert_eq!(both[1].tokens, cropped[0].tokens);
+
+    // Each sequence stops at its own end-of-text token (which is not part of the output).
+    let eos = run(std::slice::from_ref(&short), &greedy)[0].tokens[3];
+    let stopped = run(
+        std::slice::from_ref(&short),
+        &GenerateOptions {
+            eos_id: Some(eos),
+            ..greedy.clone()
+        },
+    );
+    assert!(!stopped[0].tokens.contains(&eos));
+    assert!(stopped[0].tokens.len() <= 3);
+
+    let err = generate(&model, &[vec![]], &greedy, |_, _| {}).unwrap_err();
+    assert_eq!(err, "prompt 1 is empty: give at least one token");
+}
