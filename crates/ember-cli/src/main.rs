@@ -3,6 +3,9 @@
 mod bench;
 mod data;
 mod device;
+mod generate;
+mod models;
+mod pretrain;
 mod progress;
 mod tokenize;
 
@@ -33,6 +36,10 @@ enum Command {
     /// Train a byte-level BPE vocabulary.
     #[command(subcommand)]
     Tokenizer(tokenize::TokenizerCommand),
+    /// Pretrain a GPT from a recipe (default: gpt-tiny on the-verdict, a few minutes on CPU).
+    Pretrain(pretrain::PretrainArgs),
+    /// Generate text from a trained run.
+    Generate(generate::GenerateArgs),
     /// Benchmarks that print ratios against a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -45,6 +52,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Tokenizer(cmd) => tokenize::run_tokenizer(cmd),
+        Command::Pretrain(args) => pretrain::run(args, &cli.device),
+        Command::Generate(args) => generate::run(args, &cli.device),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Info => info(&cli.device),
     }

@@ -170,3 +170,112 @@ fn info_runs_a_computation_on_the_default_device() {
     );
     assert!(stdout(&out).contains("ok (64×64 matmul checked)"));
 }
+
+#[test]
+fn pretrain_then_generate_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("micro.toml");
+    std::fs::write(
+        &model,
+        "vocab_size = 50257\ncontext_length = 32\nemb_dim = 32\nn_heads = 2\nn_layers = 1\n\
+         drop_rate = 0.0\nqkv_bias = false\ntie_weights = true\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let run_str = run.to_str().unwrap();
+    let out = ember(&[
+        "pretrain",
+        "--model-config",
+        model.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        run_str,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = stdout(&out);
+    assert!(text.contains("step 9: train loss"), "{text}"); // 144 windows / 16 = 9 steps
+    assert!(text.contains("Every effort moves you"), "{text}");
+    for file in [
+        "run.toml",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoints/latest",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let png = std::fs::read(run.join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        run_str,
+        "--prompt",
+        "Every effort moves you",
+        "--max-new-tokens",
+        "5",
+        "--no-eos",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).starts_with("Every effort moves you"));
+    // Sampling with a seed repeats itself.
+    let sampled = |seed: &str| {
+        stdout(&ember(&[
+            "generate",
+            "--checkpoint",
+            run_str,
+            "--prompt",
+            "I",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "1.5",
+            "--top-k",
+            "50",
+            "--seed",
+            seed,
+            "--no-eos",
+        ]))
+    };
+    assert_eq!(sampled("1"), sampled("1"));
+
+    // Resume with one more epoch: continues from step 9 to 18.
+    let out = ember(&["pretrain", "--resume", run_str, "--epochs", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(
+        stdout(&out).contains("step 18: train loss"),
+        "{}",
+        stdout(&out)
+    );
+
+    assert_one_line_error(
+        &ember(&[
+            "generate",
+            "--checkpoint",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]),
+        "is not an ember run directory",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "pretrain",
+            "--model-config",
+            "no-such-model",
+            "--out",
+            run_str,
+        ]),
+        "model config `no-such-model`",
+    );
+}

@@ -9,13 +9,13 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::collections::hash_map::Entry;
-use std::io::Write;
 use std::path::Path;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::bpe::{BpeTokenizer, END_OF_TEXT, TokenId, bytes_to_token_string, bytes_to_unicode};
 use crate::pretokenize::Pieces;
+use crate::write_atomically;
 
 /// Smallest vocabulary: the 256 bytes plus `<|endoftext|>`.
 pub const MIN_VOCAB_SIZE: usize = 257;
@@ -215,24 +215,6 @@ impl TrainedBpe {
         write_atomically(&dir.join("encoder.json"), encoder.as_bytes())?;
         write_atomically(&dir.join("vocab.bpe"), merges.as_bytes())
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "out".into(), |name| name.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

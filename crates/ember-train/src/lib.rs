@@ -2,8 +2,14 @@
 //!
 //! - [`schedule`]: linear warmup + cosine decay, a pure function of the step.
 //! - [`clip`]: gradient clipping by the global norm (Burn's built-in clips per tensor).
+//! - [`lm`]: the language-model training loop with evaluation and metrics.
+//! - [`checkpoint`]: atomic checkpoints and resume.
+//! - [`plot`]: the loss plot PNG.
 
+pub mod checkpoint;
 pub mod clip;
+pub mod lm;
+pub mod plot;
 pub mod schedule;
 
 #[cfg(test)]

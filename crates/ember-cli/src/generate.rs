@@ -1,0 +1,121 @@
+//! `ember generate`: text from a trained run, streamed as it is produced.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ember_data::bpe::END_OF_TEXT;
+use ember_model::generate::{GenerateOptions, generate};
+use ember_model::sampling::SamplingConfig;
+use ember_train::checkpoint;
+
+use crate::device;
+use crate::pretrain::read_run_info;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Run directory written by `ember pretrain` (its latest checkpoint is used).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Prompt text; repeat for a batch (each sequence stops at its own end-of-text).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    #[arg(long, default_value_t = 50)]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample only within the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// > 1 makes tokens already in the text less likely.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    /// Stop at this token id [default: the tokenizer's <|endoftext|>].
+    #[arg(long, conflicts_with = "no_eos")]
+    eos_id: Option<u32>,
+    /// Never stop early: always generate max-new-tokens.
+    #[arg(long)]
+    no_eos: bool,
+}
+
+pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
+    let device = device::parse_device(device_spec)?;
+    let info = read_run_info(&args.checkpoint)?;
+    let dir = checkpoint::latest(&args.checkpoint)?;
+    let model = checkpoint::load_model(&dir, info.model.init(&device))?;
+    let tokenizer = crate::tokenize::load_tokenizer(info.tokenizer.as_ref())?;
+    let eos_id = match (args.no_eos, args.eos_id) {
+        (true, _) => None,
+        (false, Some(id)) => Some(id),
+        (false, None) => tokenizer.special_id(END_OF_TEXT),
+    };
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+        },
+        eos_id,
+        seed: args.seed,
+    };
+    options.sampling.validate().map_err(anyhow::Error::msg)?;
+    let context = model.context_length();
+    let prompts: Vec<Vec<u32>> = args.prompt.iter().map(|p| tokenizer.encode(p)).collect();
+    for (i, ids) in prompts.iter().enumerate() {
+        if ids.is_empty() {
+            bail!("prompt {} is empty", i + 1);
+        }
+        if ids.len() > context {
+            eprintln!(
+                "warning: prompt {} has {} tokens; only its last {context} (the context length) are used",
+                i + 1,
+                ids.len()
+            );
+        }
+    }
+
+    // One prompt streams token by token; a batch prints each text when it is done.
+    let stream = prompts.len() == 1;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdout = std::io::stdout();
+    if stream {
+        print!("{}", args.prompt[0]);
+        let _ = stdout.flush();
+    }
+    let results = generate(&model, &prompts, &options, |_, id| {
+        if !stream {
+            return;
+        }
+        if let Some(bytes) = tokenizer.token_bytes(id) {
+            pending.extend_from_slice(bytes);
+        }
+        // Print whatever forms complete UTF-8 characters; keep a split character for later.
+        let valid = match std::str::from_utf8(&pending) {
+            Ok(_) => pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => pending.len(),
+        };
+        let chunk: Vec<u8> = pending.drain(..valid).collect();
+        print!("{}", String::from_utf8_lossy(&chunk));
+        let _ = stdout.flush();
+    })
+    .map_err(anyhow::Error::msg)?;
+    if stream {
+        println!("{}", String::from_utf8_lossy(&pending));
+    } else {
+        for (prompt, result) in args.prompt.iter().zip(&results) {
+            println!("{prompt}{}", tokenizer.decode(&result.tokens)?);
+            println!("---");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `ember pretrain`: a recipe from `configs/pretrain/`, overridable by flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ember_data::bpe::BpeTokenizer;
+use ember_data::loader::{TokenWindows, WindowLoader, split_text};
+use ember_model::config::parse_toml;
+use ember_model::generate::{GenerateOptions, generate};
+use ember_model::gpt::{Gpt, GptConfig};
+use ember_model::sampling::SamplingConfig;
+use ember_train::checkpoint;
+use ember_train::lm::{EvalRecord, Splits, TrainObserver, TrainOptions, train};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::{data, device, models};
+
+/// The default recipe, compiled in so `ember pretrain` works from any directory.
+const DEFAULT_RECIPE: &str = include_str!("../../../configs/pretrain/gpt-tiny-verdict.toml");
+
+/// A pretraining recipe (`configs/pretrain/*.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Model config: a built-in name (`gpt2-small`, `gpt-tiny`, …) or a TOML path.
+    pub model: String,
+    /// Corpus: a dataset name or a text file.
+    pub corpus: String,
+    pub train_ratio: f64,
+    /// Overrides the model's context length (also the window length).
+    pub context_length: Option<usize>,
+    /// Distance between window starts [default: the context length, no overlap].
+    pub stride: Option<usize>,
+    /// Prompt of the sample printed after each epoch.
+    pub start_context: String,
+    pub sample_tokens: usize,
+    /// Fields that replace the model config's (drop_rate, qkv_bias, tie_weights).
+    #[serde(default)]
+    pub model_overrides: ModelOverrides,
+    pub train: TrainOptions,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverrides {
+    pub drop_rate: Option<f64>,
+    pub qkv_bias: Option<bool>,
+    pub tie_weights: Option<bool>,
+}
+
+/// What a run directory records about itself (`run.toml`), for resume and generate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInfo {
+    pub model: GptConfig,
+    /// Tokenizer directory, or absent for GPT-2's.
+    pub tokenizer: Option<PathBuf>,
+    pub recipe: Recipe,
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Recipe TOML [default: configs/pretrain/gpt-tiny-verdict.toml, built in].
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Model config: a built-in name (gpt-tiny, gpt2-small, …) or a TOML file.
+    #[arg(long)]
+    model_config: Option<String>,
+    /// Corpus: a text file or a dataset name.
+    #[arg(long)]
+    corpus: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Context length (window length); overrides the model config's.
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// Distance between window starts [default: the context length].
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Tokenizer directory (encoder.json + vocab.bpe) [default: GPT-2's].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Run directory for checkpoints, metrics and the loss plot.
+    #[arg(long, default_value = "runs/pretrain")]
+    out: PathBuf,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer"])]
+    resume: Option<PathBuf>,
+}
+
+pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
+    let device = device::parse_device(device_spec)?.autodiff();
+    let (info, run_dir, resume_dir) = match &args.resume {
+        Some(run_dir) => {
+            let info = read_run_info(run_dir)?;
+            let dir = checkpoint::latest(run_dir)?;
+            (info, run_dir.clone(), Some(dir))
+        }
+        None => (new_run_info(&args)?, args.out.clone(), None),
+    };
+    let mut info = info;
+    // Flags that may change on resume too (e.g. more epochs).
+    if let Some(epochs) = args.epochs {
+        info.recipe.train.epochs = epochs;
+    }
+    info.recipe.train.validate().map_err(anyhow::Error::msg)?;
+
+    let tokenizer = crate::tokenize::load_tokenizer(info.tokenizer.as_ref())?;
+    if tokenizer.vocab_size() > info.model.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but the model's vocab_size is {}",
+            tokenizer.vocab_size(),
+            info.model.vocab_size
+        );
+    }
+    let text = ember_data::read_text_file(&data::resolve_text_source(&info.recipe.corpus)?)?;
+    let (train_text, val_text) = split_text(&text, info.recipe.train_ratio)?;
+    let window = info.model.context_length;
+    let loader = |part: &str, what: &str, shuffle: Option<u64>, drop_last: bool| {
+        let stride = info.recipe.stride.unwrap_or(window);
+        let windows = TokenWindows::new(tokenizer.encode(part), window, stride, what)?;
+        Ok::<_, anyhow::Error>(WindowLoader::new(
+            windows,
+            info.recipe.train.batch_size,
+            shuffle,
+            drop_last,
+        )?)
+    };
+    let train_loader = loader(
+        train_text,
+        "the training split",
+        Some(info.recipe.train.seed),
+        true,
+    )?;
+    let val_loader = loader(val_text, "the validation split", None, false)?;
+
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let run_toml = toml::to_string(&info).context("serializing run.toml")?;
+    ember_data::write_atomically(&run_dir.join("run.toml"), run_toml.as_bytes())
+        .with_context(|| format!("writing {}", run_dir.join("run.toml").display()))?;
+
+    device.seed(info.recipe.train.seed);
+    let mut model = info.model.init(&device);
+    let mut optim = info.recipe.train.optimizer();
+    let mut state = None;
+    if let Some(dir) = &resume_dir {
+        model = checkpoint::load_model(dir, model)?;
+        optim = checkpoint::load_optimizer(dir, optim)?;
+        let loaded = checkpoint::load_state(dir)?;
+        eprintln!("resuming {} from step {}", run_dir.display(), loaded.step);
+        state = Some(loaded);
+    }
+    eprintln!(
+        "model: {} parameters; train: {} batches of {} × {} tokens per epoch; validation: {} batches",
+        info.model.num_params(),
+        train_loader.num_batches(),
+        train_loader.batch_size(),
+        window,
+        val_loader.num_batches()
+    );
+    let mut observer = Progress {
+        bar: None,
+        tokenizer: &tokenizer,
+        start_context: info.recipe.start_context.clone(),
+        sample_tokens: info.recipe.sample_tokens,
+        last_sample: String::new(),
+    };
+    let started = std::time::Instant::now();
+    let (_, final_state) = train(
+        model,
+        optim,
+        Splits {
+            train: &train_loader,
+            val: &val_loader,
+        },
+        &info.recipe.train,
+        &run_dir,
+        state,
+        &mut observer,
+    )?;
+    if let Some(bar) = &observer.bar {
+        bar.finish_and_clear();
+    }
+    let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))
+        .map_err(anyhow::Error::msg)?;
+    let plot_path = run_dir.join("loss.png");
+    ember_train::plot::plot_losses(&records, train_loader.num_batches(), &plot_path)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(last) = records.last() {
+        println!(
+            "step {}: train loss {:.3}, val loss {:.3} (perplexity {:.1}), {} tokens seen, {:.0} s",
+            last.step,
+            last.train_loss,
+            last.val_loss,
+            last.val_loss.exp(),
+            final_state.tokens_seen,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("{}", observer.last_sample);
+    println!(
+        "run directory: {} (metrics.jsonl, loss.png, checkpoints/)",
+        run_dir.display()
+    );
+    Ok(())
+}
+
+fn new_run_info(args: &PretrainArgs) -> Result<RunInfo> {
+    let mut recipe: Recipe = match &args.recipe {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the recipe {}", path.display()))?;
+            parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => parse_toml(DEFAULT_RECIPE).map_err(anyhow::Error::msg)?,
+    };
+    if let Some(model) = &args.model_config {
+        recipe.model = model.clone();
+    }
+    if let Some(corpus) = &args.corpus {
+        recipe.corpus = corpus.clone();
+    }
+    if let Some(lr) = args.lr {
+        recipe.train.lr = lr;
+    }
+    if let Some(batch_size) = args.batch_size {
+        recipe.train.batch_size = batch_size;
+    }
+    if let Some(seed) = args.seed {
+        recipe.train.seed = seed;
+    }
+    if let Some(context_length) = args.context_length {
+        recipe.context_length = Some(context_length);
+    }
+    if let Some(stride) = args.stride {
+        recipe.stride = Some(stride);
+    }
+    let mut model = models::load_gpt_config(&recipe.model, args.recipe.as_deref())?;
+    let overrides = &recipe.model_overrides;
+    model.drop_rate = overrides.drop_rate.unwrap_or(model.drop_rate);
+    model.qkv_bias = overrides.qkv_bias.unwrap_or(model.qkv_bias);
+    model.tie_weights = overrides.tie_weights.unwrap_or(model.tie_weights);
+    model.context_length = recipe.context_length.unwrap_or(model.context_length);
+    model.validate()?;
+    Ok(RunInfo {
+        model,
+        tokenizer: args.tokenizer.clone(),
+        recipe,
+    })
+}
+
+/// Reads `RUN_DIR/run.toml`.
+pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
+    let path = run_dir.join("run.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} is not an ember run directory", run_dir.display()))?;
+    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Progress bar + the per-epoch sample.
+struct Progress<'a> {
+    bar: Option<ProgressBar>,
+    tokenizer: &'a BpeTokenizer,
+    start_context: String,
+    sample_tokens: usize,
+    last_sample: String,
+}
+
+impl TrainObserver for Progress<'_> {
+    fn on_start(&mut self, total_steps: usize, first_step: usize) {
+        let bar = ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps · {msg} · {elapsed_precise} eta {eta_precise}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_position(first_step as u64);
+        self.bar = Some(bar);
+    }
+
+    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step as u64);
+            bar.set_message(format!(
+                "loss {loss:.3} · lr {lr:.2e} · {tokens_per_s:.0} tok/s"
+            ));
+        }
+    }
+
+    fn on_eval(&mut self, r: &EvalRecord) {
+        let line = format!(
+            "ep {} (step {:06}): train loss {:.3}, val loss {:.3}",
+            r.epoch + 1,
+            r.step,
+            r.train_loss,
+            r.val_loss
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn on_epoch_end(&mut self, epoch: usize, model: &Gpt) {
+        let text = sample(
+            model,
+            self.tokenizer,
+            &self.start_context,
+            self.sample_tokens,
+        );
+        let line = format!("ep {} sample: {}", epoch + 1, text.replace('\n', " "));
+        match &self.bar {
+            Some(bar) => bar.println(&line),
+            None => eprintln!("{line}"),
+        }
+        self.last_sample = format!("{}{}", self.start_context, text);
+    }
+}
+
+/// Greedy continuation of `prompt` (the book's `generate_and_print_sample`).
+fn sample(model: &Gpt, tokenizer: &BpeTokenizer, prompt: &str, tokens: usize) -> String {
+    let options = GenerateOptions {
+        max_new_tokens: tokens,
+        sampling: SamplingConfig::default(),
+        eos_id: None,
+        seed: 0,
+    };
+    let prompt_ids = tokenizer.encode(prompt);
+    match generate(model, &[prompt_ids], &options, |_, _| {}) {
+        Ok(out) => tokenizer.decode(&out[0].tokens).unwrap_or_default(),
+        Err(e) => format!("<no sample: {e}>"),
+    }
+}

@@ -1,0 +1,345 @@
+//! Language-model training (the book's `train_model_simple`, grown up): AdamW, warmup + cosine
+//! learning rate, global-norm clipping, periodic evaluation, metrics, checkpoints and resume.
+//!
+//! Reproducibility: the data order of epoch `e` is a function of (seed, e) and the dropout
+//! masks of step `s` come from the device seeded with (seed, s), so a run resumed from a
+//! checkpoint replays exactly the steps an uninterrupted run would take.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use ember_data::loader::WindowLoader;
+use ember_model::gpt::Gpt;
+use ember_model::loss::lm_loss;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointError, TrainState};
+use crate::clip::clip_global_norm;
+use crate::schedule::LrSchedule;
+
+/// Optimizer and loop settings (the `[train]` table of a pretraining recipe).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at step 0 when warming up.
+    #[serde(default)]
+    pub initial_lr: f64,
+    /// Floor of the cosine decay; equal to `lr` (the default) for a constant rate.
+    pub min_lr: Option<f64>,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm.
+    pub grad_clip: Option<f64>,
+    /// Evaluate every this many steps (0: only at the end).
+    pub eval_freq: usize,
+    /// Batches per evaluation (None: the whole split).
+    pub eval_iter: Option<usize>,
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_keep() -> usize {
+    2
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("lr must be positive, got {}", self.lr));
+        }
+        if self.weight_decay < 0.0 {
+            return Err(format!(
+                "weight_decay must be ≥ 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if self.grad_clip.is_some_and(|c| c <= 0.0) {
+            return Err("grad_clip must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The rate schedule for `total_steps` optimizer steps.
+    pub fn schedule(&self, total_steps: usize) -> LrSchedule {
+        LrSchedule {
+            initial_lr: if self.warmup_steps > 0 {
+                self.initial_lr
+            } else {
+                self.lr
+            },
+            peak_lr: self.lr,
+            min_lr: self.min_lr.unwrap_or(self.lr),
+            warmup_steps: self.warmup_steps,
+            total_steps,
+        }
+    }
+
+    /// AdamW with PyTorch's conventions (decoupled weight decay on every parameter).
+    pub fn optimizer(&self) -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_beta_1(self.beta1 as f32)
+            .with_beta_2(self.beta2 as f32)
+            .with_epsilon(self.eps as f32)
+            .with_weight_decay(self.weight_decay as f32)
+            .init()
+    }
+}
+
+/// One line of `metrics.jsonl`, written at every evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub step: usize,
+    pub epoch: usize,
+    pub tokens_seen: u64,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub lr: f64,
+    pub tokens_per_s: f64,
+}
+
+/// What the loop reports as it goes (the CLI draws a progress bar and prints samples).
+pub trait TrainObserver {
+    /// Before the first step; `first_step > 0` when resuming.
+    fn on_start(&mut self, _total_steps: usize, _first_step: usize) {}
+    /// After every optimizer step.
+    fn on_step(&mut self, _step: usize, _loss: f64, _lr: f64, _tokens_per_s: f64) {}
+    fn on_eval(&mut self, _record: &EvalRecord) {}
+    /// At the end of each epoch, with the model in evaluation mode (for a sample generation).
+    fn on_epoch_end(&mut self, _epoch: usize, _model: &Gpt) {}
+}
+
+/// Errors that stop training; the message names the step or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "step {step}: loss is {loss} — training diverged (lower the learning rate or enable grad_clip)"
+    )]
+    NonFinite { step: usize, loss: f64 },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Mean loss over the first `max_batches` batches (all when None) of `loader`, without
+/// gradients or dropout. Returns NaN for an empty loader, as the book does.
+pub fn evaluate(model: &Gpt, loader: &WindowLoader, max_batches: Option<usize>) -> f64 {
+    let model = model.valid();
+    let device = model.device();
+    let limit = max_batches.unwrap_or(usize::MAX);
+    let (mut total, mut count) = (0.0, 0usize);
+    for batch in loader.batches(0).take(limit) {
+        let (inputs, targets) = batch.to_tensors(&device);
+        let loss: f32 = lm_loss(model.forward(inputs), targets).into_scalar();
+        total += f64::from(loss);
+        count += 1;
+    }
+    if count == 0 {
+        f64::NAN
+    } else {
+        total / count as f64
+    }
+}
+
+/// The training and validation batches of a run.
+#[derive(Clone, Copy)]
+pub struct Splits<'a> {
+    pub train: &'a WindowLoader,
+    pub val: &'a WindowLoader,
+}
+
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Trains `model` (on an autodiff device) and returns it with its final state. With `resume`,
+/// `model` and `optim` must already hold the checkpoint's weights and optimizer state.
+pub fn train(
+    mut model: Gpt,
+    mut optim: ModuleOptimizer,
+    splits: Splits<'_>,
+    options: &TrainOptions,
+    run_dir: &Path,
+    resume: Option<TrainState>,
+    observer: &mut dyn TrainObserver,
+) -> Result<(Gpt, TrainState), TrainError> {
+    options.validate().map_err(TrainError::Invalid)?;
+    let Splits {
+        train: train_loader,
+        val: val_loader,
+    } = splits;
+    let steps_per_epoch = train_loader.num_batches();
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Invalid(format!(
+            "the training split has {} windows, fewer than one batch of {}",
+            train_loader.windows().len(),
+            train_loader.batch_size()
+        )));
+    }
+    let total_steps = steps_per_epoch * options.epochs;
+    let schedule = options.schedule(total_steps);
+    let device = model.device();
+    let mut state = resume.unwrap_or(TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        tokens_seen: 0,
+    });
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut metrics = open_metrics(&metrics_path, state.step)?;
+    observer.on_start(total_steps, state.step);
+
+    let mut window_start = Instant::now();
+    let mut window_tokens = 0u64;
+    while state.epoch < options.epochs {
+        let epoch = state.epoch;
+        for batch in train_loader
+            .batches(epoch as u64)
+            .skip(state.batch_in_epoch)
+        {
+            let lr = schedule.lr(state.step);
+            device.seed(step_seed(options.seed, state.step));
+            let (inputs, targets) = batch.to_tensors(&device);
+            let loss = lm_loss(model.forward(inputs), targets);
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: state.step + 1,
+                    loss: loss_value,
+                });
+            }
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if let Some(max_norm) = options.grad_clip {
+                clip_global_norm(&model, &mut grads, max_norm);
+            }
+            model = optim.step(lr, model, grads);
+
+            state.step += 1;
+            state.batch_in_epoch += 1;
+            state.tokens_seen += batch.num_tokens() as u64;
+            window_tokens += batch.num_tokens() as u64;
+            let tokens_per_s = window_tokens as f64 / window_start.elapsed().as_secs_f64();
+            observer.on_step(state.step, loss_value, lr, tokens_per_s);
+
+            let last_step = state.step == total_steps;
+            if (options.eval_freq > 0 && state.step.is_multiple_of(options.eval_freq)) || last_step
+            {
+                let record = EvalRecord {
+                    step: state.step,
+                    epoch,
+                    tokens_seen: state.tokens_seen,
+                    train_loss: evaluate(&model, train_loader, options.eval_iter),
+                    val_loss: evaluate(&model, val_loader, options.eval_iter),
+                    lr,
+                    tokens_per_s,
+                };
+                write_metrics(&mut metrics, &metrics_path, &record)?;
+                observer.on_eval(&record);
+                window_start = Instant::now();
+                window_tokens = 0;
+            }
+            if state.batch_in_epoch == steps_per_epoch {
+                state.epoch += 1;
+                state.batch_in_epoch = 0;
+            }
+            let periodic =
+                options.checkpoint_every > 0 && state.step.is_multiple_of(options.checkpoint_every);
+            if periodic || last_step {
+                checkpoint::save(run_dir, &model, &optim, &state, options.keep_checkpoints)?;
+            }
+        }
+        // The loop above ends each epoch by moving `state` to the next one.
+        observer.on_epoch_end(epoch, &model.valid());
+    }
+    Ok((model, state))
+}
+
+/// Opens `metrics.jsonl` for appending, first dropping lines past `resume_step` (they belong to
+/// steps that will be redone).
+fn open_metrics(path: &Path, resume_step: usize) -> Result<std::fs::File, TrainError> {
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<EvalRecord>(line).is_ok_and(|r| r.step <= resume_step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        ember_data::write_atomically(path, kept.as_bytes()).map_err(io)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)
+}
+
+fn write_metrics(
+    file: &mut std::fs::File,
+    path: &Path,
+    record: &EvalRecord,
+) -> Result<(), TrainError> {
+    let line = serde_json::to_string(record).expect("metrics serialize");
+    writeln!(file, "{line}")
+        .and_then(|()| file.flush())
+        .map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Reads `metrics.jsonl` (for plots and reports).
+pub fn read_metrics(path: &Path) -> Result<Vec<EvalRecord>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
