@@ -25,6 +25,11 @@ DIGEST_DEFINITION = (
 )
 
 
+def default_data() -> str:
+    """$EMBER_DATA_MIRROR, else the offline mirror ../shared/datasets beside the repo root."""
+    return os.environ.get("EMBER_DATA_MIRROR") or str(REPO.parent / "shared" / "datasets")
+
+
 def gpt2_encoding(data: Path) -> tiktoken.Encoding:
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(data / "gpt2" / "vocab.bpe"),
@@ -131,13 +136,43 @@ CASES = [
     "https://example.com/path?q=1&r=2#frag",
     "    indented code\n        more",
     "The Verdict by Edith Wharton",
+    # more whitespace placement: runs before words / at the end of text, mixed kinds
+    "\t\tword",
+    "\n\nword",
+    "word \n",
+    "word\t\n ",
+    "a  \t\n\n  b",
+    " \r\n \r\n",
+    # contractions in odd places and mixed case
+    "'s 'S 'Ve 'vE x'd'",
+    "I'M'LL",
+    # digits: long runs and mixes with letters
+    "0000000000000000000000000000000000000000",
+    "v1.2.3-rc4 x86_64 2024-01-01T12:00:00Z",
+    # whitespace-like and invisible code points on their own
+    "\u00a0",
+    "\u00a0word",
+    "\u2028",
+    "\u3000\u3000x",
+    "\ufeff",
+    "a\u200db",
+    "\x1b[31mred\x1b[0m\x7f",
+    "\u0085next line",
+    # more scripts: Hangul (precomposed and jamo), Thai, Devanagari with virama/nukta
+    "\u1112\u1161\u11ab\u1100\u1173\u11af",
+    "ภาษาไทย",
+    "क़ि क्ष श्री",
+    "👩🏿‍💻👨‍❤️‍👨",
+    "<|endoftext|>\n<|endoftext|> <|endoftext|>",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa b",
+    "abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc",
+    "=" * 64 + "\n" + "-" * 33,
 ]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = os.environ.get("EMBER_DATA_MIRROR") or str(REPO.parent / "shared" / "datasets")
-    parser.add_argument("--data", default=default_data, help="directory with the dataset files")
+    parser.add_argument("--data", default=default_data(), help="directory with the dataset files")
     parser.add_argument(
         "--out", default=str(REPO / "crates/ember-data/tests/data/tiktoken_reference.json")
     )
