@@ -275,6 +275,16 @@ struct Progress<'a> {
     last_sample: String,
 }
 
+impl Progress<'_> {
+    /// A line above the bar, or on stderr when there is no visible bar (not a terminal).
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
 impl TrainObserver for Progress<'_> {
     fn on_start(&mut self, total_steps: usize, first_step: usize) {
         let bar = ProgressBar::new(total_steps as u64);
@@ -306,10 +316,7 @@ impl TrainObserver for Progress<'_> {
             r.train_loss,
             r.val_loss
         );
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
+        self.say(&line);
     }
 
     fn on_epoch_end(&mut self, epoch: usize, model: &Gpt) {
@@ -320,10 +327,7 @@ impl TrainObserver for Progress<'_> {
             self.sample_tokens,
         );
         let line = format!("ep {} sample: {}", epoch + 1, text.replace('\n', " "));
-        match &self.bar {
-            Some(bar) => bar.println(&line),
-            None => eprintln!("{line}"),
-        }
+        self.say(&line);
         self.last_sample = format!("{}{}", self.start_context, text);
     }
 }
