@@ -4,17 +4,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ember_data::datasets::{DataCache, DataError, Manifest, NoProgress, hash_file};
-
-fn shared_mirror() -> PathBuf {
-    std::env::var_os("EMBER_DATA_MIRROR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets")
-        })
-}
 
 /// Every file under `dir` (recursively), as paths relative to it.
 fn files_under(dir: &Path) -> Vec<String> {
@@ -76,7 +68,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn fetches_every_dataset_from_the_mirror_then_from_the_cache() {
-    let mirror = shared_mirror();
+    let mirror = common::mirror();
     if !mirror.is_dir() {
         eprintln!("skipped: no mirror at {}", mirror.display());
         return;
@@ -207,7 +199,7 @@ fn downloads_verify_and_fall_back_to_the_next_url_and_unpack_zips() {
 
 #[test]
 fn parallel_fetches_into_one_cache_all_succeed() {
-    let mirror = shared_mirror();
+    let mirror = common::mirror();
     if !mirror.is_dir() {
         eprintln!("skipped: no mirror at {}", mirror.display());
         return;

@@ -235,3 +235,27 @@ fn generation_crops_long_prompts_stops_at_eos_and_repeats_with_a_seed() {
     let err = generate(&model, &[vec![]], &greedy, |_, _| {}).unwrap_err();
     assert_eq!(err, "prompt 1 is empty: give at least one token");
 }
+
+#[test]
+fn a_tiny_model_learns_to_copy_its_input() {
+    // Unlike overfitting one sequence (which position embeddings alone can memorise), copying
+    // random tokens needs the token embeddings and the path through every block.
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let mut model = tiny(40, 16).init(&device);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut loss_value = f32::NAN;
+    for step in 0..200u64 {
+        let mut rng = ember_data::rng::SplitMix64::new(step);
+        let ids: Vec<i64> = (0..8 * 16).map(|_| rng.below(40) as i64).collect();
+        let inputs = Tensor::<1, Int>::from_data(ids.as_slice(), &device).reshape([8, 16]);
+        let loss = lm_loss(model.forward(inputs.clone()), inputs);
+        loss_value = loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    assert!(
+        loss_value < 0.1,
+        "copy loss {loss_value} (ln 40 = 3.69 is chance)"
+    );
+}

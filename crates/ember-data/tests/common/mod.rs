@@ -8,15 +8,22 @@ use std::sync::OnceLock;
 use ember_data::bpe::BpeTokenizer;
 use ember_data::datasets::DataCache;
 
+/// `$EMBER_DATA_MIRROR`, else `../shared/datasets` beside the checkout (it may not exist).
+pub fn mirror() -> PathBuf {
+    std::env::var_os("EMBER_DATA_MIRROR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets")
+        })
+}
+
 pub fn cache() -> DataCache {
-    let mut cache = DataCache::from_env();
-    if std::env::var_os("EMBER_DATA_MIRROR").is_none() {
-        let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
-        if shared.is_dir() {
-            cache = DataCache::new(cache.root().to_path_buf(), Some(shared));
-        }
+    let cache = DataCache::from_env();
+    let mirror = mirror();
+    match mirror.is_dir() {
+        true => DataCache::new(cache.root().to_path_buf(), Some(mirror)),
+        false => cache,
     }
-    cache
 }
 
 pub fn text(name: &str, file: &str) -> String {
