@@ -48,6 +48,7 @@ pub struct ModelOverrides {
     pub drop_rate: Option<f64>,
     pub qkv_bias: Option<bool>,
     pub tie_weights: Option<bool>,
+    pub emb_init_std: Option<f64>,
 }
 
 /// What a run directory records about itself (`run.toml`), for resume and generate.
@@ -249,6 +250,7 @@ fn new_run_info(args: &PretrainArgs) -> Result<RunInfo> {
     model.drop_rate = overrides.drop_rate.unwrap_or(model.drop_rate);
     model.qkv_bias = overrides.qkv_bias.unwrap_or(model.qkv_bias);
     model.tie_weights = overrides.tie_weights.unwrap_or(model.tie_weights);
+    model.emb_init_std = overrides.emb_init_std.unwrap_or(model.emb_init_std);
     model.context_length = recipe.context_length.unwrap_or(model.context_length);
     model.validate()?;
     Ok(RunInfo {

@@ -23,6 +23,7 @@ fn tiny(vocab_size: usize, context_length: usize) -> GptConfig {
         qkv_bias: true,
         tie_weights: false,
         layer_norm_eps: 1e-5,
+        emb_init_std: 1.0,
     }
 }
 

@@ -33,6 +33,7 @@ fn config() -> GptConfig {
         qkv_bias: false,
         tie_weights: true,
         layer_norm_eps: 1e-5,
+        emb_init_std: 1.0,
     }
 }
 
