@@ -13,6 +13,27 @@ pub enum BenchCommand {
     /// GPT-2 BPE encode throughput (MB/s, one thread) on the-verdict and the SMS corpus,
     /// next to Python tiktoken's when it is available.
     Tokenizer(TokenizerBenchArgs),
+    /// Greedy decoding tokens/s with and without the key/value cache, on random weights of a
+    /// model config (default gpt2-small), and the speed-up.
+    Generate(GenerateBenchArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateBenchArgs {
+    /// Model config: a built-in name or a TOML file.
+    #[arg(long, default_value = "gpt2-small")]
+    model: String,
+    /// Tokens to generate per run.
+    #[arg(long, default_value_t = 256)]
+    new_tokens: usize,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 4)]
+    prompt_tokens: usize,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -48,8 +69,93 @@ fn best_time(min_total: Duration, mut work: impl FnMut()) -> Duration {
     best
 }
 
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Tokenizer(args) = cmd;
+pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
+    match cmd {
+        BenchCommand::Tokenizer(args) => tokenizer_bench(args),
+        BenchCommand::Generate(args) => generate_bench(args, device_spec),
+    }
+}
+
+fn generate_bench(args: GenerateBenchArgs, device_spec: &str) -> Result<()> {
+    use burn::prelude::*;
+    use ember_model::generate::{GenerateOptions, generate};
+    use ember_model::sampling::SamplingConfig;
+
+    let device = crate::device::parse_device(device_spec)?;
+    let config = crate::models::load_gpt_config(&args.model, None)?;
+    anyhow::ensure!(
+        args.prompt_tokens >= 1 && args.prompt_tokens + args.new_tokens <= config.context_length,
+        "prompt + new tokens ({} + {}) must fit the context length {} (and the prompt be non-empty)",
+        args.prompt_tokens,
+        args.new_tokens,
+        config.context_length
+    );
+    device.seed(args.seed);
+    let model = config.init(&device);
+    // Parameters are initialised lazily: a first forward pass materialises them untimed.
+    let _ = model
+        .forward(Tensor::<2, Int>::zeros([1, 1], &device))
+        .into_data();
+    let mut rng = ember_data::rng::SplitMix64::new(args.seed);
+    let prompts: Vec<Vec<u32>> = (0..args.batch)
+        .map(|_| {
+            (0..args.prompt_tokens)
+                .map(|_| rng.below(config.vocab_size as u64) as u32)
+                .collect()
+        })
+        .collect();
+    println!(
+        "{}: {} parameters, {} prompt(s) of {} tokens, {} new tokens each, greedy, device {device_spec}",
+        args.model,
+        config.num_params(),
+        args.batch,
+        args.prompt_tokens,
+        args.new_tokens
+    );
+    let timed = |use_cache: bool| -> Result<(Vec<Vec<u32>>, f64)> {
+        let options = GenerateOptions {
+            max_new_tokens: args.new_tokens,
+            sampling: SamplingConfig::default(),
+            eos_id: None,
+            seed: 0,
+            use_cache,
+        };
+        let bar = crate::progress::count_bar(
+            (args.new_tokens * args.batch) as u64,
+            if use_cache {
+                "with cache"
+            } else {
+                "without cache"
+            },
+        );
+        let started = Instant::now();
+        let out =
+            generate(&model, &prompts, &options, |_, _| bar.inc(1)).map_err(anyhow::Error::msg)?;
+        let seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let tokens: Vec<Vec<u32>> = out.into_iter().map(|g| g.tokens).collect();
+        let rate = (args.new_tokens * args.batch) as f64 / seconds;
+        println!(
+            "{:>14}: {rate:8.1} tokens/s ({seconds:.1} s)",
+            if use_cache { "KV cache" } else { "no cache" }
+        );
+        Ok((tokens, rate))
+    };
+    let (cached_tokens, cached) = timed(true)?;
+    let (plain_tokens, plain) = timed(false)?;
+    println!(
+        "speed-up: {:.1}× (same tokens: {})",
+        cached / plain,
+        if cached_tokens == plain_tokens {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    Ok(())
+}
+
+fn tokenizer_bench(args: TokenizerBenchArgs) -> Result<()> {
     let tokenizer = crate::data::gpt2_tokenizer()?;
     let cache = DataCache::from_env();
     let verdict = ember_data::read_text_file(&cache.file("the-verdict", "the-verdict.txt")?)?;

@@ -120,11 +120,16 @@ fn windows(args: WindowsArgs) -> Result<()> {
 
 /// GPT-2's tokenizer from the data cache, fetched on first use.
 pub fn gpt2_tokenizer() -> Result<BpeTokenizer> {
+    Ok(BpeTokenizer::from_dir(&gpt2_vocabulary_dir()?)?)
+}
+
+/// The cache directory holding GPT-2's `encoder.json` and `vocab.bpe` (fetched if needed).
+pub fn gpt2_vocabulary_dir() -> Result<PathBuf> {
     let encoder = DataCache::from_env().file("gpt2-bpe", "gpt2/encoder.json")?;
     let dir = encoder
         .parent()
         .context("encoder.json has no parent directory")?;
-    Ok(BpeTokenizer::from_dir(dir)?)
+    Ok(dir.to_path_buf())
 }
 
 /// A text source given on the command line: an existing file, or the name of a dataset with a

@@ -8,16 +8,19 @@ use clap::Args;
 use ember_data::bpe::END_OF_TEXT;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::sampling::SamplingConfig;
-use ember_train::checkpoint;
 
 use crate::device;
-use crate::pretrain::read_run_info;
+use crate::runs::load_gpt;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Run directory written by `ember pretrain` (its latest checkpoint is used).
+    /// Run directory written by `ember pretrain` or `ember import` (its latest checkpoint).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    checkpoint: Option<PathBuf>,
+    /// Pretrained weights: a HuggingFace GPT-2 directory (config.json + model.safetensors or
+    /// pytorch_model.bin, or a `models--NAME` cache folder) or a run directory.
     #[arg(long)]
-    checkpoint: PathBuf,
+    weights: Option<PathBuf>,
     /// Prompt text; repeat for a batch (each sequence stops at its own end-of-text).
     #[arg(long, required = true)]
     prompt: Vec<String>,
@@ -43,14 +46,22 @@ pub struct GenerateArgs {
     /// Never stop early: always generate max-new-tokens.
     #[arg(long)]
     no_eos: bool,
+    /// Re-run the whole window for every token instead of using the key/value cache
+    /// (same output, slower; for checking and benchmarking).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?;
-    let info = read_run_info(&args.checkpoint)?;
-    let dir = checkpoint::latest(&args.checkpoint)?;
-    let model = checkpoint::load_model(&dir, info.model.init(&device))?;
-    let tokenizer = crate::tokenize::load_tokenizer(info.tokenizer.as_ref())?;
+    let source = args
+        .checkpoint
+        .as_ref()
+        .or(args.weights.as_ref())
+        .expect("clap requires --checkpoint or --weights");
+    let loaded = load_gpt(source, &device, None)?;
+    let tokenizer = loaded.tokenizer()?;
+    let model = loaded.model;
     let eos_id = match (args.no_eos, args.eos_id) {
         (true, _) => None,
         (false, Some(id)) => Some(id),
@@ -66,6 +77,7 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         },
         eos_id,
         seed: args.seed,
+        use_cache: !args.no_cache,
     };
     options.sampling.validate().map_err(anyhow::Error::msg)?;
     let context = model.context_length();

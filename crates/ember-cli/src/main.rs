@@ -4,9 +4,12 @@ mod bench;
 mod data;
 mod device;
 mod generate;
+mod hf;
 mod models;
 mod pretrain;
 mod progress;
+mod runs;
+mod score;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -38,8 +41,16 @@ enum Command {
     Tokenizer(tokenize::TokenizerCommand),
     /// Pretrain a GPT from a recipe (default: gpt-tiny on the-verdict, a few minutes on CPU).
     Pretrain(pretrain::PretrainArgs),
-    /// Generate text from a trained run.
+    /// Generate text from a trained run or pretrained weights.
     Generate(generate::GenerateArgs),
+    /// Loss and perplexity of a text under a model.
+    Score(score::ScoreArgs),
+    /// Import pretrained weights (HuggingFace format) into a run directory.
+    #[command(subcommand)]
+    Import(hf::ImportCommand),
+    /// Export a run's weights in HuggingFace format.
+    #[command(subcommand)]
+    Export(hf::ExportCommand),
     /// Benchmarks that print ratios against a reference measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,7 +65,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenizer(cmd) => tokenize::run_tokenizer(cmd),
         Command::Pretrain(args) => pretrain::run(args, &cli.device),
         Command::Generate(args) => generate::run(args, &cli.device),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Score(args) => score::run(args, &cli.device),
+        Command::Import(cmd) => hf::run_import(cmd, &cli.device),
+        Command::Export(cmd) => hf::run_export(cmd, &cli.device),
+        Command::Bench(cmd) => bench::run(cmd, &cli.device),
         Command::Info => info(&cli.device),
     }
 }

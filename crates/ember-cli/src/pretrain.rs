@@ -3,18 +3,20 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use clap::Args;
 use ember_data::bpe::BpeTokenizer;
 use ember_data::loader::{TokenWindows, WindowLoader, split_text};
 use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
-use ember_model::gpt::{Gpt, GptConfig};
+use ember_model::gpt::Gpt;
 use ember_model::sampling::SamplingConfig;
 use ember_train::checkpoint;
 use ember_train::lm::{EvalRecord, Splits, TrainObserver, TrainOptions, train};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{data, device, models};
 
 /// The default recipe, compiled in so `ember pretrain` works from any directory.
@@ -51,16 +53,6 @@ pub struct ModelOverrides {
     pub emb_init_std: Option<f64>,
 }
 
-/// What a run directory records about itself (`run.toml`), for resume and generate.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunInfo {
-    pub model: GptConfig,
-    /// Tokenizer directory, or absent for GPT-2's.
-    pub tokenizer: Option<PathBuf>,
-    pub recipe: Recipe,
-}
-
 #[derive(Args)]
 pub struct PretrainArgs {
     /// Recipe TOML [default: configs/pretrain/gpt-tiny-verdict.toml, built in].
@@ -89,32 +81,50 @@ pub struct PretrainArgs {
     /// Tokenizer directory (encoder.json + vocab.bpe) [default: GPT-2's].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Start from pretrained weights instead of random ones: a HuggingFace GPT-2 directory
+    /// or a run directory. Their config and tokenizer replace the recipe's.
+    #[arg(long, conflicts_with_all = ["model_config", "tokenizer"])]
+    weights: Option<PathBuf>,
     /// Run directory for checkpoints, metrics and the loss plot.
     #[arg(long, default_value = "runs/pretrain")]
     out: PathBuf,
+    /// Replace the run already in --out (its checkpoints, metrics and plot are deleted).
+    #[arg(long)]
+    overwrite: bool,
     /// Continue the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer"])]
+    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer", "weights", "overwrite"])]
     resume: Option<PathBuf>,
 }
 
 pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?.autodiff();
-    let (info, run_dir, resume_dir) = match &args.resume {
+    let (mut info, run_dir, resume_dir, pretrained) = match &args.resume {
         Some(run_dir) => {
             let info = read_run_info(run_dir)?;
+            if info.recipe.is_none() {
+                bail!(
+                    "{} holds imported weights, not a training run; train them with `ember pretrain --weights {}`",
+                    run_dir.display(),
+                    run_dir.display()
+                );
+            }
             let dir = checkpoint::latest(run_dir)?;
-            (info, run_dir.clone(), Some(dir))
+            (info, run_dir.clone(), Some(dir), None)
         }
-        None => (new_run_info(&args)?, args.out.clone(), None),
+        None => {
+            let (info, pretrained) = new_run_info(&args, &device)?;
+            (info, args.out.clone(), None, pretrained)
+        }
     };
-    let mut info = info;
+    let recipe = info.recipe.as_mut().expect("a training run has a recipe");
     // Flags that may change on resume too (e.g. more epochs).
     if let Some(epochs) = args.epochs {
-        info.recipe.train.epochs = epochs;
+        recipe.train.epochs = epochs;
     }
-    info.recipe.train.validate().map_err(anyhow::Error::msg)?;
+    recipe.train.validate().map_err(anyhow::Error::msg)?;
+    let recipe = recipe.clone();
 
-    let tokenizer = crate::tokenize::load_tokenizer(info.tokenizer.as_ref())?;
+    let tokenizer = crate::tokenize::load_tokenizer(info.tokenizer_dir(&run_dir).as_ref())?;
     if tokenizer.vocab_size() > info.model.vocab_size {
         bail!(
             "the tokenizer has {} tokens but the model's vocab_size is {}",
@@ -122,15 +132,15 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
             info.model.vocab_size
         );
     }
-    let text = ember_data::read_text_file(&data::resolve_text_source(&info.recipe.corpus)?)?;
-    let (train_text, val_text) = split_text(&text, info.recipe.train_ratio)?;
+    let text = ember_data::read_text_file(&data::resolve_text_source(&recipe.corpus)?)?;
+    let (train_text, val_text) = split_text(&text, recipe.train_ratio)?;
     let window = info.model.context_length;
     let loader = |part: &str, what: &str, shuffle: Option<u64>, drop_last: bool| {
-        let stride = info.recipe.stride.unwrap_or(window);
+        let stride = recipe.stride.unwrap_or(window);
         let windows = TokenWindows::new(tokenizer.encode(part), window, stride, what)?;
         Ok::<_, anyhow::Error>(WindowLoader::new(
             windows,
-            info.recipe.train.batch_size,
+            recipe.train.batch_size,
             shuffle,
             drop_last,
         )?)
@@ -138,20 +148,22 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     let train_loader = loader(
         train_text,
         "the training split",
-        Some(info.recipe.train.seed),
+        Some(recipe.train.seed),
         true,
     )?;
     let val_loader = loader(val_text, "the validation split", None, false)?;
 
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
-    let run_toml = toml::to_string(&info).context("serializing run.toml")?;
-    ember_data::write_atomically(&run_dir.join("run.toml"), run_toml.as_bytes())
-        .with_context(|| format!("writing {}", run_dir.join("run.toml").display()))?;
+    if resume_dir.is_none() {
+        prepare_new_run_dir(&run_dir, args.overwrite)?;
+    }
+    write_run_info(&run_dir, &info)?;
 
-    device.seed(info.recipe.train.seed);
-    let mut model = info.model.init(&device);
-    let mut optim = info.recipe.train.optimizer();
+    device.seed(recipe.train.seed);
+    let mut model = match pretrained {
+        Some(model) => model,
+        None => info.model.init(&device),
+    };
+    let mut optim = recipe.train.optimizer();
     let mut state = None;
     if let Some(dir) = &resume_dir {
         model = checkpoint::load_model(dir, model)?;
@@ -171,8 +183,8 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     let mut observer = Progress {
         bar: None,
         tokenizer: &tokenizer,
-        start_context: info.recipe.start_context.clone(),
-        sample_tokens: info.recipe.sample_tokens,
+        start_context: recipe.start_context.clone(),
+        sample_tokens: recipe.sample_tokens,
         last_sample: String::new(),
     };
     let started = std::time::Instant::now();
@@ -183,7 +195,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
             train: &train_loader,
             val: &val_loader,
         },
-        &info.recipe.train,
+        &recipe.train,
         &run_dir,
         state,
         &mut observer,
@@ -215,7 +227,36 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
-fn new_run_info(args: &PretrainArgs) -> Result<RunInfo> {
+/// Refuses to train into a directory that already holds a run, unless `overwrite`, in which
+/// case the files a run writes are deleted first (other files are left alone).
+fn prepare_new_run_dir(run_dir: &Path, overwrite: bool) -> Result<()> {
+    if !run_dir.join("run.toml").exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        bail!(
+            "{} already holds a run; continue it with --resume {}, replace it with --overwrite, or choose another --out",
+            run_dir.display(),
+            run_dir.display()
+        );
+    }
+    for file in ["run.toml", "metrics.jsonl", "loss.png"] {
+        let path = run_dir.join(file);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    let checkpoints = checkpoint::checkpoints_dir(run_dir);
+    if checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints)
+            .with_context(|| format!("removing {}", checkpoints.display()))?;
+    }
+    Ok(())
+}
+
+/// The run description of a new run from the recipe and flags; with `--weights`, also the
+/// pretrained model (loaded on `device`), whose config replaces the recipe's.
+fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option<Gpt>)> {
     let mut recipe: Recipe = match &args.recipe {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -245,6 +286,28 @@ fn new_run_info(args: &PretrainArgs) -> Result<RunInfo> {
     if let Some(stride) = args.stride {
         recipe.stride = Some(stride);
     }
+    if let Some(weights) = &args.weights {
+        let loaded = runs::load_gpt(weights, device, recipe.context_length)?;
+        let mut model = loaded.config.clone();
+        // Only dropout can change without changing the function the weights compute.
+        model.drop_rate = recipe.model_overrides.drop_rate.unwrap_or(model.drop_rate);
+        model.validate()?;
+        let mut pretrained = loaded.model;
+        if model.drop_rate != loaded.config.drop_rate {
+            pretrained = pretrained.with_drop_rate(model.drop_rate);
+        }
+        recipe.model = format!("weights from {}", weights.display());
+        let tokenizer = loaded
+            .tokenizer
+            .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+        let info = RunInfo {
+            model,
+            tokenizer,
+            source: Some(weights.display().to_string()),
+            recipe: Some(recipe),
+        };
+        return Ok((info, Some(pretrained)));
+    }
     let mut model = models::load_gpt_config(&recipe.model, args.recipe.as_deref())?;
     let overrides = &recipe.model_overrides;
     model.drop_rate = overrides.drop_rate.unwrap_or(model.drop_rate);
@@ -253,19 +316,19 @@ fn new_run_info(args: &PretrainArgs) -> Result<RunInfo> {
     model.emb_init_std = overrides.emb_init_std.unwrap_or(model.emb_init_std);
     model.context_length = recipe.context_length.unwrap_or(model.context_length);
     model.validate()?;
-    Ok(RunInfo {
-        model,
-        tokenizer: args.tokenizer.clone(),
-        recipe,
-    })
-}
-
-/// Reads `RUN_DIR/run.toml`.
-pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
-    let path = run_dir.join("run.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} is not an ember run directory", run_dir.display()))?;
-    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let tokenizer = args
+        .tokenizer
+        .as_ref()
+        .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+    Ok((
+        RunInfo {
+            model,
+            tokenizer,
+            source: None,
+            recipe: Some(recipe),
+        },
+        None,
+    ))
 }
 
 /// Progress bar + the per-epoch sample.
@@ -341,6 +404,7 @@ fn sample(model: &Gpt, tokenizer: &BpeTokenizer, prompt: &str, tokens: usize) ->
         sampling: SamplingConfig::default(),
         eos_id: None,
         seed: 0,
+        use_cache: true,
     };
     let prompt_ids = tokenizer.encode(prompt);
     match generate(model, &[prompt_ids], &options, |_, _| {}) {

@@ -258,6 +258,111 @@ fn pretrain_then_generate_then_resume() {
         stdout(&out)
     );
 
+    // A second run into the same directory is refused unless asked to replace it.
+    let rerun = [
+        "pretrain",
+        "--model-config",
+        model.to_str().unwrap(),
+        "--out",
+        run_str,
+    ];
+    assert_one_line_error(&ember(&rerun), "already holds a run");
+
+    // Export to HF format; the exported directory generates the same greedy text, and can
+    // be trained further with --weights.
+    let exported = dir.path().join("hf");
+    let out = ember(&[
+        "export",
+        "gpt2",
+        "--checkpoint",
+        run_str,
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        assert!(exported.join(file).is_file(), "{file} missing");
+    }
+    let greedy = |flag: &str, path: &str| {
+        let out = ember(&[
+            "generate",
+            flag,
+            path,
+            "--prompt",
+            "Every effort",
+            "--prompt",
+            "I had always",
+            "--max-new-tokens",
+            "12",
+            "--no-eos",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    let from_run = greedy("--checkpoint", run_str);
+    assert_eq!(from_run, greedy("--weights", exported.to_str().unwrap()));
+    // --no-cache recomputes every step and must agree.
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        run_str,
+        "--prompt",
+        "Every effort",
+        "--prompt",
+        "I had always",
+        "--max-new-tokens",
+        "12",
+        "--no-eos",
+        "--no-cache",
+    ]);
+    assert_eq!(stdout(&out), from_run);
+    let tuned = dir.path().join("tuned");
+    let out = ember(&[
+        "pretrain",
+        "--weights",
+        exported.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        tuned.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("step 9: train loss"),
+        "{}",
+        stdout(&out)
+    );
+    assert_one_line_error(
+        &ember(&[
+            "export",
+            "gpt2",
+            "--checkpoint",
+            run_str,
+            "--out",
+            exported.to_str().unwrap(),
+        ]),
+        "already exists; pass --force",
+    );
+
     assert_one_line_error(
         &ember(&[
             "generate",
@@ -266,7 +371,7 @@ fn pretrain_then_generate_then_resume() {
             "--prompt",
             "x",
         ]),
-        "is not an ember run directory",
+        "neither an ember run directory",
     );
     assert_one_line_error(
         &ember(&[
@@ -277,5 +382,118 @@ fn pretrain_then_generate_then_resume() {
             run_str,
         ]),
         "model config `no-such-model`",
+    );
+}
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("EMBER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        })
+}
+
+#[test]
+fn import_then_export_gives_back_the_huggingface_tensors() {
+    use ember_model::weights::TensorSet;
+
+    let source = fixtures().join("tiny-gpt2");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = ember(&[
+        "import",
+        "gpt2",
+        "--from",
+        source.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("60288 parameters, context 64"),
+        "{}",
+        stdout(&out)
+    );
+    let exported = dir.path().join("hf");
+    let out = ember(&[
+        "export",
+        "gpt2",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let original = TensorSet::open(&source.join("model.safetensors")).unwrap();
+    let back = TensorSet::open(&exported.join("model.safetensors")).unwrap();
+    assert_eq!(
+        original.names().collect::<Vec<_>>(),
+        back.names().collect::<Vec<_>>()
+    );
+    for name in original.names() {
+        assert_eq!(
+            original.read(name).unwrap(),
+            back.read(name).unwrap(),
+            "{name}"
+        );
+    }
+
+    // The fixture has a 1,024-token vocabulary and no vocabulary files: text commands say so.
+    assert_one_line_error(
+        &ember(&[
+            "generate",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]),
+        "has 50257 tokens but the model's vocab_size is 1024",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "import",
+            "gpt2",
+            "--from",
+            source.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]),
+        "already holds a run",
+    );
+    assert_one_line_error(
+        &ember(&["pretrain", "--resume", run.to_str().unwrap()]),
+        "holds imported weights, not a training run",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "import",
+            "gpt2",
+            "--from",
+            dir.path().join("nope").to_str().unwrap(),
+            "--out",
+            dir.path().join("r2").to_str().unwrap(),
+        ]),
+        "no such directory",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "import",
+            "gpt2",
+            "--from",
+            source.to_str().unwrap(),
+            "--out",
+            dir.path().join("r3").to_str().unwrap(),
+            "--context-length",
+            "65",
+        ]),
+        "context length 65 must be between 1 and the checkpoint's n_positions 64",
     );
 }

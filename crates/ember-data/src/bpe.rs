@@ -83,9 +83,22 @@ impl fmt::Debug for BpeTokenizer {
 }
 
 impl BpeTokenizer {
-    /// Loads GPT-2's two-file format from a directory holding `encoder.json` and `vocab.bpe`.
+    /// Loads GPT-2's two-file format from a directory holding `encoder.json` and `vocab.bpe`
+    /// (OpenAI's names) or `vocab.json` and `merges.txt` (the same files as HuggingFace names
+    /// them in a model directory).
     pub fn from_dir(dir: &Path) -> Result<Self, BpeError> {
-        Self::from_files(&dir.join("encoder.json"), &dir.join("vocab.bpe"))
+        let (encoder, merges) = Self::vocabulary_files(dir)
+            .unwrap_or_else(|| (dir.join("encoder.json"), dir.join("vocab.bpe")));
+        Self::from_files(&encoder, &merges)
+    }
+
+    /// The `(encoder, merges)` files [`BpeTokenizer::from_dir`] would load from `dir`, if both
+    /// exist under either naming.
+    pub fn vocabulary_files(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+        [("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")]
+            .iter()
+            .map(|(e, m)| (dir.join(e), dir.join(m)))
+            .find(|(e, m)| e.is_file() && m.is_file())
     }
 
     /// Loads `encoder.json` + `vocab.bpe` and checks that they agree: the ids in `encoder.json`

@@ -1,15 +1,17 @@
 //! Autoregressive text generation for GPT models.
 //!
-//! Each step runs the model on the last `context_length` tokens of every unfinished sequence,
-//! takes the logits of the last position and picks a token with [`crate::sampling`]. Sequences
-//! of equal length share one forward pass; each stops at its own end-of-text token.
-
-use std::collections::BTreeMap;
+//! Prompts of different lengths run as one batch: each row is left-padded to the longest,
+//! padding is hidden from attention and position ids count only a row's real tokens, so every
+//! row computes what it would alone. With the key/value cache, the prompt is encoded once
+//! (prefill) and each later step feeds one position per row. When a sequence reaches the
+//! context length the window slides: each further step re-encodes the last `context_length`
+//! tokens from position 0, exactly as the cache-free loop does (so it is no faster than it
+//! from then on). Each row stops at its own end-of-text token and leaves the batch.
 
 use burn::prelude::*;
 use ember_data::rng::SplitMix64;
 
-use crate::gpt::Gpt;
+use crate::gpt::{Gpt, KvCache};
 use crate::sampling::{SamplingConfig, sample_next};
 
 /// What to generate and how.
@@ -21,6 +23,9 @@ pub struct GenerateOptions {
     pub eos_id: Option<u32>,
     /// Seed of the sampling random numbers; the same seed repeats the same text.
     pub seed: u64,
+    /// Decode with a key/value cache (one position per step) instead of re-running the
+    /// whole window every step. Both give the same tokens.
+    pub use_cache: bool,
 }
 
 /// The new tokens of each prompt, and whether its prompt had to be cropped to the context.
@@ -47,7 +52,6 @@ pub fn generate(
     }
     let context = model.context_length();
     let device = model.device();
-    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
     let mut results: Vec<Generation> = prompts
         .iter()
         .map(|p| Generation {
@@ -55,53 +59,105 @@ pub fn generate(
             prompt_cropped: p.len() > context,
         })
         .collect();
-    let mut active: Vec<bool> = vec![true; prompts.len()];
+    // Every row's tokens so far; row r occupies the last `sequences[r].len()` of `width`
+    // columns, the columns before are padding.
+    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
+    let mut width = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    // Original indices of the rows still generating, in batch order.
+    let mut rows: Vec<usize> = (0..prompts.len()).collect();
+    let mut cache = KvCache::new();
     let mut rng = SplitMix64::new(options.seed);
 
     for _ in 0..options.max_new_tokens {
-        // Group unfinished sequences by window length: one forward pass per group.
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (index, seq) in sequences.iter().enumerate() {
-            if active[index] {
-                groups
-                    .entry(seq.len().min(context))
-                    .or_default()
-                    .push(index);
-            }
-        }
-        if groups.is_empty() {
+        if rows.is_empty() {
             break;
         }
-        for (len, members) in groups {
-            let ids: Vec<i64> = members
+        let batch = rows.len();
+        let pad = |r: usize| width - sequences[r].len();
+        let incremental =
+            options.use_cache && width <= context && !cache.is_empty() && cache.len() + 1 == width;
+        let hidden = if incremental {
+            // One new column; its position is the row's length so far.
+            let ids: Vec<i64> = rows
                 .iter()
-                .flat_map(|&i| {
-                    sequences[i][sequences[i].len() - len..]
-                        .iter()
-                        .map(|&t| i64::from(t))
-                })
+                .map(|&r| i64::from(*sequences[r].last().expect("non-empty")))
                 .collect();
-            let batch = members.len();
-            let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, len]), &device);
-            let logits = model.forward(input); // [batch, len, vocab]
-            let vocab = logits.dims()[2];
-            let last = logits
-                .slice(s![.., len - 1..len, ..])
-                .reshape([batch, vocab])
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .map_err(|e| format!("reading logits: {e:?}"))?;
-            for (row, &index) in members.iter().enumerate() {
-                let row_logits = last[row * vocab..(row + 1) * vocab].to_vec();
-                let next = sample_next(row_logits, &sequences[index], &options.sampling, &mut rng);
-                if options.eos_id == Some(next) {
-                    active[index] = false;
-                    continue;
+            let positions: Vec<i64> = rows
+                .iter()
+                .map(|&r| sequences[r].len() as i64 - 1)
+                .collect();
+            let hide: Vec<bool> = rows
+                .iter()
+                .flat_map(|&r| (0..width).map(move |col| col < pad(r)))
+                .collect();
+            model.forward_cached(
+                Tensor::from_data(TensorData::new(ids, [batch, 1]), &device),
+                Tensor::from_data(TensorData::new(positions, [batch, 1]), &device),
+                Tensor::from_data(TensorData::new(hide, [batch, 1, 1, width]), &device),
+                &mut cache,
+            )
+        } else {
+            // Encode the last `window` columns from scratch (prefill, slide, or no cache).
+            let window = width.min(context);
+            let first = width - window;
+            let mut ids = Vec::with_capacity(batch * window);
+            let mut positions = Vec::with_capacity(batch * window);
+            let mut hide = Vec::with_capacity(batch * window * window);
+            for &r in &rows {
+                let mut real = 0i64;
+                let mut is_pad = Vec::with_capacity(window);
+                for col in first..width {
+                    let padding = col < pad(r);
+                    is_pad.push(padding);
+                    if padding {
+                        ids.push(0);
+                    } else {
+                        ids.push(i64::from(sequences[r][col - pad(r)]));
+                        real += 1;
+                    }
+                    positions.push((real - 1).max(0));
                 }
-                sequences[index].push(next);
-                results[index].tokens.push(next);
-                on_token(index, next);
+                for query in 0..window {
+                    hide.extend((0..window).map(|key| key > query || is_pad[key]));
+                }
             }
+            cache.clear();
+            model.forward_cached(
+                Tensor::from_data(TensorData::new(ids, [batch, window]), &device),
+                Tensor::from_data(TensorData::new(positions, [batch, window]), &device),
+                Tensor::from_data(TensorData::new(hide, [batch, 1, window, window]), &device),
+                &mut cache,
+            )
+        };
+        let [_, new, emb] = hidden.dims();
+        let logits = model.head(
+            hidden
+                .slice(s![.., new - 1..new, ..])
+                .reshape([batch, 1, emb]),
+        );
+        let vocab = logits.dims()[2];
+        let logits = logits
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| format!("reading logits: {e:?}"))?;
+        let mut keep = Vec::with_capacity(batch);
+        for (row, &r) in rows.iter().enumerate() {
+            let row_logits = logits[row * vocab..(row + 1) * vocab].to_vec();
+            let next = sample_next(row_logits, &sequences[r], &options.sampling, &mut rng);
+            if options.eos_id == Some(next) {
+                continue;
+            }
+            sequences[r].push(next);
+            results[r].tokens.push(next);
+            on_token(r, next);
+            keep.push(row);
+        }
+        width += 1;
+        if keep.len() < batch && !keep.is_empty() {
+            cache.retain_rows(&keep);
+            rows = keep.iter().map(|&row| rows[row]).collect();
+        } else if keep.is_empty() {
+            rows.clear();
         }
     }
     Ok(results)

@@ -210,6 +210,38 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let (q, k, v) = self.project(x);
+        // tril_mask is true strictly above the diagonal: the future positions to hide.
+        let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &q.device())
+            .reshape([1, 1, seq, seq])
+            .expand([batch, 1, seq, seq]);
+        self.attend(q, k, v, future)
+    }
+
+    /// Attention over the cached positions and `x`'s new ones, appending the new keys and
+    /// values to `cache`. `x: [batch, new, emb]`; `hide: [batch, 1, new, past + new]` is true
+    /// where a query must not look (future or padding).
+    pub fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        hide: Tensor<4, Bool>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let (q, k, v) = self.project(x);
+        let (k, v) = match cache.take() {
+            Some((past_k, past_v)) => (
+                Tensor::cat(vec![past_k, k], 2),
+                Tensor::cat(vec![past_v, v], 2),
+            ),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        self.attend(q, k, v, hide)
+    }
+
+    /// Queries, keys and values `[batch, heads, seq, head_dim]` of `x: [batch, seq, emb]`.
+    fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, emb] = x.dims();
         let (heads, head_dim) = (self.n_heads, emb / self.n_heads);
         let qkv = self.c_attn.forward(x); // [batch, seq, 3·emb]
@@ -217,22 +249,27 @@ impl CausalSelfAttention {
             qkv.clone()
                 .narrow(2, i * emb, emb)
                 .reshape([batch, seq, heads, head_dim])
-                .swap_dims(1, 2) // [batch, heads, seq, head_dim]
+                .swap_dims(1, 2)
         };
-        let (q, k, v) = (split(0), split(1), split(2));
-        // tril_mask is true strictly above the diagonal: the future positions to hide.
-        let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &q.device())
-            .reshape([1, 1, seq, seq])
-            .expand([batch, heads, seq, seq]);
+        (split(0), split(1), split(2))
+    }
+
+    /// softmax(q·kᵀ/√d, hidden keys excluded)·v, heads merged and projected: `[batch, q, emb]`.
+    /// Hidden scores get `f32::MIN` rather than -∞, so a row with every key hidden (a padding
+    /// query) averages instead of producing NaN that would leak through 0·NaN.
+    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
+        let [batch, heads, queries, head_dim] = q.dims();
+        let keys = k.dims()[2];
+        let hide = hide.expand([batch, heads, queries, keys]);
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .div_scalar((head_dim as f32).sqrt())
-            .mask_fill(future, f32::NEG_INFINITY); // [batch, heads, seq, seq]
+            .mask_fill(hide, f32::MIN); // [batch, heads, queries, keys]
         let weights = self.attn_drop.forward(softmax(scores, 3));
         let context = weights
-            .matmul(v) // [batch, heads, seq, head_dim]
+            .matmul(v) // [batch, heads, queries, head_dim]
             .swap_dims(1, 2)
-            .reshape([batch, seq, emb]);
+            .reshape([batch, queries, heads * head_dim]);
         self.c_proj.forward(context)
     }
 }
@@ -272,6 +309,63 @@ impl GptBlock {
                 .resid_drop
                 .forward(self.mlp.forward(self.ln_2.forward(x)))
     }
+
+    /// [`GptBlock::forward`] with attention through a key/value cache.
+    pub fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        hide: Tensor<4, Bool>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let attn = self
+            .attn
+            .forward_cached(self.ln_1.forward(x.clone()), hide, cache);
+        let x = x + self.resid_drop.forward(attn);
+        x.clone()
+            + self
+                .resid_drop
+                .forward(self.mlp.forward(self.ln_2.forward(x)))
+    }
+}
+
+/// Keys and values of the positions processed so far, one `[batch, heads, past, head_dim]`
+/// pair per layer, so decoding one more token costs one position instead of the sequence.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[2],
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.clear();
+    }
+
+    /// Keeps only the batch rows `rows` (in that order), e.g. when other sequences finished.
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let index =
+                Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &k.device());
+            *k = k.clone().select(0, index.clone());
+            *v = v.clone().select(0, index);
+        }
+    }
 }
 
 /// A GPT language model.
@@ -290,6 +384,18 @@ pub struct Gpt {
 }
 
 impl Gpt {
+    /// The same weights with another dropout probability (e.g. pretrained weights, whose
+    /// checkpoint says 0.1, fine-tuned without dropout).
+    pub fn with_drop_rate(mut self, drop_rate: f64) -> Self {
+        let dropout = || DropoutConfig::new(drop_rate).init();
+        self.drop = dropout();
+        for block in &mut self.h {
+            block.attn.attn_drop = dropout();
+            block.resid_drop = dropout();
+        }
+        self
+    }
+
     pub fn context_length(&self) -> usize {
         self.context_length
     }
@@ -319,6 +425,34 @@ impl Gpt {
         self.ln_f.forward(x)
     }
 
+    /// Final hidden states `[batch, new, emb]` of `ids: [batch, new]`, continuing the sequence
+    /// whose keys and values `cache` holds (empty for a prefill). `positions: [batch, new]`
+    /// index the position embedding (they differ per row when rows are left-padded);
+    /// `hide: [batch, 1, new, cache.len() + new]` is true where a query must not attend.
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        hide: Tensor<4, Bool>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        let new = ids.dims()[1];
+        assert!(
+            cache.len() + new <= self.context_length,
+            "{} cached + {new} new positions exceed the context length {}",
+            cache.len(),
+            self.context_length
+        );
+        cache.layers.resize(self.h.len(), None);
+        let mut x = self
+            .drop
+            .forward(self.wte.forward(ids) + self.wpe.forward(positions));
+        for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward_cached(x, hide.clone(), layer);
+        }
+        self.ln_f.forward(x)
+    }
+
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         self.head(self.hidden_states(ids))
@@ -328,8 +462,18 @@ impl Gpt {
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            // Tied: logits = hidden · wteᵀ.
-            None => hidden.matmul(self.wte.weight.val().transpose().unsqueeze::<3>()),
+            // Tied: logits = hidden · wteᵀ, computed as (wte · hiddenᵀ)ᵀ: multiplying by the
+            // transposed [vocab, emb] table makes the CPU backend copy all of it (150 MB for
+            // GPT-2, 100 ms) on every call, while transposing hidden and the result is cheap.
+            None => {
+                let [batch, seq, emb] = hidden.dims();
+                let weight = self.wte.weight.val(); // [vocab, emb]
+                let vocab = weight.dims()[0];
+                weight
+                    .matmul(hidden.reshape([batch * seq, emb]).transpose()) // [vocab, batch·seq]
+                    .transpose()
+                    .reshape([batch, seq, vocab])
+            }
         }
     }
 }

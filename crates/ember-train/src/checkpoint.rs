@@ -1,8 +1,8 @@
 //! Checkpoints: model, optimizer state and training state, written so a crash never leaves one
 //! half-written.
 //!
-//! Each checkpoint is a directory `checkpoints/step-NNNNNNNN/` holding `model.bpk`, `optim.bpk`
-//! and `state.json`. It is written under a temporary name and renamed when complete, then the
+//! Each checkpoint is a directory `checkpoints/step-NNNNNNNN/` holding `model.bpk`, `state.json`
+//! and, for training runs, `optim.bpk` (imported weights have no optimizer state). It is written under a temporary name and renamed when complete, then the
 //! small file `checkpoints/latest` (itself written atomically) names it. Loading follows
 //! `latest`, or falls back to the newest complete directory, so a kill at any moment leaves the
 //! previous checkpoint usable.
@@ -34,7 +34,7 @@ pub enum CheckpointError {
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error(
-        "{0}: no complete checkpoint found (expected checkpoints/step-*/ with model.bpk, optim.bpk, state.json)"
+        "{0}: no complete checkpoint found (expected checkpoints/step-*/ with model.bpk and state.json)"
     )]
     NotFound(PathBuf),
 }
@@ -55,11 +55,12 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
-/// Writes a checkpoint and keeps the newest `keep` of them; returns its directory.
+/// Writes a checkpoint and keeps the newest `keep` of them; returns its directory. `optim` is
+/// `None` for weights that were not trained here (an import).
 pub fn save<M: Module>(
     run_dir: &Path,
     model: &M,
-    optim: &ModuleOptimizer,
+    optim: Option<&ModuleOptimizer>,
     state: &TrainState,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
@@ -76,10 +77,12 @@ pub fn save<M: Module>(
             .clone()
             .save_file(&model_path)
             .map_err(|e| io(&model_path, format!("{e:?}")))?;
-        let optim_path = tmp_dir.join(OPTIM_FILE);
-        optim
-            .save(&optim_path)
-            .map_err(|e| io(&optim_path, format!("{e:?}")))?;
+        if let Some(optim) = optim {
+            let optim_path = tmp_dir.join(OPTIM_FILE);
+            optim
+                .save(&optim_path)
+                .map_err(|e| io(&optim_path, format!("{e:?}")))?;
+        }
         let state_path = tmp_dir.join(STATE_FILE);
         let json = serde_json::to_vec_pretty(state).expect("state serializes");
         write_atomically(&state_path, &json).map_err(|e| io(&state_path, e))?;
@@ -120,7 +123,7 @@ fn complete_checkpoints(root: &Path) -> Vec<(usize, PathBuf)> {
             continue;
         };
         let dir = entry.path();
-        if [MODEL_FILE, OPTIM_FILE, STATE_FILE]
+        if [MODEL_FILE, STATE_FILE]
             .iter()
             .all(|f| dir.join(f).is_file())
         {
@@ -168,5 +171,11 @@ pub fn load_optimizer(
     optim: ModuleOptimizer,
 ) -> Result<ModuleOptimizer, CheckpointError> {
     let path = dir.join(OPTIM_FILE);
+    if !path.is_file() {
+        return Err(io(
+            &path,
+            "no optimizer state: this checkpoint holds imported weights, not a training run to resume",
+        ));
+    }
     optim.load(&path).map_err(|e| io(&path, format!("{e:?}")))
 }

@@ -283,7 +283,13 @@ pub fn train(
             let periodic =
                 options.checkpoint_every > 0 && state.step.is_multiple_of(options.checkpoint_every);
             if periodic || last_step {
-                checkpoint::save(run_dir, &model, &optim, &state, options.keep_checkpoints)?;
+                checkpoint::save(
+                    run_dir,
+                    &model,
+                    Some(&optim),
+                    &state,
+                    options.keep_checkpoints,
+                )?;
             }
         }
         // The loop above ends each epoch by moving `state` to the next one.

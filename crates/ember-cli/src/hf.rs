@@ -1,0 +1,163 @@
+//! `ember import gpt2` and `ember export gpt2`: HuggingFace GPT-2 directories ⇄ run directories.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use ember_data::bpe::{BpeTokenizer, END_OF_TEXT};
+use ember_model::gpt_hf::{export_gpt2, gpt2_size_name};
+use ember_train::checkpoint::{self, TrainState};
+
+use crate::device;
+use crate::runs::{RunInfo, load_gpt, write_run_info};
+
+#[derive(Subcommand)]
+pub enum ImportCommand {
+    /// A HuggingFace GPT-2 model (config.json + model.safetensors or pytorch_model.bin, or a
+    /// `models--NAME` folder of the HF cache) into a new run directory.
+    Gpt2(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The HuggingFace model directory.
+    #[arg(long)]
+    from: PathBuf,
+    /// The run directory to create (must not hold a run yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep only the first N positions of the position embedding (shorter window).
+    #[arg(long)]
+    context_length: Option<usize>,
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// A run's latest weights as a HuggingFace GPT-2 directory (config.json, model.safetensors,
+    /// and the tokenizer as vocab.json + merges.txt), loadable by
+    /// `GPT2LMHeadModel.from_pretrained(DIR)`.
+    Gpt2(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Run directory (written by `ember pretrain` or `ember import`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace config.json / model.safetensors already in --out.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
+    let ImportCommand::Gpt2(args) = command;
+    let device = device::parse_device(device_spec)?;
+    if args.out.join("run.toml").exists() {
+        bail!(
+            "{} already holds a run; choose another --out",
+            args.out.display()
+        );
+    }
+    let loaded = load_gpt(&args.from, &device, args.context_length)?;
+    if let Err(err) = loaded.tokenizer() {
+        eprintln!("warning: {err:#}; text commands will not work with this run");
+    }
+    // The run keeps its own copy of the vocabulary, so it does not depend on --from staying.
+    let tokenizer = match &loaded.tokenizer {
+        Some(dir) => {
+            copy_vocabulary(
+                dir,
+                &args.out.join("tokenizer"),
+                ("encoder.json", "vocab.bpe"),
+            )?;
+            Some(PathBuf::from("tokenizer"))
+        }
+        None => None,
+    };
+    let state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        tokens_seen: 0,
+    };
+    checkpoint::save(&args.out, &loaded.model, None, &state, 1)?;
+    let info = RunInfo {
+        model: loaded.config.clone(),
+        tokenizer,
+        source: Some(format!("imported from {}", args.from.display())),
+        recipe: None,
+    };
+    write_run_info(&args.out, &info)?;
+    println!(
+        "imported {} ({} parameters, context {}) into {}",
+        gpt2_size_name(&info.model).unwrap_or("a GPT-2 model"),
+        info.model.num_params(),
+        info.model.context_length,
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
+    let ExportCommand::Gpt2(args) = command;
+    let device = device::parse_device(device_spec)?;
+    if !args.force {
+        for file in ["config.json", "model.safetensors"] {
+            if args.out.join(file).exists() {
+                bail!(
+                    "{} already exists; pass --force to replace it",
+                    args.out.join(file).display()
+                );
+            }
+        }
+    }
+    let loaded = load_gpt(&args.checkpoint, &device, None)?;
+    // Weights without a fitting vocabulary (e.g. a test model) export without one.
+    let tokenizer = loaded
+        .tokenizer()
+        .map_err(|err| eprintln!("warning: {err:#}; exporting the weights without a vocabulary"))
+        .ok();
+    export_gpt2(
+        &loaded.model,
+        &loaded.config,
+        tokenizer.as_ref().and_then(|t| t.special_id(END_OF_TEXT)),
+        &args.out,
+    )?;
+    let mut written = "config.json, model.safetensors";
+    if tokenizer.is_some() {
+        let vocab_dir = match &loaded.tokenizer {
+            Some(dir) => dir.clone(),
+            None => crate::data::gpt2_vocabulary_dir()?,
+        };
+        copy_vocabulary(&vocab_dir, &args.out, ("vocab.json", "merges.txt"))?;
+        written = "config.json, model.safetensors, vocab.json, merges.txt";
+    }
+    println!(
+        "exported {} to {} ({written})",
+        args.checkpoint.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Copies the two vocabulary files found in `from` into `to` under `names`.
+fn copy_vocabulary(from: &Path, to: &Path, names: (&str, &str)) -> Result<()> {
+    let Some((encoder, merges)) = BpeTokenizer::vocabulary_files(from) else {
+        bail!(
+            "{}: no vocabulary (encoder.json + vocab.bpe or vocab.json + merges.txt)",
+            from.display()
+        );
+    };
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for (source, name) in [(encoder, names.0), (merges, names.1)] {
+        let bytes =
+            std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+        let target = to.join(name);
+        ember_data::write_atomically(&target, &bytes)
+            .with_context(|| format!("writing {}", target.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Run directories (`run.toml` + `checkpoints/`) and the other place GPT weights come from,
+//! HuggingFace GPT-2 directories, behind one loader.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use ember_data::bpe::BpeTokenizer;
+use ember_model::config::parse_toml;
+use ember_model::gpt::{Gpt, GptConfig};
+use ember_model::gpt_hf::{HfGpt2, gpt2_size_name};
+use ember_train::checkpoint;
+use serde::{Deserialize, Serialize};
+
+use crate::pretrain::Recipe;
+
+/// What a run directory records about itself (`run.toml`), for resume, generate and export.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInfo {
+    pub model: GptConfig,
+    /// Tokenizer directory (relative: inside the run directory), or absent for GPT-2's.
+    pub tokenizer: Option<PathBuf>,
+    /// Where the starting weights came from (`ember import`, `pretrain --weights`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The pretraining recipe; absent for imported weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
+}
+
+impl RunInfo {
+    /// The tokenizer directory, resolved against `run_dir`; `None` means GPT-2's.
+    pub fn tokenizer_dir(&self, run_dir: &Path) -> Option<PathBuf> {
+        self.tokenizer.as_ref().map(|dir| match dir.is_relative() {
+            true => run_dir.join(dir),
+            false => dir.clone(),
+        })
+    }
+}
+
+/// Reads `RUN_DIR/run.toml`.
+pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
+    let path = run_dir.join("run.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} is not an ember run directory", run_dir.display()))?;
+    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `RUN_DIR/run.toml` atomically (creating the directory).
+pub fn write_run_info(run_dir: &Path, info: &RunInfo) -> Result<()> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let text = toml::to_string(info).context("serializing run.toml")?;
+    let path = run_dir.join("run.toml");
+    ember_data::write_atomically(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// GPT weights ready to use, with what is needed to tokenize for them.
+pub struct LoadedGpt {
+    pub config: GptConfig,
+    pub model: Gpt,
+    /// Tokenizer directory; `None` means GPT-2's.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl LoadedGpt {
+    /// The tokenizer, checked to fit the model's vocabulary.
+    pub fn tokenizer(&self) -> Result<BpeTokenizer> {
+        let tokenizer = crate::tokenize::load_tokenizer(self.tokenizer.as_ref())?;
+        if tokenizer.vocab_size() > self.config.vocab_size {
+            bail!(
+                "the tokenizer ({}) has {} tokens but the model's vocab_size is {}",
+                self.tokenizer
+                    .as_ref()
+                    .map_or("GPT-2's".to_string(), |d| d.display().to_string()),
+                tokenizer.vocab_size(),
+                self.config.vocab_size
+            );
+        }
+        Ok(tokenizer)
+    }
+}
+
+/// Whether `path` looks like a HuggingFace model directory (or cache folder).
+fn is_hf_dir(path: &Path) -> bool {
+    path.join("config.json").is_file() || path.join("snapshots").is_dir()
+}
+
+/// Loads GPT weights from an ember run directory (its latest checkpoint) or a HuggingFace
+/// GPT-2 directory. `context_length` may shorten a HF model's window (the first rows of its
+/// position embedding are kept); a run's window is fixed.
+pub fn load_gpt(path: &Path, device: &Device, context_length: Option<usize>) -> Result<LoadedGpt> {
+    if path.join("run.toml").is_file() {
+        let info = read_run_info(path)?;
+        if let Some(context) = context_length
+            && context != info.model.context_length
+        {
+            bail!(
+                "{}: the run's context length is {}; it cannot be changed to {context}",
+                path.display(),
+                info.model.context_length
+            );
+        }
+        let dir = checkpoint::latest(path)?;
+        let model = checkpoint::load_model(&dir, info.model.init(device))?;
+        return Ok(LoadedGpt {
+            tokenizer: info.tokenizer_dir(path),
+            config: info.model,
+            model,
+        });
+    }
+    if path.is_dir() && !is_hf_dir(path) {
+        bail!(
+            "{}: neither an ember run directory (run.toml) nor a HuggingFace model directory (config.json)",
+            path.display()
+        );
+    }
+    let hf = HfGpt2::open(path)?;
+    let unused = hf.unused_tensors();
+    if !unused.is_empty() {
+        eprintln!(
+            "warning: {} tensors of {} are not used: {}",
+            unused.len(),
+            hf.dir.display(),
+            unused.join(", ")
+        );
+    }
+    let model = hf.load(device, context_length)?;
+    let mut config = hf.config.clone();
+    config.context_length = model.context_length();
+    eprintln!(
+        "loaded {} from {}",
+        gpt2_size_name(&config).unwrap_or("a GPT-2 model"),
+        hf.dir.display()
+    );
+    Ok(LoadedGpt {
+        config,
+        model,
+        tokenizer: BpeTokenizer::vocabulary_files(&hf.dir).map(|_| hf.dir.clone()),
+    })
+}

@@ -1,0 +1,523 @@
+//! GPT-2 checkpoints in HuggingFace format (`config.json` + `model.safetensors` or
+//! `pytorch_model.bin`), in and out.
+//!
+//! HF's tensor tree is the one [`Gpt`] uses (`wte`, `wpe`, `h.N.ln_1`, `h.N.attn.c_attn`, …),
+//! with or without a `transformer.` prefix. Its `Conv1D` layers store weights `[in, out]`, the
+//! layout of Burn's `Linear`, so they load as they are; only an untied `lm_head.weight`
+//! (an `nn.Linear`, `[vocab, emb]`) is transposed. The fused `c_attn` `[emb, 3·emb]` holds
+//! q | k | v side by side, exactly as [`crate::gpt::CausalSelfAttention`] expects.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::gpt::{Gpt, GptConfig};
+use crate::weights::{HostTensor, TensorSet, WeightsError, write_safetensors};
+
+/// Why a HuggingFace GPT-2 checkpoint cannot be imported or exported; one line, naming the
+/// file, field or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    #[error("{0}")]
+    Weights(#[from] WeightsError),
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: missing tensor `{name}` (expected shape {expected:?})")]
+    Missing {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The fields of HF's `GPT2Config` that shape the model. Other fields are ignored.
+#[derive(Debug, Deserialize)]
+struct HfGpt2Config {
+    model_type: Option<String>,
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    n_inner: Option<usize>,
+    activation_function: Option<String>,
+    layer_norm_epsilon: Option<f64>,
+    resid_pdrop: Option<f64>,
+    tie_word_embeddings: Option<bool>,
+    scale_attn_weights: Option<bool>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+    eos_token_id: Option<u32>,
+}
+
+/// A HuggingFace GPT-2 model directory, ready to load.
+pub struct HfGpt2 {
+    /// The directory holding `config.json` (a snapshot directory for the HF cache layout).
+    pub dir: PathBuf,
+    pub config: GptConfig,
+    /// `eos_token_id` of config.json, when given.
+    pub eos_token_id: Option<u32>,
+    weights: TensorSet,
+    /// `"transformer."` or `""`: how this file names its tensors.
+    prefix: &'static str,
+}
+
+/// The GPT-2 size whose shape `config` has, if any (`gpt2-small`, …, `gpt2-xl`).
+pub fn gpt2_size_name(config: &GptConfig) -> Option<&'static str> {
+    let shape = (config.n_layers, config.emb_dim, config.n_heads);
+    let name = match shape {
+        (12, 768, 12) => "gpt2-small (124M)",
+        (24, 1024, 16) => "gpt2-medium (355M)",
+        (36, 1280, 20) => "gpt2-large (774M)",
+        (48, 1600, 25) => "gpt2-xl (1558M)",
+        _ => return None,
+    };
+    (config.vocab_size == 50257).then_some(name)
+}
+
+/// Finds the model directory in `path`: a directory with `config.json`, or a HuggingFace cache
+/// folder `models--NAME` (its `refs/main` snapshot, or its only snapshot).
+pub fn resolve_model_dir(path: &Path) -> Result<PathBuf, HfError> {
+    if !path.exists() {
+        return Err(HfError::Other(format!(
+            "{}: no such directory",
+            path.display()
+        )));
+    }
+    if !path.is_dir() {
+        return Err(HfError::Other(format!(
+            "{}: is a file; give the model directory (with config.json)",
+            path.display()
+        )));
+    }
+    if path.join("config.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let snapshots = path.join("snapshots");
+    if snapshots.is_dir() {
+        if let Ok(rev) = std::fs::read_to_string(path.join("refs").join("main")) {
+            let dir = snapshots.join(rev.trim());
+            if dir.join("config.json").is_file() {
+                return Ok(dir);
+            }
+        }
+        let found: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("config.json").is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [only] = found.as_slice() {
+            return Ok(only.clone());
+        }
+        return Err(HfError::Other(format!(
+            "{}: HuggingFace cache folder with {} snapshots holding a config.json and no usable refs/main; give the snapshot directory",
+            path.display(),
+            found.len()
+        )));
+    }
+    Err(HfError::Other(format!(
+        "{}: no config.json (expected a HuggingFace model directory with config.json and model.safetensors or pytorch_model.bin)",
+        path.display()
+    )))
+}
+
+/// Reads a GPT-2 `config.json` into ember's config (qkv bias on, as GPT-2 has).
+pub fn read_gpt2_config(path: &Path) -> Result<(GptConfig, Option<u32>), HfError> {
+    let bad = |message: String| HfError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let hf: HfGpt2Config = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if let Some(model_type) = &hf.model_type
+        && model_type != "gpt2"
+    {
+        return Err(bad(format!(
+            "model_type is \"{model_type}\", expected \"gpt2\""
+        )));
+    }
+    let activation = hf.activation_function.as_deref().unwrap_or("gelu_new");
+    if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
+        return Err(bad(format!(
+            "activation_function \"{activation}\" is not supported (GPT-2 uses gelu_new, the tanh GELU)"
+        )));
+    }
+    if let Some(n_inner) = hf.n_inner
+        && n_inner != 4 * hf.n_embd
+    {
+        return Err(bad(format!(
+            "n_inner {n_inner} is not 4 × n_embd ({}); ember's GPT uses a 4× feed-forward",
+            4 * hf.n_embd
+        )));
+    }
+    if hf.scale_attn_weights == Some(false) || hf.scale_attn_by_inverse_layer_idx == Some(true) {
+        return Err(bad(
+            "non-standard attention scaling (scale_attn_weights false or scale_attn_by_inverse_layer_idx true) is not supported".into(),
+        ));
+    }
+    let config = GptConfig {
+        vocab_size: hf.vocab_size,
+        context_length: hf.n_positions,
+        emb_dim: hf.n_embd,
+        n_heads: hf.n_head,
+        n_layers: hf.n_layer,
+        drop_rate: hf.resid_pdrop.unwrap_or(0.1),
+        qkv_bias: true,
+        tie_weights: hf.tie_word_embeddings.unwrap_or(true),
+        layer_norm_eps: hf.layer_norm_epsilon.unwrap_or(1e-5),
+        emb_init_std: 0.02,
+    };
+    config.validate().map_err(|e| bad(e.to_string()))?;
+    Ok((config, hf.eos_token_id))
+}
+
+impl HfGpt2 {
+    /// Opens `path` (see [`resolve_model_dir`]): reads config.json and the weights' headers.
+    pub fn open(path: &Path) -> Result<Self, HfError> {
+        let dir = resolve_model_dir(path)?;
+        let (config, eos_token_id) = read_gpt2_config(&dir.join("config.json"))?;
+        let candidates = [
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        ];
+        let Some(file) = candidates.iter().map(|f| dir.join(f)).find(|p| p.is_file()) else {
+            return Err(HfError::Other(format!(
+                "{}: no weights (expected model.safetensors or pytorch_model.bin)",
+                dir.display()
+            )));
+        };
+        if file
+            .to_string_lossy()
+            .ends_with("pytorch_model.bin.index.json")
+        {
+            return Err(HfError::Other(format!(
+                "{}: sharded PyTorch checkpoints are not supported; use the safetensors files",
+                file.display()
+            )));
+        }
+        let weights = TensorSet::open(&file)?;
+        let prefix = if weights.contains("transformer.wte.weight") {
+            "transformer."
+        } else if weights.contains("wte.weight") {
+            ""
+        } else {
+            let example = weights.names().next().unwrap_or("nothing").to_string();
+            return Err(HfError::Other(format!(
+                "{}: no `transformer.wte.weight` or `wte.weight`: not a GPT-2 checkpoint (first tensor: `{example}`)",
+                weights.path().display()
+            )));
+        };
+        Ok(Self {
+            dir,
+            config,
+            eos_token_id,
+            weights,
+            prefix,
+        })
+    }
+
+    /// Tensor names in the file that the model does not use (other than GPT-2's causal-mask
+    /// buffers `attn.bias` / `attn.masked_bias`, which old checkpoints still carry).
+    pub fn unused_tensors(&self) -> Vec<String> {
+        let expected: Vec<String> = expected_names(&self.config)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        self.weights
+            .names()
+            .map(|n| n.strip_prefix(self.prefix).unwrap_or(n))
+            .filter(|n| !expected.iter().any(|e| e == n))
+            .filter(|n| !(n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias")))
+            .filter(|n| !(*n == "lm_head.weight" && self.config.tie_weights))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Reads tensor `name` (without prefix) and checks its shape.
+    fn tensor(&self, name: &str, expected: &[usize]) -> Result<HostTensor, HfError> {
+        // lm_head sits outside the `transformer.` tree.
+        let full = if name == "lm_head.weight" {
+            name.to_string()
+        } else {
+            format!("{}{name}", self.prefix)
+        };
+        let Some(found) = self.weights.shape(&full) else {
+            return Err(HfError::Missing {
+                path: self.weights.path().to_path_buf(),
+                name: full,
+                expected: expected.to_vec(),
+            });
+        };
+        if found != expected {
+            return Err(HfError::Shape {
+                path: self.weights.path().to_path_buf(),
+                name: full,
+                expected: expected.to_vec(),
+                found: found.to_vec(),
+            });
+        }
+        Ok(self.weights.read(&full)?)
+    }
+
+    /// Builds the model on `device`. `context_length`, when smaller than the checkpoint's
+    /// `n_positions`, keeps only the first rows of the position embedding.
+    pub fn load(&self, device: &Device, context_length: Option<usize>) -> Result<Gpt, HfError> {
+        let mut config = self.config.clone();
+        if let Some(context) = context_length {
+            if context == 0 || context > config.context_length {
+                return Err(HfError::Other(format!(
+                    "context length {context} must be between 1 and the checkpoint's n_positions {}",
+                    config.context_length
+                )));
+            }
+            config.context_length = context;
+        }
+        let (v, d) = (self.config.vocab_size, self.config.emb_dim);
+        let mut model = config.init(device);
+        model.wte.weight = param(self.tensor("wte.weight", &[v, d])?, device);
+        let wpe = self.tensor("wpe.weight", &[self.config.context_length, d])?;
+        let rows = config.context_length;
+        model.wpe.weight = param(
+            HostTensor::new(vec![rows, d], wpe.data[..rows * d].to_vec()),
+            device,
+        );
+        for (i, block) in model.h.iter_mut().enumerate() {
+            let p = format!("h.{i}.");
+            self.layer_norm(&mut block.ln_1, &format!("{p}ln_1"), d, device)?;
+            self.linear(
+                &mut block.attn.c_attn,
+                &format!("{p}attn.c_attn"),
+                d,
+                3 * d,
+                device,
+            )?;
+            self.linear(
+                &mut block.attn.c_proj,
+                &format!("{p}attn.c_proj"),
+                d,
+                d,
+                device,
+            )?;
+            self.layer_norm(&mut block.ln_2, &format!("{p}ln_2"), d, device)?;
+            self.linear(
+                &mut block.mlp.c_fc,
+                &format!("{p}mlp.c_fc"),
+                d,
+                4 * d,
+                device,
+            )?;
+            self.linear(
+                &mut block.mlp.c_proj,
+                &format!("{p}mlp.c_proj"),
+                4 * d,
+                d,
+                device,
+            )?;
+        }
+        self.layer_norm(&mut model.ln_f, "ln_f", d, device)?;
+        if let Some(head) = &mut model.lm_head {
+            // nn.Linear [vocab, emb] → Burn [emb, vocab].
+            let w = self.tensor("lm_head.weight", &[v, d])?;
+            head.weight = param(transpose(&w), device);
+        }
+        Ok(model)
+    }
+
+    fn linear(
+        &self,
+        linear: &mut Linear,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &Device,
+    ) -> Result<(), HfError> {
+        linear.weight = param(
+            self.tensor(&format!("{name}.weight"), &[d_in, d_out])?,
+            device,
+        );
+        linear.bias = Some(param(
+            self.tensor(&format!("{name}.bias"), &[d_out])?,
+            device,
+        ));
+        Ok(())
+    }
+
+    fn layer_norm(
+        &self,
+        norm: &mut LayerNorm,
+        name: &str,
+        d: usize,
+        device: &Device,
+    ) -> Result<(), HfError> {
+        norm.gamma = param(self.tensor(&format!("{name}.weight"), &[d])?, device);
+        norm.beta = Some(param(self.tensor(&format!("{name}.bias"), &[d])?, device));
+        Ok(())
+    }
+}
+
+/// Every tensor a GPT-2 checkpoint of `config` holds (names without `transformer.`), with its
+/// shape; `lm_head.weight` only when the head is untied.
+fn expected_names(config: &GptConfig) -> Vec<(String, Vec<usize>)> {
+    let (v, c, d) = (config.vocab_size, config.context_length, config.emb_dim);
+    let mut names = vec![
+        ("wte.weight".to_string(), vec![v, d]),
+        ("wpe.weight".to_string(), vec![c, d]),
+    ];
+    for i in 0..config.n_layers {
+        let p = format!("h.{i}.");
+        for (name, shape) in [
+            ("ln_1.weight", vec![d]),
+            ("ln_1.bias", vec![d]),
+            ("attn.c_attn.weight", vec![d, 3 * d]),
+            ("attn.c_attn.bias", vec![3 * d]),
+            ("attn.c_proj.weight", vec![d, d]),
+            ("attn.c_proj.bias", vec![d]),
+            ("ln_2.weight", vec![d]),
+            ("ln_2.bias", vec![d]),
+            ("mlp.c_fc.weight", vec![d, 4 * d]),
+            ("mlp.c_fc.bias", vec![4 * d]),
+            ("mlp.c_proj.weight", vec![4 * d, d]),
+            ("mlp.c_proj.bias", vec![d]),
+        ] {
+            names.push((format!("{p}{name}"), shape));
+        }
+    }
+    names.push(("ln_f.weight".into(), vec![d]));
+    names.push(("ln_f.bias".into(), vec![d]));
+    if !config.tie_weights {
+        names.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    names
+}
+
+fn param<const D: usize>(host: HostTensor, device: &Device) -> Param<Tensor<D>> {
+    let data = TensorData::new(host.data, host.shape);
+    Param::from_tensor(Tensor::from_data(data, device))
+}
+
+fn transpose(t: &HostTensor) -> HostTensor {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let mut data = vec![0.0; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            data[c * rows + r] = t.data[r * cols + c];
+        }
+    }
+    HostTensor::new(vec![cols, rows], data)
+}
+
+fn host<const D: usize>(tensor: Tensor<D>) -> HostTensor {
+    let shape = tensor.dims().to_vec();
+    let data = tensor
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("converted to f32");
+    HostTensor::new(shape, data)
+}
+
+/// The model's tensors under HF GPT-2 names (with the `transformer.` prefix, as
+/// `save_pretrained` writes them). A model without qkv bias gets a zero `c_attn.bias`, which
+/// computes the same function.
+pub fn gpt2_tensors(model: &Gpt) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    let mut put = |name: String, tensor: HostTensor| {
+        out.insert(name, tensor);
+    };
+    let t = "transformer.";
+    put(format!("{t}wte.weight"), host(model.wte.weight.val()));
+    put(format!("{t}wpe.weight"), host(model.wpe.weight.val()));
+    let linear = |put: &mut dyn FnMut(String, HostTensor), name: String, l: &Linear| {
+        let weight = host(l.weight.val());
+        let d_out = weight.shape[1];
+        let bias = match &l.bias {
+            Some(b) => host(b.val()),
+            None => HostTensor::new(vec![d_out], vec![0.0; d_out]),
+        };
+        put(format!("{name}.weight"), weight);
+        put(format!("{name}.bias"), bias);
+    };
+    let norm = |put: &mut dyn FnMut(String, HostTensor), name: String, n: &LayerNorm| {
+        let gamma = host(n.gamma.val());
+        let d = gamma.shape[0];
+        let beta = match &n.beta {
+            Some(b) => host(b.val()),
+            None => HostTensor::new(vec![d], vec![0.0; d]),
+        };
+        put(format!("{name}.weight"), gamma);
+        put(format!("{name}.bias"), beta);
+    };
+    for (i, block) in model.h.iter().enumerate() {
+        let p = format!("{t}h.{i}.");
+        norm(&mut put, format!("{p}ln_1"), &block.ln_1);
+        linear(&mut put, format!("{p}attn.c_attn"), &block.attn.c_attn);
+        linear(&mut put, format!("{p}attn.c_proj"), &block.attn.c_proj);
+        norm(&mut put, format!("{p}ln_2"), &block.ln_2);
+        linear(&mut put, format!("{p}mlp.c_fc"), &block.mlp.c_fc);
+        linear(&mut put, format!("{p}mlp.c_proj"), &block.mlp.c_proj);
+    }
+    norm(&mut put, format!("{t}ln_f"), &model.ln_f);
+    if let Some(head) = &model.lm_head {
+        put("lm_head.weight".into(), transpose(&host(head.weight.val())));
+    }
+    out
+}
+
+/// Writes `config.json` + `model.safetensors` in HF GPT-2 layout into `dir` (created if
+/// needed), loadable with `GPT2LMHeadModel.from_pretrained(dir)`.
+pub fn export_gpt2(
+    model: &Gpt,
+    config: &GptConfig,
+    eos_token_id: Option<u32>,
+    dir: &Path,
+) -> Result<(), HfError> {
+    let io = |path: &Path, e: std::io::Error| HfError::Other(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let eos = eos_token_id.unwrap_or(config.vocab_size as u32 - 1);
+    let hf_config = json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": model.context_length(),
+        "n_embd": config.emb_dim,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.drop_rate,
+        "embd_pdrop": config.drop_rate,
+        "attn_pdrop": config.drop_rate,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": true,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "use_cache": true,
+        "torch_dtype": "float32",
+    });
+    let weights_path = dir.join("model.safetensors");
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&weights_path, &gpt2_tensors(model), &metadata)?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&hf_config).expect("json") + "\n";
+    ember_data::write_atomically(&config_path, text.as_bytes()).map_err(|e| io(&config_path, e))
+}
