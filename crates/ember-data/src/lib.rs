@@ -4,9 +4,11 @@
 //! - [`bpe`]: GPT-2 byte-level BPE that encodes exactly like tiktoken's `gpt2` encoding.
 //! - [`bpe_train`]: training a byte-level BPE vocabulary in the same two-file format.
 //! - [`loader`]: sliding-window (input, target) pretraining batches.
+//! - [`classification`]: labelled texts (SMS spam, CSV/TSV), balanced splits, padded batches.
 
 pub mod bpe;
 pub mod bpe_train;
+pub mod classification;
 pub mod datasets;
 pub mod loader;
 mod pretokenize;

@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use burn::module::Param;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, Initializer, LayerNorm,
     LayerNormConfig, Linear, LinearConfig,
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_toml};
+use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
 /// Hyper-parameters of a GPT model, loaded from `configs/models/*.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -170,12 +172,18 @@ impl GptConfig {
                     c_proj: linear(d, d, true),
                     attn_drop: dropout(),
                     n_heads: self.n_heads,
+                    lora_q: None,
+                    lora_k: None,
+                    lora_v: None,
+                    lora_out: None,
                 },
                 ln_2: layer_norm(),
                 mlp: FeedForward {
                     c_fc: linear(d, 4 * d, true),
                     c_proj: linear(4 * d, d, true),
                     act: Gelu::new_approximate(),
+                    lora_fc: None,
+                    lora_proj: None,
                 },
                 resid_drop: dropout(),
             })
@@ -205,6 +213,11 @@ pub struct CausalSelfAttention {
     pub c_proj: Linear,
     attn_drop: Dropout,
     n_heads: usize,
+    /// LoRA adapters of the query, key and value slices of `c_attn` and of `c_proj`.
+    pub lora_q: Option<LoraAdapter>,
+    pub lora_k: Option<LoraAdapter>,
+    pub lora_v: Option<LoraAdapter>,
+    pub lora_out: Option<LoraAdapter>,
 }
 
 impl CausalSelfAttention {
@@ -244,14 +257,17 @@ impl CausalSelfAttention {
     fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, emb] = x.dims();
         let (heads, head_dim) = (self.n_heads, emb / self.n_heads);
-        let qkv = self.c_attn.forward(x); // [batch, seq, 3·emb]
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * emb, emb)
+        let qkv = self.c_attn.forward(x.clone()); // [batch, seq, 3·emb]
+        let split = |i: usize, adapter: &Option<LoraAdapter>| {
+            with_adapter(qkv.clone().narrow(2, i * emb, emb), adapter, x.clone())
                 .reshape([batch, seq, heads, head_dim])
                 .swap_dims(1, 2)
         };
-        (split(0), split(1), split(2))
+        (
+            split(0, &self.lora_q),
+            split(1, &self.lora_k),
+            split(2, &self.lora_v),
+        )
     }
 
     /// softmax(q·kᵀ/√d, hidden keys excluded)·v, heads merged and projected: `[batch, q, emb]`.
@@ -270,7 +286,11 @@ impl CausalSelfAttention {
             .matmul(v) // [batch, heads, queries, head_dim]
             .swap_dims(1, 2)
             .reshape([batch, queries, heads * head_dim]);
-        self.c_proj.forward(context)
+        with_adapter(
+            self.c_proj.forward(context.clone()),
+            &self.lora_out,
+            context,
+        )
     }
 }
 
@@ -280,11 +300,16 @@ pub struct FeedForward {
     pub c_fc: Linear,
     pub c_proj: Linear,
     act: Gelu,
+    pub lora_fc: Option<LoraAdapter>,
+    pub lora_proj: Option<LoraAdapter>,
 }
 
 impl FeedForward {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj.forward(self.act.forward(self.c_fc.forward(x)))
+        let hidden = self
+            .act
+            .forward(with_adapter(self.c_fc.forward(x.clone()), &self.lora_fc, x));
+        with_adapter(self.c_proj.forward(hidden.clone()), &self.lora_proj, hidden)
     }
 }
 
@@ -325,6 +350,13 @@ impl GptBlock {
             + self
                 .resid_drop
                 .forward(self.mlp.forward(self.ln_2.forward(x)))
+    }
+}
+
+/// `linear.weight += adapter.delta()`.
+pub fn merge_into(linear: &mut Linear, adapter: Option<LoraAdapter>) {
+    if let Some(adapter) = adapter {
+        linear.weight = Param::from_tensor(linear.weight.val() + adapter.delta());
     }
 }
 
@@ -398,6 +430,52 @@ impl Gpt {
 
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// Adds LoRA adapters to the block layers `config` targets (the head is the caller's).
+    pub fn add_lora(mut self, config: &LoraConfig) -> Self {
+        let device = self.device();
+        let d = self.wpe.weight.dims()[1];
+        let adapter = |target: LoraTarget, d_in: usize, d_out: usize| {
+            config
+                .targets(target)
+                .then(|| config.adapter(d_in, d_out, &device))
+        };
+        for block in &mut self.h {
+            block.attn.lora_q = adapter(LoraTarget::Q, d, d);
+            block.attn.lora_k = adapter(LoraTarget::K, d, d);
+            block.attn.lora_v = adapter(LoraTarget::V, d, d);
+            block.attn.lora_out = adapter(LoraTarget::AttnOut, d, d);
+            block.mlp.lora_fc = adapter(LoraTarget::FfIn, d, 4 * d);
+            block.mlp.lora_proj = adapter(LoraTarget::FfOut, 4 * d, d);
+        }
+        self
+    }
+
+    /// Folds every adapter into its base weight and removes it: same function, plain layers.
+    pub fn merge_lora(mut self) -> Self {
+        let d = self.wpe.weight.dims()[1];
+        for block in &mut self.h {
+            let attn = &mut block.attn;
+            for (slot, adapter) in [
+                (0, attn.lora_q.take()),
+                (1, attn.lora_k.take()),
+                (2, attn.lora_v.take()),
+            ] {
+                if let Some(adapter) = adapter {
+                    let weight = attn.c_attn.weight.val();
+                    let updated = weight.clone().slice_assign(
+                        s![.., slot * d..(slot + 1) * d],
+                        weight.slice(s![.., slot * d..(slot + 1) * d]) + adapter.delta(),
+                    );
+                    attn.c_attn.weight = Param::from_tensor(updated);
+                }
+            }
+            merge_into(&mut attn.c_proj, attn.lora_out.take());
+            merge_into(&mut block.mlp.c_fc, block.mlp.lora_fc.take());
+            merge_into(&mut block.mlp.c_proj, block.mlp.lora_proj.take());
+        }
+        self
     }
 
     /// The device the weights live on.

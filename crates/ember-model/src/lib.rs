@@ -6,10 +6,12 @@
 //! - [`loss`]: cross-entropy with PyTorch's `-100` ignore index.
 //! - [`sampling`] and [`generate`]: decoding (greedy, temperature, top-k, top-p).
 
+pub mod classifier;
 pub mod config;
 pub mod generate;
 pub mod gpt;
 pub mod gpt_hf;
+pub mod lora;
 pub mod loss;
 pub mod sampling;
 pub mod weights;

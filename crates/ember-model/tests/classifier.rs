@@ -1,0 +1,185 @@
+//! Classification head, trainable-weight selection and LoRA adapters.
+
+use std::path::PathBuf;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use ember_model::classifier::{GptClassifier, Pooling, Trainable};
+use ember_model::gpt::GptConfig;
+use ember_model::lora::{LoraConfig, LoraTarget};
+
+fn gpt2_small() -> GptConfig {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/gpt2-small.toml");
+    GptConfig::load(&path).unwrap()
+}
+
+fn lora(rank: usize, targets: Vec<LoraTarget>) -> LoraConfig {
+    LoraConfig {
+        rank,
+        alpha: rank as f64,
+        rslora: false,
+        targets,
+    }
+}
+
+fn tiny() -> GptConfig {
+    GptConfig {
+        vocab_size: 40,
+        context_length: 12,
+        emb_dim: 16,
+        n_heads: 2,
+        n_layers: 3,
+        drop_rate: 0.0,
+        qkv_bias: true,
+        tie_weights: true,
+        layer_norm_eps: 1e-5,
+        emb_init_std: 0.02,
+    }
+}
+
+#[test]
+fn trainable_counts_match_the_book() {
+    // Gradient settings are only observable on an autodiff device.
+    let device = Device::flex().autodiff();
+    let build = || GptClassifier::new(gpt2_small().init(&device), 2, Pooling::Last);
+    // Last block + final LayerNorm + head (the book's choice).
+    let (trainable, total) = build()
+        .set_trainable(Trainable::LastBlocks(1))
+        .param_counts();
+    assert_eq!(trainable, 7_087_872 + 1_536 + 1_538);
+    assert_eq!(total, 124_439_808 + 1_538);
+    let (trainable, _) = build().set_trainable(Trainable::Head).param_counts();
+    assert_eq!(trainable, 1_538);
+    let (trainable, _) = build().set_trainable(Trainable::All).param_counts();
+    assert_eq!(trainable, total);
+    // LoRA rank 16 on every Linear layer (q, k, v separately) and on the head.
+    let adapted = build()
+        .add_lora(&lora(16, LoraTarget::ALL.to_vec()))
+        .set_trainable(Trainable::Lora);
+    let (trainable, total) = adapted.param_counts();
+    assert_eq!(trainable, 2_666_528);
+    assert_eq!(total, 124_439_808 + 1_538 + 2_666_528);
+}
+
+#[test]
+fn merged_adapters_compute_the_same_logits() {
+    let device = Device::flex();
+    device.seed(4);
+    let mut model =
+        GptClassifier::new(tiny().init(&device), 3, Pooling::Last).add_lora(&LoraConfig {
+            rslora: true,
+            ..lora(4, LoraTarget::ALL.to_vec())
+        });
+    // B starts at zero; give every adapter a random B so the update is not trivially zero.
+    for block in &mut model.gpt.h {
+        for adapter in [
+            &mut block.attn.lora_q,
+            &mut block.attn.lora_k,
+            &mut block.attn.lora_v,
+            &mut block.attn.lora_out,
+            &mut block.mlp.lora_fc,
+            &mut block.mlp.lora_proj,
+        ] {
+            let adapter = adapter.as_mut().unwrap();
+            adapter.b = Param::from_tensor(Tensor::random(
+                adapter.b.dims(),
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ));
+        }
+    }
+    let head = model.lora_head.as_mut().unwrap();
+    head.b = Param::from_tensor(Tensor::random(
+        head.b.dims(),
+        Distribution::Normal(0.0, 0.5),
+        &device,
+    ));
+    let base = GptClassifier::new(tiny().init(&device), 3, Pooling::Last);
+
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 5, 9, 30, 2, 7, 7, 0], [2, 4]),
+        &device,
+    );
+    let lengths = Tensor::<1, Int>::from_data(TensorData::new(vec![4i64, 4], [2]), &device);
+    let adapted: Vec<f32> = model
+        .forward(ids.clone(), lengths.clone())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let merged_model = model.merge_lora();
+    assert!(merged_model.lora_head.is_none() && merged_model.gpt.h[0].attn.lora_q.is_none());
+    let merged: Vec<f32> = merged_model
+        .forward(ids.clone(), lengths.clone())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let plain: Vec<f32> = base
+        .forward(ids, lengths)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let max_diff = adapted
+        .iter()
+        .zip(&merged)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max_diff < 1e-5, "merged differs by {max_diff}");
+    let moved = adapted
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(moved > 1e-2, "the adapters changed nothing ({moved})");
+}
+
+#[test]
+fn last_non_pad_pooling_ignores_the_padding() {
+    let device = Device::flex();
+    device.seed(8);
+    let gpt = tiny().init(&device);
+    let model = GptClassifier::new(gpt, 2, Pooling::LastNonPad);
+    let padded = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![3i64, 8, 1, 39, 39, 39], [1, 6]),
+        &device,
+    );
+    let alone = Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 8, 1], [1, 3]), &device);
+    let a: Vec<f32> = model
+        .forward(
+            padded,
+            Tensor::from_data(TensorData::new(vec![3i64], [1]), &device),
+        )
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let b: Vec<f32> = model
+        .forward(
+            alone,
+            Tensor::from_data(TensorData::new(vec![3i64], [1]), &device),
+        )
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn trainable_and_lora_options_parse() {
+    assert_eq!(
+        Trainable::parse("last-blocks:3"),
+        Ok(Trainable::LastBlocks(3))
+    );
+    assert!(
+        Trainable::parse("last-blocks:0")
+            .unwrap_err()
+            .contains("last-blocks:N")
+    );
+    assert_eq!(
+        LoraTarget::parse_list("q, v").unwrap(),
+        [LoraTarget::Q, LoraTarget::V]
+    );
+    assert!(LoraTarget::parse_list("q,x").unwrap_err().contains("`x`"));
+}
