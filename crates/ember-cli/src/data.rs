@@ -18,6 +18,21 @@ pub enum DataCommand {
     List,
     /// Cut a corpus into sliding (input, target) windows and report the train/validation batches.
     Windows(WindowsArgs),
+    /// Build a fine-tuning dataset's split files (`spam`: the book's balanced SMS split as
+    /// train.csv / validation.csv / test.csv with columns Label,Text; ham = 0, spam = 1).
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Which dataset: spam.
+    name: String,
+    /// Output directory.
+    #[arg(long, default_value = "data/spam")]
+    out: PathBuf,
+    /// Seed of the undersampling and the shuffle.
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -55,6 +70,31 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     let manifest = Manifest::embedded();
     let cache = DataCache::from_env();
     match cmd {
+        DataCommand::Prepare(args) => {
+            if args.name != "spam" {
+                bail!("unknown dataset to prepare `{}` (known: spam)", args.name);
+            }
+            let path = cache.file("sms-spam", "sms_spam/SMSSpamCollection")?;
+            let data = ember_data::classification::read_sms_spam(&path)?;
+            let splits = ember_data::classification::split(&data, true, args.seed);
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            for (name, part) in [
+                ("train", &splits.train),
+                ("validation", &splits.validation),
+                ("test", &splits.test),
+            ] {
+                let file = args.out.join(format!("{name}.csv"));
+                ember_data::classification::write_csv(&file, part)?;
+                let spam = part.iter().filter(|e| e.label == 1).count();
+                println!(
+                    "{}: {} rows ({} ham, {spam} spam)",
+                    file.display(),
+                    part.len(),
+                    part.len() - spam
+                );
+            }
+        }
         DataCommand::Fetch(args) => {
             let names: Vec<String> = if args.all {
                 manifest.datasets.iter().map(|d| d.name.clone()).collect()

@@ -1,6 +1,7 @@
 //! `ember`: build, pretrain, fine-tune and run GPT-style models from first principles.
 
 mod bench;
+mod classify;
 mod data;
 mod device;
 mod generate;
@@ -43,6 +44,14 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Generate text from a trained run or pretrained weights.
     Generate(generate::GenerateArgs),
+    /// Fine-tune a GPT for a task.
+    #[command(subcommand)]
+    Finetune(classify::FinetuneCommand),
+    /// Classify texts with a fine-tuned classifier.
+    Classify(classify::ClassifyArgs),
+    /// LoRA adapters: merge them into the weights.
+    #[command(subcommand)]
+    Lora(classify::LoraCommand),
     /// Loss and perplexity of a text under a model.
     Score(score::ScoreArgs),
     /// Import pretrained weights (HuggingFace format) into a run directory.
@@ -65,6 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenizer(cmd) => tokenize::run_tokenizer(cmd),
         Command::Pretrain(args) => pretrain::run(args, &cli.device),
         Command::Generate(args) => generate::run(args, &cli.device),
+        Command::Finetune(cmd) => classify::run_finetune(cmd, &cli.device),
+        Command::Classify(args) => classify::run_classify(args, &cli.device),
+        Command::Lora(cmd) => classify::run_lora(cmd, &cli.device),
         Command::Score(args) => score::run(args, &cli.device),
         Command::Import(cmd) => hf::run_import(cmd, &cli.device),
         Command::Export(cmd) => hf::run_export(cmd, &cli.device),

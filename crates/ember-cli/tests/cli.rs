@@ -497,3 +497,191 @@ fn import_then_export_gives_back_the_huggingface_tensors() {
         "context length 65 must be between 1 and the checkpoint's n_positions 64",
     );
 }
+
+#[test]
+fn prepare_finetune_classify_lora_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("spam");
+    let out = ember(&["data", "prepare", "spam", "--out", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    for rows in ["1045 rows", "149 rows", "300 rows"] {
+        assert!(text.contains(rows), "{text}");
+    }
+    let header = std::fs::read_to_string(data.join("train.csv")).unwrap();
+    assert!(header.starts_with("Label,Text\n"));
+
+    let model = dir.path().join("micro.toml");
+    std::fs::write(
+        &model,
+        "vocab_size = 50257\ncontext_length = 64\nemb_dim = 16\nn_heads = 2\nn_layers = 1\n\
+         drop_rate = 0.0\nqkv_bias = true\ntie_weights = true\nemb_init_std = 0.02\n",
+    )
+    .unwrap();
+    let run = dir.path().join("cls");
+    let finetune = |extra: &[&str], out_dir: &std::path::Path| {
+        let mut args = vec![
+            "finetune",
+            "classify",
+            "--data",
+            data.to_str().unwrap(),
+            "--random-init",
+            "--model-config",
+            model.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--eval-freq",
+            "0",
+            "--max-length",
+            "48",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ember(&args)
+    };
+    let out = finetune(&["--trainable", "all", "--lr", "2e-3"], &run);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("808482 parameters, 808482 trainable (all)"),
+        "{stderr}"
+    );
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("best epoch 1: train accuracy"),
+        "{summary}"
+    );
+    // A learnt spam filter, even this small one, beats the 50% of a balanced coin.
+    let test_acc: f64 = summary
+        .split("test ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(test_acc > 75.0, "{summary}");
+    for file in [
+        "classifier.toml",
+        "metrics.jsonl",
+        "loss.png",
+        "accuracy.png",
+        "best/model.bpk",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let out = ember(&[
+        "classify",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "URGENT! You have won a 1 week FREE membership in our £100,000 Prize Jackpot! Txt CLAIM to 81010",
+        "Ok lar... Joking wif u oni...",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("1\t") && lines[1].starts_with("0\t"),
+        "{lines:?}"
+    );
+    assert_one_line_error(
+        &finetune(&["--trainable", "all"], &run),
+        "already holds a classifier run",
+    );
+
+    // LoRA: only the adapters train; merging them keeps every prediction.
+    let lora_run = dir.path().join("lora");
+    let out = finetune(
+        &["--trainable", "lora", "--lora-rank", "4", "--lr", "5e-3"],
+        &lora_run,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("trainable (lora)"), "{stderr}");
+    assert!(lora_run.join("best/adapter_model.safetensors").is_file());
+    assert!(lora_run.join("best/adapter_config.json").is_file());
+    let merged = dir.path().join("merged");
+    let out = ember(&[
+        "lora",
+        "merge",
+        "--checkpoint",
+        lora_run.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let texts = data.join("test.csv");
+    let classify = |run: &std::path::Path| {
+        stdout(&ember(&[
+            "classify",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--file",
+            texts.to_str().unwrap(),
+        ]))
+    };
+    assert_eq!(classify(&lora_run), classify(&merged));
+
+    assert_one_line_error(
+        &finetune(&["--trainable", "some"], &dir.path().join("x")),
+        "unknown --trainable `some`",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "finetune",
+            "classify",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            dir.path().join("y").to_str().unwrap(),
+        ]),
+        "--weights DIR, --checkpoint RUN_DIR or --random-init",
+    );
+    let bad = dir.path().join("bad.csv");
+    let finetune_on = |csv: &str| {
+        std::fs::write(&bad, csv).unwrap();
+        ember(&[
+            "finetune",
+            "classify",
+            "--data",
+            bad.to_str().unwrap(),
+            "--random-init",
+            "--model-config",
+            model.to_str().unwrap(),
+            "--out",
+            dir.path().join("z").to_str().unwrap(),
+        ])
+    };
+    assert_one_line_error(
+        &finetune_on("Message,Category\nhi,0\n"),
+        "no column `Text` in the header (columns: Message, Category)",
+    );
+    assert_one_line_error(
+        &finetune_on("Text,Label\nhello,0\nlonely\n"),
+        "bad.csv: line 3: has 1 fields, no `Label` column",
+    );
+    assert_one_line_error(
+        &finetune_on("Text,Label\nhello,0\nbye,\n"),
+        "line 3: empty `Label`",
+    );
+    assert_one_line_error(
+        &ember(&[
+            "classify",
+            "--checkpoint",
+            dir.path().to_str().unwrap(),
+            "x",
+        ]),
+        "is not a classifier run directory",
+    );
+}

@@ -1,6 +1,8 @@
 //! A GPT with a classification head instead of the language-model head (chapter 6 of the
 //! book): the hidden state of one position per sequence goes through `emb → num_classes`.
 
+use std::collections::BTreeMap;
+
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
@@ -8,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpt::{Gpt, merge_into};
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
+use crate::weights::HostTensor;
 
 /// Which position's hidden state is classified.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +140,108 @@ impl GptClassifier {
         self.freeze().unfreeze_group(group)
     }
 
+    /// The adapters (and the head they adapt, whose base is not part of any pretrained
+    /// checkpoint) under PEFT's names for a HF GPT-2 classifier: `…lora_A.weight` is `Aᵀ`
+    /// `[rank, in]`, `…lora_B.weight` is `Bᵀ` `[out, rank]`. GPT-2's fused q|k|v has no PEFT
+    /// name per slice; ember names them `attn.c_attn.{q,k,v}`.
+    pub fn adapter_tensors(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        let prefix = "base_model.model.";
+        let mut put = |name: String, adapter: &Option<LoraAdapter>| {
+            if let Some(adapter) = adapter {
+                out.insert(
+                    format!("{prefix}{name}.lora_A.weight"),
+                    host_t(adapter.a.val()),
+                );
+                out.insert(
+                    format!("{prefix}{name}.lora_B.weight"),
+                    host_t(adapter.b.val()),
+                );
+            }
+        };
+        for (i, block) in self.gpt.h.iter().enumerate() {
+            let p = format!("transformer.h.{i}.");
+            put(format!("{p}attn.c_attn.q"), &block.attn.lora_q);
+            put(format!("{p}attn.c_attn.k"), &block.attn.lora_k);
+            put(format!("{p}attn.c_attn.v"), &block.attn.lora_v);
+            put(format!("{p}attn.c_proj"), &block.attn.lora_out);
+            put(format!("{p}mlp.c_fc"), &block.mlp.lora_fc);
+            put(format!("{p}mlp.c_proj"), &block.mlp.lora_proj);
+        }
+        put("score".into(), &self.lora_head);
+        out.insert(
+            format!("{prefix}score.weight"),
+            host_t(self.head.weight.val()),
+        );
+        if let Some(bias) = &self.head.bias {
+            let bias = bias.val();
+            let n = bias.dims()[0];
+            let data = bias.into_data().try_into_vec_as::<f32>().expect("f32");
+            out.insert(
+                format!("{prefix}score.bias"),
+                HostTensor::new(vec![n], data),
+            );
+        }
+        out
+    }
+
+    /// Loads what [`GptClassifier::adapter_tensors`] wrote onto this model (built with the
+    /// same LoRA config); a missing or mis-shaped tensor is an error naming it.
+    pub fn load_adapter_tensors(
+        mut self,
+        tensors: &BTreeMap<String, HostTensor>,
+    ) -> Result<Self, String> {
+        let device = self.gpt.device();
+        let prefix = "base_model.model.";
+        let take = |name: &str, shape: [usize; 2]| -> Result<Tensor<2>, String> {
+            let full = format!("{prefix}{name}");
+            let t = tensors
+                .get(&full)
+                .ok_or_else(|| format!("missing tensor `{full}`"))?;
+            if t.shape != shape {
+                return Err(format!(
+                    "tensor `{full}`: expected shape {shape:?}, found {:?}",
+                    t.shape
+                ));
+            }
+            Ok(Tensor::<2>::from_data(TensorData::new(t.data.clone(), shape), &device).transpose())
+        };
+        let load = |name: String, adapter: &mut Option<LoraAdapter>| -> Result<(), String> {
+            if let Some(adapter) = adapter {
+                let [d_in, rank] = adapter.a.dims();
+                let d_out = adapter.b.dims()[1];
+                adapter.a =
+                    Param::from_tensor(take(&format!("{name}.lora_A.weight"), [rank, d_in])?);
+                adapter.b =
+                    Param::from_tensor(take(&format!("{name}.lora_B.weight"), [d_out, rank])?);
+            }
+            Ok(())
+        };
+        for (i, block) in self.gpt.h.iter_mut().enumerate() {
+            let p = format!("transformer.h.{i}.");
+            load(format!("{p}attn.c_attn.q"), &mut block.attn.lora_q)?;
+            load(format!("{p}attn.c_attn.k"), &mut block.attn.lora_k)?;
+            load(format!("{p}attn.c_attn.v"), &mut block.attn.lora_v)?;
+            load(format!("{p}attn.c_proj"), &mut block.attn.lora_out)?;
+            load(format!("{p}mlp.c_fc"), &mut block.mlp.lora_fc)?;
+            load(format!("{p}mlp.c_proj"), &mut block.mlp.lora_proj)?;
+        }
+        load("score".into(), &mut self.lora_head)?;
+        let [emb, classes] = self.head.weight.dims();
+        self.head.weight = Param::from_tensor(take("score.weight", [classes, emb])?);
+        if let Some(bias) = tensors.get(&format!("{prefix}score.bias")) {
+            if bias.shape != [classes] {
+                return Err(format!(
+                    "tensor `{prefix}score.bias`: expected shape [{classes}], found {:?}",
+                    bias.shape
+                ));
+            }
+            let t = Tensor::<1>::from_data(TensorData::new(bias.data.clone(), [classes]), &device);
+            self.head.bias = Some(Param::from_tensor(t));
+        }
+        Ok(self)
+    }
+
     /// (trainable, total) parameter counts. Only an autodiff device tracks gradients, so on
     /// a plain device nothing counts as trainable.
     pub fn param_counts(&self) -> (usize, usize) {
@@ -144,6 +249,18 @@ impl GptClassifier {
         self.visit(&mut counter);
         (counter.trainable, counter.total)
     }
+}
+
+/// A `[rows, cols]` tensor transposed to host `[cols, rows]` (Burn `[in, out]` → PyTorch
+/// `nn.Linear` `[out, in]`).
+fn host_t(t: Tensor<2>) -> HostTensor {
+    let [rows, cols] = t.dims();
+    let data = t
+        .transpose()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 data");
+    HostTensor::new(vec![cols, rows], data)
 }
 
 #[derive(Default)]

@@ -67,11 +67,17 @@ fn trainable_counts_match_the_book() {
 fn merged_adapters_compute_the_same_logits() {
     let device = Device::flex();
     device.seed(4);
-    let mut model =
-        GptClassifier::new(tiny().init(&device), 3, Pooling::Last).add_lora(&LoraConfig {
-            rslora: true,
-            ..lora(4, LoraTarget::ALL.to_vec())
-        });
+    let config = LoraConfig {
+        rslora: true,
+        ..lora(4, LoraTarget::ALL.to_vec())
+    };
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 5, 9, 30, 2, 7, 7, 0], [2, 4]),
+        &device,
+    );
+    let gpt = tiny().init(&device);
+    let _ = gpt.forward(ids.clone()); // materialise the lazy weights before sharing them
+    let mut model = GptClassifier::new(gpt.clone(), 3, Pooling::Last).add_lora(&config);
     // B starts at zero; give every adapter a random B so the update is not trivially zero.
     for block in &mut model.gpt.h {
         for adapter in [
@@ -98,16 +104,31 @@ fn merged_adapters_compute_the_same_logits() {
     ));
     let base = GptClassifier::new(tiny().init(&device), 3, Pooling::Last);
 
-    let ids = Tensor::<2, Int>::from_data(
-        TensorData::new(vec![1i64, 5, 9, 30, 2, 7, 7, 0], [2, 4]),
-        &device,
-    );
     let lengths = Tensor::<1, Int>::from_data(TensorData::new(vec![4i64, 4], [2]), &device);
     let adapted: Vec<f32> = model
         .forward(ids.clone(), lengths.clone())
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
+    // The adapters (with the head) saved alone and loaded onto the same base reproduce it.
+    let reloaded = GptClassifier::new(gpt, 3, Pooling::Last)
+        .add_lora(&config)
+        .load_adapter_tensors(&model.adapter_tensors())
+        .unwrap();
+    let again: Vec<f32> = reloaded
+        .forward(ids.clone(), lengths.clone())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    assert_eq!(again, adapted);
+    let err = GptClassifier::new(tiny().init(&device), 3, Pooling::Last)
+        .add_lora(&lora(8, LoraTarget::ALL.to_vec()))
+        .load_adapter_tensors(&model.adapter_tensors())
+        .unwrap_err();
+    assert!(
+        err.contains("expected shape [8, 16], found [4, 16]"),
+        "{err}"
+    );
     let merged_model = model.merge_lora();
     assert!(merged_model.lora_head.is_none() && merged_model.gpt.h[0].attn.lora_q.is_none());
     let merged: Vec<f32> = merged_model

@@ -3,10 +3,12 @@
 //! - [`schedule`]: linear warmup + cosine decay, a pure function of the step.
 //! - [`clip`]: gradient clipping by the global norm (Burn's built-in clips per tensor).
 //! - [`lm`]: the language-model training loop with evaluation and metrics.
+//! - [`classify`]: classification fine-tuning with per-epoch accuracies.
 //! - [`checkpoint`]: atomic checkpoints and resume.
 //! - [`plot`]: the loss plot PNG.
 
 pub mod checkpoint;
+pub mod classify;
 pub mod clip;
 pub mod lm;
 pub mod plot;

@@ -18,6 +18,21 @@ fn register_fonts() {
     });
 }
 
+/// One line of a plot: a name and (epoch, value) points.
+pub struct Curve {
+    pub name: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Axes of a plot: title, y label, and the label and maximum of the top axis (a second count
+/// that grows with the epochs, e.g. tokens or examples seen).
+pub struct Axes {
+    pub title: &'static str,
+    pub y_label: &'static str,
+    pub top_label: &'static str,
+    pub top_max: f64,
+}
+
 /// Writes `path` (PNG, 900×540) from the evaluation records of a run. `steps_per_epoch` maps
 /// steps to (fractional) epochs. The file is written to a temporary name and renamed.
 pub fn plot_losses(
@@ -25,31 +40,46 @@ pub fn plot_losses(
     steps_per_epoch: usize,
     path: &Path,
 ) -> Result<(), String> {
-    if records.is_empty() {
-        return Err("no evaluation records to plot".into());
+    let epochs = |r: &EvalRecord| r.step as f64 / steps_per_epoch.max(1) as f64;
+    let curve = |name, value: fn(&EvalRecord) -> f64| Curve {
+        name,
+        points: records.iter().map(|r| (epochs(r), value(r))).collect(),
+    };
+    let axes = Axes {
+        title: "Loss",
+        y_label: "Loss",
+        top_label: "Tokens seen",
+        top_max: records.iter().map(|r| r.tokens_seen).max().unwrap_or(0) as f64,
+    };
+    plot_curves(
+        &[
+            curve("Training loss", |r| r.train_loss),
+            curve("Validation loss", |r| r.val_loss),
+        ],
+        &axes,
+        path,
+    )
+}
+
+/// Draws `curves` against epochs into the PNG `path` (atomically). The y range starts at 0.
+pub fn plot_curves(curves: &[Curve], axes: &Axes, path: &Path) -> Result<(), String> {
+    let values = curves
+        .iter()
+        .flat_map(|c| c.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    if values.clone().next().is_none() {
+        return Err(format!("{}: nothing to plot", path.display()));
     }
     register_fonts();
-    let epochs = |r: &EvalRecord| r.step as f64 / steps_per_epoch.max(1) as f64;
-    let finite = |x: f64| x.is_finite();
-    let losses = records
-        .iter()
-        .flat_map(|r| [r.train_loss, r.val_loss])
-        .filter(|x| finite(*x));
-    let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-        (lo.min(x), hi.max(x))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (0f64.min(lo), hi * 1.05)
-    } else {
-        (0.0, 1.0)
-    };
-    let max_epoch = records.iter().map(epochs).fold(0.0, f64::max).max(1e-9);
-    let max_tokens = records
-        .iter()
-        .map(|r| r.tokens_seen)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    let hi = values
+        .clone()
+        .map(|p| p.1)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let lo = values.clone().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let (lo, hi) = (0f64.min(lo), hi * 1.05 + 1e-9);
+    let max_epoch = values.map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+    let top_max = axes.top_max.max(1.0);
+    let colors = [BLUE, RED, GREEN, MAGENTA];
 
     let tmp = path.with_extension("tmp.png");
     {
@@ -58,49 +88,38 @@ pub fn plot_losses(
         root.fill(&WHITE).map_err(|e| draw_err(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .margin(20)
-            .caption("Loss", ("sans-serif", 24))
+            .caption(axes.title, ("sans-serif", 24))
             .x_label_area_size(45)
             .y_label_area_size(60)
             .top_x_label_area_size(45)
             .build_cartesian_2d(0f64..max_epoch, lo..hi)
             .map_err(|e| draw_err(&e))?
-            .set_secondary_coord(0f64..max_tokens, lo..hi);
+            .set_secondary_coord(0f64..top_max, lo..hi);
         chart
             .configure_mesh()
             .x_desc("Epochs")
-            .y_desc("Loss")
+            .y_desc(axes.y_label)
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| draw_err(&e))?;
         chart
             .configure_secondary_axes()
-            .x_desc("Tokens seen")
+            .x_desc(axes.top_label)
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| draw_err(&e))?;
-        let series = [
-            (
-                "Training loss",
-                BLUE,
-                records.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
-            ),
-            (
-                "Validation loss",
-                RED,
-                records.iter().map(|r| r.val_loss).collect(),
-            ),
-        ];
-        for (name, color, values) in series {
-            let points: Vec<(f64, f64)> = records
+        for (curve, color) in curves.iter().zip(colors.iter().cycle()) {
+            let color = *color;
+            let points: Vec<(f64, f64)> = curve
+                .points
                 .iter()
-                .zip(values)
-                .filter(|(_, v)| v.is_finite())
-                .map(|(r, v)| (epochs(r), v))
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| draw_err(&e))?
-                .label(name)
+                .label(curve.name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
         chart
