@@ -120,7 +120,13 @@ fn merged_adapters_compute_the_same_logits() {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    assert_eq!(again, adapted);
+    // Equal up to summation order (the reloaded A and B are transposed views).
+    for (x, y) in again.iter().zip(&adapted) {
+        assert!(
+            (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+            "{again:?} vs {adapted:?}"
+        );
+    }
     let err = GptClassifier::new(tiny().init(&device), 3, Pooling::Last)
         .add_lora(&lora(8, LoraTarget::ALL.to_vec()))
         .load_adapter_tensors(&model.adapter_tensors())

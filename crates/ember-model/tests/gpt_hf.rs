@@ -456,3 +456,20 @@ fn broken_checkpoints_are_one_line_errors_naming_the_fault() {
         assert!(!err.contains('\n'), "{err}");
     }
 }
+
+#[test]
+fn all_four_gpt2_sizes_are_recognised() {
+    use ember_model::gpt_hf::gpt2_size_name;
+    let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/models");
+    for (file, name) in [
+        ("gpt2-small", "gpt2-small (124M)"),
+        ("gpt2-medium", "gpt2-medium (355M)"),
+        ("gpt2-large", "gpt2-large (774M)"),
+        ("gpt2-xl", "gpt2-xl (1558M)"),
+    ] {
+        let config = GptConfig::load(&configs.join(format!("{file}.toml"))).unwrap();
+        assert_eq!(gpt2_size_name(&config), Some(name));
+    }
+    let (hf, _) = load_fixture(&Device::flex());
+    assert_eq!(gpt2_size_name(&hf.config), None);
+}
