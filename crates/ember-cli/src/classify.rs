@@ -53,6 +53,8 @@ const RUN_FILE: &str = "classifier.toml";
 pub enum FinetuneCommand {
     /// Fine-tune a GPT as a text classifier (the book's chapter 6: SMS spam).
     Classify(FinetuneClassifyArgs),
+    /// Fine-tune a GPT to follow instructions (the book's chapter 7: Alpaca-style JSON).
+    Instruct(crate::instruct::FinetuneInstructArgs),
 }
 
 #[derive(Args)]
@@ -168,36 +170,20 @@ fn load_splits(args: &FinetuneClassifyArgs) -> Result<ClassSplits> {
     }
     let path = Path::new(&args.data);
     if path.is_dir() {
-        let mut parts = Vec::new();
+        let mut files = Vec::new();
         for name in ["train", "validation", "test"] {
             let file = ["csv", "tsv"]
                 .iter()
                 .map(|ext| path.join(format!("{name}.{ext}")))
                 .find(|p| p.is_file())
                 .with_context(|| format!("{}: no {name}.csv or {name}.tsv", path.display()))?;
-            parts.push(classification::read_table(
-                &file,
-                &args.text_column,
-                &args.label_column,
-            )?);
+            files.push(file);
         }
-        let label_names = parts
-            .iter()
-            .map(|p| p.label_names.clone())
-            .max_by_key(Vec::len)
-            .unwrap_or_default();
-        let mut parts = parts.into_iter().map(|p| p.examples);
-        let (train, validation, test) = (
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-        );
-        return Ok(ClassSplits {
-            label_names,
-            train,
-            validation,
-            test,
-        });
+        return Ok(classification::read_split_tables(
+            [&files[0], &files[1], &files[2]],
+            &args.text_column,
+            &args.label_column,
+        )?);
     }
     if !path.exists() {
         bail!(
@@ -214,7 +200,13 @@ fn pad_id(tokenizer: &BpeTokenizer) -> u32 {
 }
 
 pub fn run_finetune(command: FinetuneCommand, device_spec: &str) -> Result<()> {
-    let FinetuneCommand::Classify(args) = command;
+    match command {
+        FinetuneCommand::Classify(args) => finetune_classifier(args, device_spec),
+        FinetuneCommand::Instruct(args) => crate::instruct::run_finetune(args, device_spec),
+    }
+}
+
+fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?.autodiff();
     let trainable = Trainable::parse(&args.trainable).map_err(anyhow::Error::msg)?;
     let pooling = match args.pooling.as_str() {
@@ -307,6 +299,16 @@ pub fn run_finetune(command: FinetuneCommand, device_spec: &str) -> Result<()> {
                 bad.label
             );
         }
+    }
+    if splits.train.len() < args.batch_size.max(1) || splits.validation.is_empty() {
+        bail!(
+            "{}: too few examples for a training batch of {} (train {}, validation {}, test {})",
+            args.data,
+            args.batch_size,
+            splits.train.len(),
+            splits.validation.len(),
+            splits.test.len()
+        );
     }
     let encode = |text: &str| tokenizer.encode_ordinary(text);
     let longest = splits

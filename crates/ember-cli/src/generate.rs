@@ -10,7 +10,9 @@ use ember_model::generate::{GenerateOptions, generate};
 use ember_model::sampling::SamplingConfig;
 
 use crate::device;
+use crate::instruct::Responder;
 use crate::runs::load_gpt;
+use ember_data::instruct::Template;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -22,8 +24,22 @@ pub struct GenerateArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Prompt text; repeat for a batch (each sequence stops at its own end-of-text).
-    #[arg(long, required = true)]
+    #[arg(
+        long,
+        required_unless_present = "instruction",
+        conflicts_with = "instruction"
+    )]
     prompt: Vec<String>,
+    /// An instruction for an instruction fine-tune: formatted with the run's template, and
+    /// only the response is printed.
+    #[arg(long)]
+    instruction: Option<String>,
+    /// The instruction's input (optional).
+    #[arg(long, requires = "instruction")]
+    input: Option<String>,
+    /// Prompt template for --instruction: alpaca or phi3 [default: the run's, else alpaca].
+    #[arg(long, requires = "instruction")]
+    template: Option<String>,
     #[arg(long, default_value_t = 50)]
     max_new_tokens: usize,
     /// 0 is greedy decoding.
@@ -59,8 +75,20 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         .as_ref()
         .or(args.weights.as_ref())
         .expect("clap requires --checkpoint or --weights");
+    let sampling = SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+    };
+    // Settings first: a typo should not wait for the weights to load.
+    sampling.validate().map_err(anyhow::Error::msg)?;
     let loaded = load_gpt(source, &device, None)?;
     let tokenizer = loaded.tokenizer()?;
+    let template = match &args.template {
+        Some(name) => Some(Template::parse(name).map_err(anyhow::Error::msg)?),
+        None => loaded.template,
+    };
     let model = loaded.model;
     let eos_id = match (args.no_eos, args.eos_id) {
         (true, _) => None,
@@ -69,17 +97,23 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
     };
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            repetition_penalty: args.repetition_penalty,
-        },
+        sampling,
         eos_id,
         seed: args.seed,
         use_cache: !args.no_cache,
     };
-    options.sampling.validate().map_err(anyhow::Error::msg)?;
+    if let Some(instruction) = &args.instruction {
+        let responder = Responder {
+            model: &model,
+            tokenizer: &tokenizer,
+            template: template.unwrap_or_default(),
+            options: options.clone(),
+        };
+        let query = (instruction.clone(), args.input.clone().unwrap_or_default());
+        let response = responder.respond(&[query], 1, |_| {})?;
+        println!("{}", response[0]);
+        return Ok(());
+    }
     let context = model.context_length();
     let prompts: Vec<Vec<u32>> = args.prompt.iter().map(|p| tokenizer.encode(p)).collect();
     for (i, ids) in prompts.iter().enumerate() {

@@ -89,6 +89,7 @@ pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
         tokenizer,
         source: Some(format!("imported from {}", args.from.display())),
         recipe: None,
+        instruct: None,
     };
     write_run_info(&args.out, &info)?;
     println!(

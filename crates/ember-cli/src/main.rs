@@ -6,6 +6,7 @@ mod data;
 mod device;
 mod generate;
 mod hf;
+mod instruct;
 mod models;
 mod pretrain;
 mod progress;
@@ -47,6 +48,10 @@ enum Command {
     /// Fine-tune a GPT for a task.
     #[command(subcommand)]
     Finetune(classify::FinetuneCommand),
+    /// Answer every entry of an instruction file with a fine-tuned model (adds model_response).
+    Respond(instruct::RespondArgs),
+    /// Score model responses 0–100 with a judge model served by Ollama.
+    Judge(instruct::JudgeArgs),
     /// Classify texts with a fine-tuned classifier.
     Classify(classify::ClassifyArgs),
     /// LoRA adapters: merge them into the weights.
@@ -75,6 +80,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain::run(args, &cli.device),
         Command::Generate(args) => generate::run(args, &cli.device),
         Command::Finetune(cmd) => classify::run_finetune(cmd, &cli.device),
+        Command::Respond(args) => instruct::run_respond(args, &cli.device),
+        Command::Judge(args) => instruct::run_judge(args),
         Command::Classify(args) => classify::run_classify(args, &cli.device),
         Command::Lora(cmd) => classify::run_lora(cmd, &cli.device),
         Command::Score(args) => score::run(args, &cli.device),
@@ -110,8 +117,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the error and its causes, outermost first.
-            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // (A cause that an outer message already quotes is not repeated.)
+            let mut line = String::new();
+            for cause in err.chain().map(|c| c.to_string()) {
+                if line.is_empty() {
+                    line = cause;
+                } else if !line.contains(&cause) {
+                    line = format!("{line}: {cause}");
+                }
+            }
+            eprintln!("error: {}", line.replace('\n', " "));
             ExitCode::FAILURE
         }
     }

@@ -101,6 +101,13 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     let (mut info, run_dir, resume_dir, pretrained) = match &args.resume {
         Some(run_dir) => {
             let info = read_run_info(run_dir)?;
+            if info.instruct.is_some() {
+                bail!(
+                    "{} is an instruction fine-tune; continue it with `ember finetune instruct --resume {}`",
+                    run_dir.display(),
+                    run_dir.display()
+                );
+            }
             if info.recipe.is_none() {
                 bail!(
                     "{} holds imported weights, not a training run; train them with `ember pretrain --weights {}`",
@@ -132,8 +139,13 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
             info.model.vocab_size
         );
     }
-    let text = ember_data::read_text_file(&data::resolve_text_source(&recipe.corpus)?)?;
+    let corpus_path = data::resolve_text_source(&recipe.corpus)?;
+    let text = ember_data::read_text_file(&corpus_path)?;
+    if text.trim().is_empty() {
+        bail!("{}: the corpus is empty", corpus_path.display());
+    }
     let (train_text, val_text) = split_text(&text, recipe.train_ratio)?;
+    let corpus_name = corpus_path.display();
     let window = info.model.context_length;
     let loader = |part: &str, what: &str, shuffle: Option<u64>, drop_last: bool| {
         let stride = recipe.stride.unwrap_or(window);
@@ -147,11 +159,16 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     };
     let train_loader = loader(
         train_text,
-        "the training split",
+        &format!("the training split of {corpus_name}"),
         Some(recipe.train.seed),
         true,
     )?;
-    let val_loader = loader(val_text, "the validation split", None, false)?;
+    let val_loader = loader(
+        val_text,
+        &format!("the validation split of {corpus_name}"),
+        None,
+        false,
+    )?;
 
     if resume_dir.is_none() {
         prepare_new_run_dir(&run_dir, args.overwrite)?;
@@ -180,13 +197,12 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         window,
         val_loader.num_batches()
     );
-    let mut observer = Progress {
-        bar: None,
-        tokenizer: &tokenizer,
-        start_context: recipe.start_context.clone(),
-        sample_tokens: recipe.sample_tokens,
-        last_sample: String::new(),
-    };
+    let mut observer = Progress::new(
+        &tokenizer,
+        recipe.start_context.clone(),
+        recipe.sample_tokens,
+        None,
+    );
     let started = std::time::Instant::now();
     let (_, final_state) = train(
         model,
@@ -200,25 +216,13 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         state,
         &mut observer,
     )?;
-    if let Some(bar) = &observer.bar {
-        bar.finish_and_clear();
-    }
-    let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))
-        .map_err(anyhow::Error::msg)?;
-    let plot_path = run_dir.join("loss.png");
-    ember_train::plot::plot_losses(&records, train_loader.num_batches(), &plot_path)
-        .map_err(anyhow::Error::msg)?;
-    if let Some(last) = records.last() {
-        println!(
-            "step {}: train loss {:.3}, val loss {:.3} (perplexity {:.1}), {} tokens seen, {:.0} s",
-            last.step,
-            last.train_loss,
-            last.val_loss,
-            last.val_loss.exp(),
-            final_state.tokens_seen,
-            started.elapsed().as_secs_f64()
-        );
-    }
+    observer.finish();
+    report_run(
+        &run_dir,
+        train_loader.num_batches(),
+        final_state.tokens_seen,
+        started,
+    )?;
     println!("{}", observer.last_sample);
     println!(
         "run directory: {} (metrics.jsonl, loss.png, checkpoints/)",
@@ -227,9 +231,35 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
+/// Draws `loss.png` from `metrics.jsonl` and prints the last evaluation.
+pub(crate) fn report_run(
+    run_dir: &Path,
+    steps_per_epoch: usize,
+    tokens_seen: u64,
+    started: std::time::Instant,
+) -> Result<()> {
+    let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))
+        .map_err(anyhow::Error::msg)?;
+    let plot_path = run_dir.join("loss.png");
+    ember_train::plot::plot_losses(&records, steps_per_epoch, &plot_path)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(last) = records.last() {
+        println!(
+            "step {}: train loss {:.3}, val loss {:.3} (perplexity {:.1}), {} tokens seen, {:.0} s",
+            last.step,
+            last.train_loss,
+            last.val_loss,
+            last.val_loss.exp(),
+            tokens_seen,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 /// Refuses to train into a directory that already holds a run, unless `overwrite`, in which
 /// case the files a run writes are deleted first (other files are left alone).
-fn prepare_new_run_dir(run_dir: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn prepare_new_run_dir(run_dir: &Path, overwrite: bool) -> Result<()> {
     if !run_dir.join("run.toml").exists() {
         return Ok(());
     }
@@ -305,6 +335,7 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
             tokenizer,
             source: Some(weights.display().to_string()),
             recipe: Some(recipe),
+            instruct: None,
         };
         return Ok((info, Some(pretrained)));
     }
@@ -326,21 +357,47 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
             tokenizer,
             source: None,
             recipe: Some(recipe),
+            instruct: None,
         },
         None,
     ))
 }
 
 /// Progress bar + the per-epoch sample.
-struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     bar: Option<ProgressBar>,
     tokenizer: &'a BpeTokenizer,
     start_context: String,
     sample_tokens: usize,
-    last_sample: String,
+    /// Samples stop at this token (instruction runs stop at end-of-text).
+    eos_id: Option<u32>,
+    /// The prompt and its continuation after the last epoch.
+    pub(crate) last_sample: String,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    pub(crate) fn new(
+        tokenizer: &'a BpeTokenizer,
+        start_context: String,
+        sample_tokens: usize,
+        eos_id: Option<u32>,
+    ) -> Self {
+        Self {
+            bar: None,
+            tokenizer,
+            start_context,
+            sample_tokens,
+            eos_id,
+            last_sample: String::new(),
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
     /// A line above the bar, or on stderr when there is no visible bar (not a terminal).
     fn say(&self, line: &str) {
         match &self.bar {
@@ -390,6 +447,7 @@ impl TrainObserver for Progress<'_> {
             self.tokenizer,
             &self.start_context,
             self.sample_tokens,
+            self.eos_id,
         );
         let line = format!("ep {} sample: {}", epoch + 1, text.replace('\n', " "));
         self.say(&line);
@@ -398,11 +456,17 @@ impl TrainObserver for Progress<'_> {
 }
 
 /// Greedy continuation of `prompt` (the book's `generate_and_print_sample`).
-fn sample(model: &Gpt, tokenizer: &BpeTokenizer, prompt: &str, tokens: usize) -> String {
+fn sample(
+    model: &Gpt,
+    tokenizer: &BpeTokenizer,
+    prompt: &str,
+    tokens: usize,
+    eos_id: Option<u32>,
+) -> String {
     let options = GenerateOptions {
         max_new_tokens: tokens,
         sampling: SamplingConfig::default(),
-        eos_id: None,
+        eos_id,
         seed: 0,
         use_cache: true,
     };

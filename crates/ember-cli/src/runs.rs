@@ -12,7 +12,9 @@ use ember_model::gpt_hf::{HfGpt2, gpt2_size_name};
 use ember_train::checkpoint;
 use serde::{Deserialize, Serialize};
 
+use crate::instruct::InstructRecipe;
 use crate::pretrain::Recipe;
+use ember_data::instruct::Template;
 
 /// What a run directory records about itself (`run.toml`), for resume, generate and export.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +29,9 @@ pub struct RunInfo {
     /// The pretraining recipe; absent for imported weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<Recipe>,
+    /// The instruction fine-tuning recipe of a `finetune instruct` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruct: Option<InstructRecipe>,
 }
 
 impl RunInfo {
@@ -63,6 +68,8 @@ pub struct LoadedGpt {
     pub model: Gpt,
     /// Tokenizer directory; `None` means GPT-2's.
     pub tokenizer: Option<PathBuf>,
+    /// The prompt template of an instruction fine-tune.
+    pub template: Option<Template>,
 }
 
 impl LoadedGpt {
@@ -83,6 +90,24 @@ impl LoadedGpt {
     }
 }
 
+/// For a bare model name that is not a path (`gpt2-medium`, `openai-community/gpt2`): its
+/// folder in the HuggingFace cache (`$HF_HUB_CACHE`, `$HF_HOME/hub` or
+/// `~/.cache/huggingface/hub`), when there is one.
+fn hf_cache_dir(name: &Path) -> Option<PathBuf> {
+    if name.exists() || name.is_absolute() {
+        return None;
+    }
+    let name = name.to_str()?;
+    let hub = std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|home| PathBuf::from(home).join("hub")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub"))
+        })?;
+    let dir = hub.join(format!("models--{}", name.replace('/', "--")));
+    dir.is_dir().then_some(dir)
+}
+
 /// Whether `path` looks like a HuggingFace model directory (or cache folder).
 fn is_hf_dir(path: &Path) -> bool {
     path.join("config.json").is_file() || path.join("snapshots").is_dir()
@@ -92,6 +117,8 @@ fn is_hf_dir(path: &Path) -> bool {
 /// GPT-2 directory. `context_length` may shorten a HF model's window (the first rows of its
 /// position embedding are kept); a run's window is fixed.
 pub fn load_gpt(path: &Path, device: &Device, context_length: Option<usize>) -> Result<LoadedGpt> {
+    let cached = hf_cache_dir(path);
+    let path = cached.as_deref().unwrap_or(path);
     if path.join("run.toml").is_file() {
         let info = read_run_info(path)?;
         if let Some(context) = context_length
@@ -104,9 +131,16 @@ pub fn load_gpt(path: &Path, device: &Device, context_length: Option<usize>) -> 
             );
         }
         let dir = checkpoint::latest(path)?;
-        let model = checkpoint::load_model(&dir, info.model.init(device))?;
+        let mut model = info.model.init(device);
+        let lora = info.instruct.as_ref().and_then(|r| r.lora.as_ref());
+        if let Some(lora) = lora {
+            model = model.add_lora(lora);
+        }
+        // Adapters of a LoRA fine-tune are folded in: the same function, plain layers.
+        let model = checkpoint::load_model(&dir, model)?.merge_lora();
         return Ok(LoadedGpt {
             tokenizer: info.tokenizer_dir(path),
+            template: info.instruct.as_ref().map(|r| r.template),
             config: info.model,
             model,
         });
@@ -139,5 +173,6 @@ pub fn load_gpt(path: &Path, device: &Device, context_length: Option<usize>) -> 
         config,
         model,
         tokenizer: BpeTokenizer::vocabulary_files(&hf.dir).map(|_| hf.dir.clone()),
+        template: None,
     })
 }

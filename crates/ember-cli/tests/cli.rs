@@ -685,3 +685,299 @@ fn prepare_finetune_classify_lora_and_merge() {
         "is not a classifier run directory",
     );
 }
+
+/// A one-thread HTTP server on 127.0.0.1 that answers Ollama chat requests with `replies`, in
+/// order (status, body), and returns the prompts it received.
+fn fake_ollama(replies: Vec<(u16, String)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut prompts = Vec::new();
+        for (status, body) in replies {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            assert!(
+                request_line.starts_with("POST /api/chat "),
+                "{request_line}"
+            );
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut request = vec![0u8; length];
+            reader.read_exact(&mut request).unwrap();
+            let request: serde_json::Value = serde_json::from_slice(&request).unwrap();
+            prompts.push(
+                request["messages"][0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            let mut stream = reader.into_inner();
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+        prompts
+    });
+    (url, handle)
+}
+
+#[test]
+fn finetune_instruct_generate_respond_and_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("micro.toml");
+    std::fs::write(
+        &model,
+        "vocab_size = 50257\ncontext_length = 64\nemb_dim = 16\nn_heads = 2\nn_layers = 1\n\
+         drop_rate = 0.0\nqkv_bias = true\ntie_weights = true\nemb_init_std = 0.02\n",
+    )
+    .unwrap();
+    // The first 200 entries of the book's data: split 170 / 10 / 20.
+    let out = ember(&["data", "fetch", "instruction-data"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = stdout(&out);
+    let path = fetched
+        .trim()
+        .strip_prefix("instruction-data: ")
+        .unwrap_or_else(|| panic!("{fetched}"));
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let data = dir.path().join("data.json");
+    std::fs::write(
+        &data,
+        serde_json::to_string(&all.as_array().unwrap()[..200]).unwrap(),
+    )
+    .unwrap();
+    let run = dir.path().join("instruct");
+    let finetune = |extra: &[&str], out_dir: &std::path::Path| {
+        let mut args = vec![
+            "finetune",
+            "instruct",
+            "--data",
+            data.to_str().unwrap(),
+            "--random-init",
+            "--model-config",
+            model.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-2",
+            "--eval-freq",
+            "10",
+            "--eval-iter",
+            "2",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ember(&args)
+    };
+    let out = finetune(&[], &run);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("170 train / 10 validation / 20 test entries (alpaca template)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("21 steps per epoch of 8 texts"), "{stderr}");
+    for file in ["run.toml", "metrics.jsonl", "loss.png", "test.json"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // The loss falls from ln(50257) ≈ 10.8 (uniform) as the model learns the template.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let val_loss = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["val_loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let lines: Vec<&str> = metrics.lines().collect();
+    let (first, last) = (val_loss(lines[0]), val_loss(lines[lines.len() - 1]));
+    assert!(last < first && last < 6.0, "{first} → {last}");
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    assert_eq!(test.as_array().unwrap().len(), 20);
+    assert_eq!(test[0]["instruction"], all[170]["instruction"]);
+
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--instruction",
+        "Rewrite the sentence using a simile.",
+        "--input",
+        "The car is very fast.",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout(&out).contains("### "), "{}", stdout(&out));
+
+    // respond: every test entry gets a model_response, other fields kept.
+    let responses = dir.path().join("responses.json");
+    let respond = || {
+        ember(&[
+            "respond",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            run.join("test.json").to_str().unwrap(),
+            "--out",
+            responses.to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+        ])
+    };
+    let out = respond();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answered: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&responses).unwrap()).unwrap();
+    let answered = answered.as_array().unwrap();
+    assert_eq!(answered.len(), 20);
+    assert_eq!(answered[0]["instruction"], test[0]["instruction"]);
+    assert!(answered.iter().all(|e| e["model_response"].is_string()));
+    let before = std::fs::read(&responses).unwrap();
+    assert_one_line_error(&respond(), "exists");
+    assert_eq!(std::fs::read(&responses).unwrap(), before);
+
+    // judge: three entries against a local Ollama-like server that first fails once, then
+    // scores 80 and 60, and once answers without a number.
+    let three = dir.path().join("three.json");
+    std::fs::write(
+        &three,
+        serde_json::to_string(&answered[..3].to_vec()).unwrap(),
+    )
+    .unwrap();
+    let reply = |content: &str| {
+        serde_json::json!({"model": "llama3", "message": {"role": "assistant", "content": content}, "done": true})
+            .to_string()
+    };
+    let (url, server) = fake_ollama(vec![
+        (500, "{\"error\": \"busy\"}".into()),
+        (200, reply("80")),
+        (200, reply("I would say 60.")),
+        (200, reply("No idea.")),
+    ]);
+    let scores = dir.path().join("scores.json");
+    let out = ember(&[
+        "judge",
+        "--responses",
+        three.to_str().unwrap(),
+        "--endpoint",
+        &url,
+        "--model",
+        "llama3",
+        "--out",
+        scores.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prompts = server.join().unwrap();
+    assert_eq!(prompts.len(), 4);
+    assert!(prompts[1].starts_with("Given the input `Below is an instruction"));
+    assert!(prompts[1].contains("score the model response `"));
+    let text = stdout(&out);
+    assert!(text.contains("number of scores: 2 of 3"), "{text}");
+    assert!(text.contains("average score: 70.00"), "{text}");
+    let scored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+    assert_eq!(scored[0]["judge_score"], 80);
+    assert!(scored[2]["judge_score"].is_null());
+    assert_eq!(scored[2]["judge_reply"], "No idea.");
+
+    // The judge unreachable: one clear line.
+    assert_one_line_error(
+        &ember(&[
+            "judge",
+            "--responses",
+            three.to_str().unwrap(),
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--retries",
+            "1",
+        ]),
+        "the judge failed 1 times",
+    );
+
+    // LoRA: only the adapters train (q, k, v, out: 4 × (16·4 + 4·16); ff: 2 × (16·4 + 4·64)).
+    let lora_run = dir.path().join("lora");
+    let out = finetune(&["--trainable", "lora", "--lora-rank", "4"], &lora_run);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(", 1152 trainable;"), "{stderr}");
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        lora_run.to_str().unwrap(),
+        "--instruction",
+        "Name a color.",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bad data: the entry and field at fault.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 7}]"#,
+    )
+    .unwrap();
+    let bad_run = dir.path().join("bad");
+    assert_one_line_error(
+        &ember(&[
+            "finetune",
+            "instruct",
+            "--data",
+            bad.to_str().unwrap(),
+            "--random-init",
+            "--model-config",
+            model.to_str().unwrap(),
+            "--out",
+            bad_run.to_str().unwrap(),
+        ]),
+        "entry 1: field `output` must be a string, found a number",
+    );
+    assert!(!bad_run.exists());
+    assert_one_line_error(
+        &ember(&[
+            "finetune",
+            "instruct",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ]),
+        "no starting weights",
+    );
+}

@@ -101,6 +101,65 @@ pub fn read_table(
     text_column: &str,
     label_column: &str,
 ) -> Result<LabeledTexts, TableError> {
+    let rows = read_rows(path, text_column, label_column)?;
+    Ok(label_examples(
+        rows.into_iter()
+            .map(|(text, label, _)| (text, label))
+            .collect(),
+    ))
+}
+
+/// Reads train / validation / test tables that were split already. The classes are the
+/// training file's; a validation or test label that does not occur there is an error naming
+/// its file and line (it would otherwise get a class id of its own file's numbering).
+pub fn read_split_tables(
+    paths: [&Path; 3],
+    text_column: &str,
+    label_column: &str,
+) -> Result<ClassSplits, TableError> {
+    let train = read_table(paths[0], text_column, label_column)?;
+    let ids: BTreeMap<&str, usize> = train
+        .label_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i))
+        .collect();
+    let mut others = Vec::new();
+    for path in &paths[1..] {
+        let rows = read_rows(path, text_column, label_column)?;
+        let mut examples = Vec::with_capacity(rows.len());
+        for (text, label, line) in rows {
+            let Some(&id) = ids.get(label.as_str()) else {
+                return Err(TableError::Line {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!(
+                        "label `{label}` does not occur in the training split {} (classes: {})",
+                        paths[0].display(),
+                        train.label_names.join(", ")
+                    ),
+                });
+            };
+            examples.push(Example { text, label: id });
+        }
+        others.push(examples);
+    }
+    let test = others.pop().unwrap_or_default();
+    let validation = others.pop().unwrap_or_default();
+    Ok(ClassSplits {
+        label_names: train.label_names,
+        train: train.examples,
+        validation,
+        test,
+    })
+}
+
+/// The (text, label, line) rows of a CSV/TSV file with a header.
+fn read_rows(
+    path: &Path,
+    text_column: &str,
+    label_column: &str,
+) -> Result<Vec<(String, String, usize)>, TableError> {
     let delimiter = match path.extension().and_then(|e| e.to_str()) {
         Some("tsv") | Some("txt") => b'\t',
         _ => b',',
@@ -132,7 +191,7 @@ pub fn read_table(
             })
     };
     let (text_at, label_at) = (column(text_column)?, column(label_column)?);
-    let mut raw: Vec<(String, String)> = Vec::new();
+    let mut raw: Vec<(String, String, usize)> = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line() as usize);
@@ -143,6 +202,18 @@ pub fn read_table(
             }
         })?;
         let line = record.position().map_or(0, |p| p.line() as usize);
+        if record.len() > headers.len() {
+            // Most often an unquoted delimiter inside the text, which would cut it silently.
+            return Err(TableError::Line {
+                path: path.to_path_buf(),
+                line,
+                message: format!(
+                    "{} fields but the header has {} (quote texts that contain the delimiter)",
+                    record.len(),
+                    headers.len()
+                ),
+            });
+        }
         let field = |at: usize, name: &str| {
             record
                 .get(at)
@@ -161,12 +232,12 @@ pub fn read_table(
                 message: format!("empty `{label_column}`"),
             });
         }
-        raw.push((field(text_at, text_column)?, label));
+        raw.push((field(text_at, text_column)?, label, line));
     }
     if raw.is_empty() {
         return Err(file_error(path, "no rows after the header"));
     }
-    Ok(label_examples(raw))
+    Ok(raw)
 }
 
 /// Assigns class ids: integer labels 0..n keep their value, otherwise sorted names.

@@ -4,12 +4,14 @@
 //! - [`bpe`]: GPT-2 byte-level BPE that encodes exactly like tiktoken's `gpt2` encoding.
 //! - [`bpe_train`]: training a byte-level BPE vocabulary in the same two-file format.
 //! - [`loader`]: sliding-window (input, target) pretraining batches.
+//! - [`instruct`]: Alpaca-style instruction data, prompt templates and the instruction collate.
 //! - [`classification`]: labelled texts (SMS spam, CSV/TSV), balanced splits, padded batches.
 
 pub mod bpe;
 pub mod bpe_train;
 pub mod classification;
 pub mod datasets;
+pub mod instruct;
 pub mod loader;
 mod pretokenize;
 pub mod rng;

@@ -110,11 +110,12 @@ impl TokenWindows {
     }
 }
 
-/// A batch of windows, row-major: `inputs` and `targets` are `[batch_size, seq_len]`.
+/// A batch of token sequences, row-major: `inputs` and `targets` are `[batch_size, seq_len]`.
+/// Targets are signed so that collate functions can mark ignored positions with -100.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenBatch {
     pub inputs: Vec<TokenId>,
-    pub targets: Vec<TokenId>,
+    pub targets: Vec<i64>,
     pub batch_size: usize,
     pub seq_len: usize,
 }
@@ -128,11 +129,41 @@ impl TokenBatch {
     /// `(inputs, targets)` as `[batch, seq]` integer tensors on `device`.
     pub fn to_tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
         let shape = [self.batch_size, self.seq_len];
-        let to_tensor = |ids: &[TokenId]| {
-            let data: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
-            Tensor::<2, Int>::from_data(TensorData::new(data, shape), device)
-        };
-        (to_tensor(&self.inputs), to_tensor(&self.targets))
+        let inputs: Vec<i64> = self.inputs.iter().map(|&id| i64::from(id)).collect();
+        (
+            Tensor::<2, Int>::from_data(TensorData::new(inputs, shape), device),
+            Tensor::<2, Int>::from_data(TensorData::new(self.targets.clone(), shape), device),
+        )
+    }
+}
+
+/// A source of language-model batches, epoch by epoch: windows of a corpus ([`WindowLoader`])
+/// or collated instruction examples. The training loop takes any of them.
+pub trait LmBatches {
+    /// Windows or examples per epoch (for messages).
+    fn num_examples(&self) -> usize;
+    fn batch_size(&self) -> usize;
+    /// Batches per epoch.
+    fn num_batches(&self) -> usize;
+    /// The batches of `epoch`, in order; the same epoch always gives the same batches.
+    fn epoch_batches(&self, epoch: u64) -> Box<dyn Iterator<Item = TokenBatch> + '_>;
+}
+
+impl LmBatches for WindowLoader {
+    fn num_examples(&self) -> usize {
+        self.windows.len()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn num_batches(&self) -> usize {
+        WindowLoader::num_batches(self)
+    }
+
+    fn epoch_batches(&self, epoch: u64) -> Box<dyn Iterator<Item = TokenBatch> + '_> {
+        Box::new(self.batches(epoch))
     }
 }
 
@@ -214,7 +245,7 @@ impl WindowLoader {
             for &row in rows {
                 let (input, target) = self.windows.window(row);
                 inputs.extend_from_slice(input);
-                targets.extend_from_slice(target);
+                targets.extend(target.iter().map(|&t| i64::from(t)));
             }
             TokenBatch {
                 inputs,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
+use burn::module::{Module, Param, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -245,9 +245,7 @@ impl GptClassifier {
     /// (trainable, total) parameter counts. Only an autodiff device tracks gradients, so on
     /// a plain device nothing counts as trainable.
     pub fn param_counts(&self) -> (usize, usize) {
-        let mut counter = Counter::default();
-        self.visit(&mut counter);
-        (counter.trainable, counter.total)
+        crate::lora::param_counts(self)
     }
 }
 
@@ -261,20 +259,4 @@ fn host_t(t: Tensor<2>) -> HostTensor {
         .try_into_vec_as::<f32>()
         .expect("f32 data");
     HostTensor::new(vec![cols, rows], data)
-}
-
-#[derive(Default)]
-struct Counter {
-    trainable: usize,
-    total: usize,
-}
-
-impl ModuleVisitor for Counter {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let n = param.shape().num_elements();
-        self.total += n;
-        if param.is_require_grad() {
-            self.trainable += n;
-        }
-    }
 }

@@ -452,6 +452,12 @@ impl Gpt {
         self
     }
 
+    /// Freezes every weight but the LoRA adapters (call after [`Gpt::add_lora`]).
+    pub fn train_only_lora(self) -> Self {
+        let group = burn::module::ParamGroup::from_regex(r"(^|\.)lora_").expect("valid pattern");
+        self.freeze().unfreeze_group(group)
+    }
+
     /// Folds every adapter into its base weight and removes it: same function, plain layers.
     pub fn merge_lora(mut self) -> Self {
         let d = self.wpe.weight.dims()[1];

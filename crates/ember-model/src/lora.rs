@@ -6,7 +6,7 @@
 //! adapter per slice (the book's model has separate W_query/W_key/W_value, which is what the
 //! trainable counts assume), so ember keeps its own adapters next to the layers they adapt.
 
-use burn::module::Param;
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
@@ -165,5 +165,29 @@ pub fn with_adapter<const D: usize>(
     match adapter {
         Some(adapter) => out + adapter.forward(x),
         None => out,
+    }
+}
+
+/// (trainable, total) parameter counts of any module. Only an autodiff device tracks
+/// gradients, so on a plain device nothing counts as trainable.
+pub fn param_counts<M: Module>(module: &M) -> (usize, usize) {
+    let mut counter = Counter::default();
+    module.visit(&mut counter);
+    (counter.trainable, counter.total)
+}
+
+#[derive(Default)]
+struct Counter {
+    trainable: usize,
+    total: usize,
+}
+
+impl ModuleVisitor for Counter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.shape().num_elements();
+        self.total += n;
+        if param.is_require_grad() {
+            self.trainable += n;
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use ember_data::loader::WindowLoader;
+use ember_data::loader::LmBatches;
 use ember_model::gpt::Gpt;
 use ember_model::loss::lm_loss;
 use serde::{Deserialize, Serialize};
@@ -161,12 +161,12 @@ pub enum TrainError {
 
 /// Mean loss over the first `max_batches` batches (all when None) of `loader`, without
 /// gradients or dropout. Returns NaN for an empty loader, as the book does.
-pub fn evaluate(model: &Gpt, loader: &WindowLoader, max_batches: Option<usize>) -> f64 {
+pub fn evaluate(model: &Gpt, loader: &dyn LmBatches, max_batches: Option<usize>) -> f64 {
     let model = model.valid();
     let device = model.device();
     let limit = max_batches.unwrap_or(usize::MAX);
     let (mut total, mut count) = (0.0, 0usize);
-    for batch in loader.batches(0).take(limit) {
+    for batch in loader.epoch_batches(0).take(limit) {
         let (inputs, targets) = batch.to_tensors(&device);
         let loss: f32 = lm_loss(model.forward(inputs), targets).into_scalar();
         total += f64::from(loss);
@@ -179,11 +179,11 @@ pub fn evaluate(model: &Gpt, loader: &WindowLoader, max_batches: Option<usize>) 
     }
 }
 
-/// The training and validation batches of a run.
+/// The training and validation batches of a run (corpus windows or instruction examples).
 #[derive(Clone, Copy)]
 pub struct Splits<'a> {
-    pub train: &'a WindowLoader,
-    pub val: &'a WindowLoader,
+    pub train: &'a dyn LmBatches,
+    pub val: &'a dyn LmBatches,
 }
 
 fn step_seed(seed: u64, step: usize) -> u64 {
@@ -209,8 +209,8 @@ pub fn train(
     let steps_per_epoch = train_loader.num_batches();
     if steps_per_epoch == 0 {
         return Err(TrainError::Invalid(format!(
-            "the training split has {} windows, fewer than one batch of {}",
-            train_loader.windows().len(),
+            "the training split has {} examples, fewer than one batch of {}",
+            train_loader.num_examples(),
             train_loader.batch_size()
         )));
     }
@@ -232,7 +232,7 @@ pub fn train(
     while state.epoch < options.epochs {
         let epoch = state.epoch;
         for batch in train_loader
-            .batches(epoch as u64)
+            .epoch_batches(epoch as u64)
             .skip(state.batch_in_epoch)
         {
             let lr = schedule.lr(state.step);

@@ -1,0 +1,724 @@
+//! Bad input to the real `ember` binary: every case must fail with a non-zero exit, one line
+//! on stderr that names the file / line / field / tensor at fault, no panic, and no change to
+//! any file that existed before.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ember_in(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("EMBER_DEVICE")
+        .env("EMBER_HOME", dir.join("ember-home"))
+        .env("RUST_BACKTRACE", "1");
+    if std::env::var_os("EMBER_DATA_MIRROR").is_none() {
+        let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
+        if shared.is_dir() {
+            cmd.env("EMBER_DATA_MIRROR", shared);
+        }
+    }
+    cmd.output().expect("ember runs")
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.insert(path, bytes);
+            }
+        }
+    }
+    files
+}
+
+/// The bad-input cases and a directory holding the files they use.
+struct Cases {
+    dir: tempfile::TempDir,
+    count: usize,
+}
+
+impl Cases {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            count: 0,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> String {
+        let path = self.path(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        self.p(name)
+    }
+
+    /// Runs `args` and checks the failure: exit ≠ 0, exactly one `error:` line naming
+    /// `needle`, no panic or backtrace, every file unchanged (new files may appear only in
+    /// run directories the case names as outputs, which must not exist before).
+    fn fails(&mut self, what: &str, args: &[&str], needle: &str) {
+        let before = snapshot(self.dir.path());
+        let out = ember_in(self.dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: expected failure, got success"
+        );
+        assert_ne!(out.status.code(), Some(101), "{what}: panicked: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{what}: not one line: {stderr}"
+        );
+        assert!(stderr.starts_with("error: "), "{what}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{what}: {stderr:?} lacks {needle:?}"
+        );
+        for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+            assert!(!stderr.contains(bad), "{what}: {stderr}");
+        }
+        let after = snapshot(self.dir.path());
+        for (path, bytes) in &before {
+            assert!(
+                after.get(path) == Some(bytes),
+                "{what}: {} changed or vanished",
+                path.display()
+            );
+        }
+        eprintln!("{what}: {}", stderr.trim_end());
+        self.count += 1;
+    }
+}
+
+const MICRO: &str = "vocab_size = 50257\ncontext_length = 16\nemb_dim = 8\nn_heads = 2\n\
+                     n_layers = 1\ndrop_rate = 0.0\nqkv_bias = false\ntie_weights = true\n";
+
+#[test]
+fn bad_input_fails_cleanly_and_changes_nothing() {
+    let mut c = Cases::new();
+
+    // Files and directories.
+    c.fails(
+        "missing file",
+        &["tokenize", "--file", "nope.txt"],
+        "nope.txt",
+    );
+    std::fs::create_dir_all(c.path("adir")).unwrap();
+    c.fails(
+        "directory instead of file",
+        &["pretrain", "--corpus", "adir", "--out", "r-dir"],
+        "adir: is a directory",
+    );
+    let empty = c.write("empty.txt", "");
+    c.fails(
+        "empty corpus",
+        &["pretrain", "--corpus", &empty, "--out", "r-empty"],
+        "empty.txt",
+    );
+    let short = c.write("short.txt", "Too short for a window.");
+    c.fails(
+        "corpus shorter than one window",
+        &["pretrain", "--corpus", &short, "--out", "r-short"],
+        "short.txt",
+    );
+    let latin1 = c.write("latin1.txt", b"caf\xe9 au lait".repeat(200));
+    c.fails(
+        "non-UTF-8 text",
+        &["pretrain", "--corpus", &latin1, "--out", "r-latin1"],
+        "latin1.txt: not valid UTF-8 (first bad byte at offset 3)",
+    );
+    c.fails(
+        "non-UTF-8 tokenize input",
+        &["tokenize", "--file", &latin1],
+        "latin1.txt",
+    );
+
+    // Instruction JSON.
+    let micro = c.write("micro.toml", MICRO);
+    let instruct = |c: &mut Cases, what: &str, json: &str, needle: &str| {
+        let file = c.write(&format!("{what}.json"), json);
+        let out = c.p(&format!("r-{what}"));
+        c.fails(
+            what,
+            &[
+                "finetune",
+                "instruct",
+                "--data",
+                &file,
+                "--random-init",
+                "--model-config",
+                &micro,
+                "--out",
+                &out,
+            ],
+            needle,
+        );
+    };
+    instruct(
+        &mut c,
+        "malformed-json",
+        "[{\"instruction\": \"a\",",
+        "malformed-json.json: invalid JSON",
+    );
+    instruct(
+        &mut c,
+        "missing-field",
+        r#"[{"instruction": "a", "output": "b"}, {"instruction": "c"}]"#,
+        "entry 1: missing field `output`",
+    );
+    instruct(
+        &mut c,
+        "mistyped-field",
+        r#"[{"instruction": ["a"], "output": "b"}]"#,
+        "entry 0: field `instruction` must be a string, found a list",
+    );
+    instruct(
+        &mut c,
+        "not-a-list",
+        r#"{"instruction": "a", "output": "b"}"#,
+        "expected a JSON list",
+    );
+    instruct(
+        &mut c,
+        "too-few-entries",
+        r#"[{"instruction": "a", "output": "b"}]"#,
+        "too few to split",
+    );
+    let respond_data = c.write("respond.json", r#"[{"instruction": "a", "output": "b"}]"#);
+    c.fails(
+        "judge without model_response",
+        &[
+            "judge",
+            "--responses",
+            &respond_data,
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ],
+        "entry 0: missing string field `model_response`",
+    );
+    let responded = c.write(
+        "responded.json",
+        r#"[{"instruction": "a", "output": "b", "model_response": "c"}]"#,
+    );
+    c.fails(
+        "judge endpoint down",
+        &[
+            "judge",
+            "--responses",
+            &responded,
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--retries",
+            "2",
+        ],
+        "127.0.0.1:9",
+    );
+
+    // CSV / TSV for classification.
+    let classify = |c: &mut Cases, what: &str, csv: &str, extra: &[&str], needle: &str| {
+        let file = c.write(&format!("{what}.csv"), csv);
+        let out = c.p(&format!("r-{what}"));
+        let mut args = vec![
+            "finetune",
+            "classify",
+            "--data",
+            &file,
+            "--random-init",
+            "--model-config",
+            &micro,
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        c.fails(what, &args, needle);
+    };
+    classify(
+        &mut c,
+        "csv-bad-row",
+        "Label,Text\n0,fine\n1,one,field too many\n",
+        &[],
+        "csv-bad-row.csv: line 3",
+    );
+    classify(
+        &mut c,
+        "csv-missing-column",
+        "Label,Message\n0,a\n1,b\n",
+        &[],
+        "Text",
+    );
+    classify(
+        &mut c,
+        "csv-short-row",
+        "Label,Text\n0,a\n1\n",
+        &[],
+        "line 3",
+    );
+    std::fs::create_dir_all(c.path("split")).unwrap();
+    c.write("split/train.csv", "Label,Text\n0,a\n1,b\n");
+    c.write("split/validation.csv", "Label,Text\n0,a\n1,b\n");
+    c.write("split/test.csv", "Label,Text\n0,a\n7,b\n");
+    c.fails(
+        "unknown label in the test split",
+        &[
+            "finetune",
+            "classify",
+            "--data",
+            &c.p("split"),
+            "--random-init",
+            "--model-config",
+            &micro,
+            "--batch-size",
+            "2",
+            "--out",
+            "r-split",
+        ],
+        "test.csv: line 3: label `7` does not occur in the training split",
+    );
+
+    // TOML recipes and model configs.
+    let recipe = |c: &mut Cases, what: &str, toml: &str, needle: &str| {
+        let file = c.write(&format!("{what}.toml"), toml);
+        let out = c.p(&format!("r-{what}"));
+        c.fails(
+            what,
+            &["pretrain", "--recipe", &file, "--out", &out],
+            needle,
+        );
+    };
+    let good_recipe = "model = \"gpt-tiny\"\ncorpus = \"the-verdict\"\ntrain_ratio = 0.9\n\
+                       start_context = \"a\"\nsample_tokens = 5\n\n[train]\nepochs = 1\n\
+                       batch_size = 2\nlr = 1e-3\nweight_decay = 0.1\neval_freq = 5\n\
+                       eval_iter = 1\nseed = 1\n";
+    recipe(
+        &mut c,
+        "invalid-toml",
+        "model = \"gpt-tiny\n",
+        "invalid-toml.toml",
+    );
+    recipe(
+        &mut c,
+        "unknown-key",
+        &good_recipe.replace("eval_iter = 1", "eval_iter = 1\nlearning_rate = 3"),
+        "unknown field `learning_rate`",
+    );
+    recipe(
+        &mut c,
+        "mistyped-key",
+        &good_recipe.replace("epochs = 1", "epochs = \"ten\""),
+        "epochs",
+    );
+    recipe(
+        &mut c,
+        "zero-epochs",
+        &good_recipe.replace("epochs = 1", "epochs = 0"),
+        "epochs must be at least 1",
+    );
+    let model = |c: &mut Cases, what: &str, toml: &str, needle: &str| {
+        let file = c.write(&format!("{what}.toml"), toml);
+        let out = c.p(&format!("r-{what}"));
+        c.fails(
+            what,
+            &["pretrain", "--model-config", &file, "--out", &out],
+            needle,
+        );
+    };
+    model(
+        &mut c,
+        "heads-not-dividing",
+        &MICRO.replace("n_heads = 2", "n_heads = 3"),
+        "n_heads",
+    );
+    model(
+        &mut c,
+        "zero-layers",
+        &MICRO.replace("n_layers = 1", "n_layers = 0"),
+        "n_layers",
+    );
+    model(
+        &mut c,
+        "negative-size",
+        &MICRO.replace("emb_dim = 8", "emb_dim = -8"),
+        "emb_dim",
+    );
+    model(
+        &mut c,
+        "zero-context",
+        &MICRO.replace("context_length = 16", "context_length = 0"),
+        "context_length",
+    );
+    model(
+        &mut c,
+        "unknown-model-key",
+        &format!("{MICRO}n_embd = 8\n"),
+        "unknown field `n_embd`",
+    );
+    c.fails(
+        "unknown built-in model",
+        &["pretrain", "--model-config", "gpt5", "--out", "r-gpt5"],
+        "gpt5",
+    );
+    c.fails(
+        "stride 0",
+        &["pretrain", "--stride", "0", "--out", "r-stride"],
+        "stride must be at least 1",
+    );
+    c.fails(
+        "batch size 0",
+        &["pretrain", "--batch-size", "0", "--out", "r-batch"],
+        "batch_size must be at least 1",
+    );
+    c.fails(
+        "negative learning rate",
+        &["pretrain", "--lr=-0.1", "--out", "r-lr"],
+        "lr must be positive",
+    );
+
+    // Devices.
+    c.fails(
+        "unknown device",
+        &[
+            "--device",
+            "tpu",
+            "generate",
+            "--checkpoint",
+            "x",
+            "--prompt",
+            "a",
+        ],
+        "unknown device `tpu`",
+    );
+    #[cfg(not(feature = "wgpu"))]
+    c.fails(
+        "device not compiled in",
+        &["--device", "wgpu", "pretrain", "--out", "r-wgpu"],
+        "built without",
+    );
+
+    // Weights: safetensors and checkpoints.
+    let tiny = fixtures().join("tiny-gpt2");
+    let hf = |c: &mut Cases, name: &str, safetensors: Vec<u8>, config: Option<String>| {
+        let dir = c.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config =
+            config.unwrap_or_else(|| std::fs::read_to_string(tiny.join("config.json")).unwrap());
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        std::fs::write(dir.join("model.safetensors"), safetensors).unwrap();
+        c.p(name)
+    };
+    let weights = std::fs::read(tiny.join("model.safetensors")).unwrap();
+    let truncated = hf(
+        &mut c,
+        "truncated",
+        weights[..weights.len() / 2].to_vec(),
+        None,
+    );
+    c.fails(
+        "truncated safetensors",
+        &["import", "gpt2", "--from", &truncated, "--out", "r-trunc"],
+        "model.safetensors",
+    );
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(weights[8..8 + header_len].to_vec()).unwrap();
+    // Move the first tensor's end offset far past the end of the file (same header length).
+    let first_offsets = header.find("\"data_offsets\":[").unwrap() + "\"data_offsets\":[".len();
+    let close = first_offsets + header[first_offsets..].find(']').unwrap();
+    let offsets = &header[first_offsets..close];
+    let start = offsets.split(',').next().unwrap();
+    let lying = format!("{start},99999999");
+    let mut lying_header = header.clone();
+    lying_header.replace_range(first_offsets..close, &lying);
+    let mut lying_bytes = (lying_header.len() as u64).to_le_bytes().to_vec();
+    lying_bytes.extend_from_slice(lying_header.as_bytes());
+    lying_bytes.extend_from_slice(&weights[8 + header_len..]);
+    let lying_dir = hf(&mut c, "lying", lying_bytes, None);
+    c.fails(
+        "safetensors header with offsets beyond the file",
+        &["import", "gpt2", "--from", &lying_dir, "--out", "r-lying"],
+        "model.safetensors",
+    );
+    let mut absurd = u64::MAX.to_le_bytes().to_vec();
+    absurd.extend_from_slice(&weights[8..]);
+    let absurd_dir = hf(&mut c, "absurd", absurd, None);
+    c.fails(
+        "safetensors header with an absurd size",
+        &["import", "gpt2", "--from", &absurd_dir, "--out", "r-absurd"],
+        "model.safetensors",
+    );
+    let config = std::fs::read_to_string(tiny.join("config.json")).unwrap();
+    let wide = config.replace("\"n_embd\": 32", "\"n_embd\": 64");
+    assert_ne!(wide, config, "the fixture's n_embd is 32");
+    let mismatch = hf(&mut c, "mismatch", weights.clone(), Some(wide));
+    c.fails(
+        "tensor shape mismatch",
+        &["import", "gpt2", "--from", &mismatch, "--out", "r-mismatch"],
+        "expected",
+    );
+    let broken_config = hf(
+        &mut c,
+        "broken-config",
+        weights.clone(),
+        Some("{\"n_embd\": ".into()),
+    );
+    c.fails(
+        "malformed config.json",
+        &[
+            "import",
+            "gpt2",
+            "--from",
+            &broken_config,
+            "--out",
+            "r-config",
+        ],
+        "config.json",
+    );
+    c.fails(
+        "neither a run nor a HF directory",
+        &["generate", "--checkpoint", "adir", "--prompt", "a"],
+        "adir",
+    );
+    c.fails(
+        "checkpoint that does not exist",
+        &["generate", "--checkpoint", "no-such-run", "--prompt", "a"],
+        "no-such-run",
+    );
+
+    // An imported run (vocab 1,024: not GPT-2's tokenizer) to break in various ways.
+    let out = ember_in(
+        c.dir.path(),
+        &[
+            "import",
+            "gpt2",
+            "--from",
+            tiny.to_str().unwrap(),
+            "--out",
+            "run",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.fails(
+        "wrong vocab size between tokenizer and model",
+        &["generate", "--checkpoint", "run", "--prompt", "a"],
+        "vocab_size is 1024",
+    );
+    c.fails(
+        "context length exceeded on import",
+        &[
+            "import",
+            "gpt2",
+            "--from",
+            tiny.to_str().unwrap(),
+            "--out",
+            "r-ctx",
+            "--context-length",
+            "5000",
+        ],
+        "n_positions 64",
+    );
+    c.fails(
+        "import over an existing run",
+        &[
+            "import",
+            "gpt2",
+            "--from",
+            tiny.to_str().unwrap(),
+            "--out",
+            "run",
+        ],
+        "run",
+    );
+    let run_toml = std::fs::read_to_string(c.path("run/run.toml")).unwrap();
+    let step = std::fs::read_dir(c.path("run/checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let step_name = step.file_name().unwrap().to_str().unwrap().to_string();
+    let bpk = std::fs::read(step.join("model.bpk")).unwrap();
+    let broken_run = |c: &mut Cases, name: &str, toml: &str, model: &[u8]| {
+        let checkpoint = c.path(name).join("checkpoints").join(&step_name);
+        std::fs::create_dir_all(&checkpoint).unwrap();
+        std::fs::write(c.path(name).join("run.toml"), toml).unwrap();
+        std::fs::write(checkpoint.join("model.bpk"), model).unwrap();
+        std::fs::copy(step.join("state.json"), checkpoint.join("state.json")).unwrap();
+        c.p(name)
+    };
+    let corrupt = broken_run(&mut c, "corrupt-run", &run_toml, &bpk[..bpk.len() / 3]);
+    c.fails(
+        "corrupt checkpoint",
+        &[
+            "export",
+            "gpt2",
+            "--checkpoint",
+            &corrupt,
+            "--out",
+            "r-export",
+        ],
+        "model.bpk",
+    );
+    let deeper = run_toml.replace("n_layers = 2", "n_layers = 3");
+    assert_ne!(deeper, run_toml);
+    let other = broken_run(&mut c, "other-arch", &deeper, &bpk);
+    c.fails(
+        "checkpoint from another architecture",
+        &[
+            "export",
+            "gpt2",
+            "--checkpoint",
+            &other,
+            "--out",
+            "r-export2",
+        ],
+        "model.bpk",
+    );
+    let bad_toml = broken_run(&mut c, "bad-run-toml", "model = 3\n", &bpk);
+    c.fails(
+        "malformed run.toml",
+        &[
+            "export",
+            "gpt2",
+            "--checkpoint",
+            &bad_toml,
+            "--out",
+            "r-export3",
+        ],
+        "run.toml",
+    );
+    std::fs::create_dir_all(c.path("no-checkpoints")).unwrap();
+    std::fs::write(c.path("no-checkpoints/run.toml"), &run_toml).unwrap();
+    c.fails(
+        "run without checkpoints",
+        &[
+            "export",
+            "gpt2",
+            "--checkpoint",
+            "no-checkpoints",
+            "--out",
+            "r-export4",
+        ],
+        "no-checkpoints",
+    );
+    c.fails(
+        "export over an existing model",
+        &["export", "gpt2", "--checkpoint", "run", "--out", "mismatch"],
+        "mismatch",
+    );
+    c.fails(
+        "classify with a non-classifier run",
+        &["classify", "--checkpoint", "run", "text"],
+        "run",
+    );
+    c.fails(
+        "lora merge of a run without adapters",
+        &["lora", "merge", "--checkpoint", "run", "--out", "r-merge"],
+        "run",
+    );
+
+    // Outputs that cannot be written.
+    let file = c.write("a-file", "x");
+    c.fails(
+        "output directory under a file",
+        &["data", "prepare", "spam", "--out", &format!("{file}/spam")],
+        "a-file",
+    );
+    c.fails(
+        "respond over an existing file",
+        &[
+            "respond",
+            "--checkpoint",
+            "run",
+            "--data",
+            &responded,
+            "--out",
+            &file,
+        ],
+        "exists",
+    );
+
+    // Sampling settings and token ids.
+    c.fails(
+        "top-p outside (0, 1]",
+        &[
+            "generate",
+            "--checkpoint",
+            "run",
+            "--prompt",
+            "a",
+            "--top-p",
+            "1.5",
+        ],
+        "top-p must be in (0, 1], got 1.5",
+    );
+    c.fails(
+        "negative temperature",
+        &[
+            "generate",
+            "--checkpoint",
+            "run",
+            "--prompt",
+            "a",
+            "--temperature=-1",
+        ],
+        "temperature",
+    );
+    c.fails(
+        "token id outside the vocabulary",
+        &["tokenize", "--decode", "--text", "60000"],
+        "outside the vocabulary",
+    );
+
+    // Datasets: unknown names and checksum mismatches in the mirror.
+    c.fails(
+        "unknown dataset",
+        &["data", "fetch", "nope"],
+        "unknown dataset `nope`",
+    );
+    let mirror = c.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    std::fs::write(mirror.join("the-verdict.txt"), "not the verdict").unwrap();
+    let before = snapshot(c.dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["data", "fetch", "the-verdict"])
+        .current_dir(c.dir.path())
+        .env("EMBER_HOME", c.path("fresh-home"))
+        .env("EMBER_DATA_MIRROR", &mirror)
+        .env("EMBER_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("sha256") || stderr.contains("checksum"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(snapshot(c.dir.path()).len(), before.len(), "{stderr}");
+    c.count += 1;
+
+    eprintln!("{} bad-input cases covered", c.count);
+    assert!(c.count >= 40, "{} cases", c.count);
+}
