@@ -1,0 +1,162 @@
+//! kill -9 at random moments of a training run, including during checkpoint writes: the last
+//! completed checkpoint always loads, and resuming from it gives bit-identical losses to an
+//! uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ember(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.current_dir(dir)
+        .env_remove("EMBER_DEVICE")
+        .env("EMBER_HOME", dir.join("ember-home"));
+    if std::env::var_os("EMBER_DATA_MIRROR").is_none() {
+        let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
+        if shared.is_dir() {
+            cmd.env("EMBER_DATA_MIRROR", shared);
+        }
+    }
+    cmd
+}
+
+/// A tiny model on the-verdict with a checkpoint after every step, so that kills often land
+/// inside a checkpoint write.
+const RECIPE: &str = r#"
+model = "micro.toml"
+corpus = "the-verdict"
+train_ratio = 0.9
+context_length = 16
+start_context = "Every effort"
+sample_tokens = 3
+
+[train]
+epochs = 1
+batch_size = 8
+lr = 1e-3
+weight_decay = 0.1
+grad_clip = 1.0
+eval_freq = 4
+eval_iter = 2
+seed = 7
+checkpoint_every = 1
+keep_checkpoints = 2
+"#;
+
+const MICRO: &str = "vocab_size = 50257\ncontext_length = 16\nemb_dim = 8\nn_heads = 2\n\
+                     n_layers = 1\ndrop_rate = 0.1\nqkv_bias = false\ntie_weights = true\n\
+                     emb_init_std = 0.02\n";
+
+/// (step, train_loss, val_loss) of every evaluation in `metrics.jsonl`.
+fn losses(run: &Path) -> Vec<(u64, String, String)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["train_loss"].to_string(),
+                v["val_loss"].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// SplitMix64, for kill times that differ per trial but not per run of the test.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn kill_9_never_loses_the_last_checkpoint_and_resume_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("micro.toml"), MICRO).unwrap();
+    std::fs::write(dir.path().join("recipe.toml"), RECIPE).unwrap();
+
+    // The uninterrupted reference run, timed to spread the kills over it.
+    let started = Instant::now();
+    let out = ember(dir.path())
+        .args(["pretrain", "--recipe", "recipe.toml", "--out", "reference"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duration = started.elapsed();
+    let reference = losses(&dir.path().join("reference"));
+    assert!(reference.len() >= 5, "{reference:?}");
+
+    let trials = 20;
+    let mut rng = 2026;
+    let mut killed_mid_run = 0;
+    for trial in 0..trials {
+        let run = format!("trial-{trial}");
+        let run_dir = dir.path().join(&run);
+        // Kill somewhere in the first 90% of a run (process start included).
+        let delay = duration.mul_f64((next(&mut rng) % 900) as f64 / 1000.0);
+        let mut child = ember(dir.path())
+            .args(["pretrain", "--recipe", "recipe.toml", "--out", &run])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        // SIGKILL: no chance to clean up.
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        if status.success() {
+            continue; // finished before the kill
+        }
+        killed_mid_run += 1;
+        if !run_dir.join("run.toml").exists() {
+            continue; // killed before the run directory existed
+        }
+        // Resume: from the last complete checkpoint, or from scratch if none was written yet.
+        let has_checkpoint = std::fs::read_dir(run_dir.join("checkpoints"))
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.path().join("model.bpk").is_file() && e.path().join("state.json").is_file()
+                })
+            })
+            .unwrap_or(false);
+        let out = if has_checkpoint {
+            ember(dir.path())
+                .args(["pretrain", "--resume", &run])
+                .output()
+                .unwrap()
+        } else {
+            ember(dir.path())
+                .args([
+                    "pretrain",
+                    "--recipe",
+                    "recipe.toml",
+                    "--out",
+                    &run,
+                    "--overwrite",
+                ])
+                .output()
+                .unwrap()
+        };
+        assert!(
+            out.status.success(),
+            "trial {trial} (killed after {delay:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            losses(&run_dir),
+            reference,
+            "trial {trial} (killed after {delay:?}) resumed to different losses"
+        );
+    }
+    eprintln!("{killed_mid_run} of {trials} runs killed mid-run; all resumed bit-identically");
+    assert!(
+        killed_mid_run >= trials / 2,
+        "{killed_mid_run} kills landed"
+    );
+}
