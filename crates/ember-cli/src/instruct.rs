@@ -18,11 +18,11 @@ use ember_model::gpt::Gpt;
 use ember_model::lora::{LoraConfig, LoraTarget};
 use ember_model::sampling::SamplingConfig;
 use ember_train::checkpoint;
-use ember_train::lm::{Splits, TrainOptions, train};
+use ember_train::lm::{Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::pretrain::{Progress, prepare_new_run_dir, report_run};
+use crate::pretrain::{Progress, prepare_new_run_dir, resume_from, train_and_report};
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{device, models};
 
@@ -328,7 +328,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
     }
 
     device.seed(recipe.train.seed);
-    let mut model = match start {
+    let model = match start {
         Some(model) => model,
         None => {
             let mut model = info.model.init(&device);
@@ -338,15 +338,12 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
             model
         }
     };
-    let mut optim = recipe.train.optimizer();
-    let mut state = None;
-    if let Some(dir) = &resume_dir {
-        model = checkpoint::load_model(dir, model)?;
-        optim = checkpoint::load_optimizer(dir, optim)?;
-        let loaded = checkpoint::load_state(dir)?;
-        eprintln!("resuming {} from step {}", run_dir.display(), loaded.step);
-        state = Some(loaded);
-    }
+    let (mut model, optim, state) = resume_from(
+        resume_dir.as_deref(),
+        &run_dir,
+        model,
+        recipe.train.optimizer(),
+    )?;
     if recipe.lora.is_some() {
         model = model.train_only_lora();
     }
@@ -385,8 +382,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         recipe.sample_tokens,
         Some(pad_id),
     );
-    let started = Instant::now();
-    let (_, final_state) = train(
+    train_and_report(
         model,
         optim,
         Splits {
@@ -397,13 +393,6 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         &run_dir,
         state,
         &mut observer,
-    )?;
-    observer.finish();
-    report_run(
-        &run_dir,
-        LmBatches::num_batches(&train_loader),
-        final_state.tokens_seen,
-        started,
     )?;
     println!("{}", observer.last_sample);
     println!(

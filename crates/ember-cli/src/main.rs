@@ -7,6 +7,7 @@ mod device;
 mod generate;
 mod hf;
 mod instruct;
+mod interrupt;
 mod models;
 mod pretrain;
 mod progress;
@@ -132,6 +133,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if interrupt::requested() => {
+            eprintln!("{err}");
+            ExitCode::from(130)
+        }
         Err(err) => {
             // One line: the error and its causes, outermost first.
             // (A cause that an outer message already quotes is not repeated.)

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::Device;
 use clap::Args;
 use ember_data::bpe::BpeTokenizer;
@@ -11,7 +12,7 @@ use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
 use ember_model::sampling::SamplingConfig;
-use ember_train::checkpoint;
+use ember_train::checkpoint::{self, TrainState};
 use ember_train::lm::{EvalRecord, Splits, TrainObserver, TrainOptions, train};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -176,19 +177,16 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     write_run_info(&run_dir, &info)?;
 
     device.seed(recipe.train.seed);
-    let mut model = match pretrained {
+    let model = match pretrained {
         Some(model) => model,
         None => info.model.init(&device),
     };
-    let mut optim = recipe.train.optimizer();
-    let mut state = None;
-    if let Some(dir) = &resume_dir {
-        model = checkpoint::load_model(dir, model)?;
-        optim = checkpoint::load_optimizer(dir, optim)?;
-        let loaded = checkpoint::load_state(dir)?;
-        eprintln!("resuming {} from step {}", run_dir.display(), loaded.step);
-        state = Some(loaded);
-    }
+    let (model, optim, state) = resume_from(
+        resume_dir.as_deref(),
+        &run_dir,
+        model,
+        recipe.train.optimizer(),
+    )?;
     eprintln!(
         "model: {} parameters; train: {} batches of {} × {} tokens per epoch; validation: {} batches",
         info.model.num_params(),
@@ -203,8 +201,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         recipe.sample_tokens,
         None,
     );
-    let started = std::time::Instant::now();
-    let (_, final_state) = train(
+    train_and_report(
         model,
         optim,
         Splits {
@@ -216,13 +213,6 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         state,
         &mut observer,
     )?;
-    observer.finish();
-    report_run(
-        &run_dir,
-        train_loader.num_batches(),
-        final_state.tokens_seen,
-        started,
-    )?;
     println!("{}", observer.last_sample);
     println!(
         "run directory: {} (metrics.jsonl, loss.png, checkpoints/)",
@@ -231,13 +221,42 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
-/// Draws `loss.png` from `metrics.jsonl` and prints the last evaluation.
-pub(crate) fn report_run(
+/// Loads the checkpoint in `resume_dir` (when resuming) into `model` and `optim`.
+pub(crate) fn resume_from(
+    resume_dir: Option<&Path>,
     run_dir: &Path,
-    steps_per_epoch: usize,
-    tokens_seen: u64,
-    started: std::time::Instant,
+    model: Gpt,
+    optim: ModuleOptimizer,
+) -> Result<(Gpt, ModuleOptimizer, Option<TrainState>)> {
+    let Some(dir) = resume_dir else {
+        return Ok((model, optim, None));
+    };
+    let model = checkpoint::load_model(dir, model)?;
+    let optim = checkpoint::load_optimizer(dir, optim)?;
+    let state = checkpoint::load_state(dir)?;
+    eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+    Ok((model, optim, Some(state)))
+}
+
+/// Runs the training loop with Ctrl-C handling, then draws `loss.png` from `metrics.jsonl`
+/// and prints the last evaluation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_and_report(
+    model: Gpt,
+    optim: ModuleOptimizer,
+    splits: Splits<'_>,
+    options: &TrainOptions,
+    run_dir: &Path,
+    state: Option<TrainState>,
+    observer: &mut Progress<'_>,
 ) -> Result<()> {
+    crate::interrupt::install();
+    let started = std::time::Instant::now();
+    let result = train(model, optim, splits, options, run_dir, state, observer);
+    observer.finish();
+    let (_, final_state) = result?;
+    let steps_per_epoch = splits.train.num_batches();
+    let tokens_seen = final_state.tokens_seen;
     let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))
         .map_err(anyhow::Error::msg)?;
     let plot_path = run_dir.join("loss.png");
@@ -439,6 +458,10 @@ impl TrainObserver for Progress<'_> {
             r.val_loss
         );
         self.say(&line);
+    }
+
+    fn stop_requested(&self) -> bool {
+        crate::interrupt::requested()
     }
 
     fn on_epoch_end(&mut self, epoch: usize, model: &Gpt) {

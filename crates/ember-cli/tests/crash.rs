@@ -160,3 +160,121 @@ fn kill_9_never_loses_the_last_checkpoint_and_resume_is_exact() {
         "{killed_mid_run} kills landed"
     );
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("micro.toml"), MICRO).unwrap();
+    std::fs::write(dir.path().join("recipe.toml"), RECIPE).unwrap();
+    let out = ember(dir.path())
+        .args(["pretrain", "--recipe", "recipe.toml", "--out", "reference"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = losses(&dir.path().join("reference"));
+
+    let run_dir = dir.path().join("interrupted");
+    let child = ember(dir.path())
+        .args([
+            "pretrain",
+            "--recipe",
+            "recipe.toml",
+            "--out",
+            "interrupted",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first evaluation (step 4) is on disk.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
+        assert!(Instant::now() < deadline, "no metrics after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted after step"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let step: usize = stderr
+        .split("interrupted after step ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(
+        run_dir
+            .join("checkpoints")
+            .join(format!("step-{step:08}"))
+            .join("model.bpk")
+            .is_file(),
+        "no checkpoint of step {step}"
+    );
+    let out = ember(dir.path())
+        .args(["pretrain", "--resume", "interrupted"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(losses(&run_dir), reference);
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("micro.toml"), MICRO).unwrap();
+    // No clipping and an absurd learning rate: the loss is NaN at step 2.
+    std::fs::write(
+        dir.path().join("recipe.toml"),
+        RECIPE.replace("grad_clip = 1.0\n", ""),
+    )
+    .unwrap();
+    let out = ember(dir.path())
+        .args([
+            "pretrain",
+            "--recipe",
+            "recipe.toml",
+            "--lr",
+            "1e30",
+            "--out",
+            "run",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let error = stderr.lines().last().unwrap();
+    assert!(
+        error.starts_with("error: step 2: loss is NaN — training diverged"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Step 1's checkpoint is intact and usable.
+    let out = ember(dir.path())
+        .args([
+            "generate",
+            "--checkpoint",
+            "run",
+            "--prompt",
+            "Every",
+            "--max-new-tokens",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -147,12 +147,14 @@ fn merged_adapters_compute_the_same_logits() {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
+    // Within 1e-5 relative to the logit's size (at least 1): x·(W + A·B) and x·W + x·A·B
+    // round differently in f32, and the parallel matmul's summation order varies by run.
     let max_diff = adapted
         .iter()
         .zip(&merged)
-        .map(|(a, b)| (a - b).abs())
+        .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
         .fold(0.0, f32::max);
-    assert!(max_diff < 1e-5, "merged differs by {max_diff}");
+    assert!(max_diff < 1e-5, "merged differs by {max_diff} (relative)");
     let moved = adapted
         .iter()
         .zip(&plain)

@@ -139,6 +139,11 @@ pub trait TrainObserver {
     fn on_eval(&mut self, _record: &EvalRecord) {}
     /// At the end of each epoch, with the model in evaluation mode (for a sample generation).
     fn on_epoch_end(&mut self, _epoch: usize, _model: &Gpt) {}
+    /// Asked after every step: true stops the run cleanly (e.g. after Ctrl-C) with a
+    /// checkpoint of the step just finished.
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Errors that stop training; the message names the step or the file.
@@ -150,6 +155,8 @@ pub enum TrainError {
         "step {step}: loss is {loss} — training diverged (lower the learning rate or enable grad_clip)"
     )]
     NonFinite { step: usize, loss: f64 },
+    #[error("interrupted after step {step}; its checkpoint is saved: continue with --resume")]
+    Interrupted { step: usize },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("{path}: {source}")]
@@ -282,7 +289,8 @@ pub fn train(
             }
             let periodic =
                 options.checkpoint_every > 0 && state.step.is_multiple_of(options.checkpoint_every);
-            if periodic || last_step {
+            let stop = !last_step && observer.stop_requested();
+            if periodic || last_step || stop {
                 checkpoint::save(
                     run_dir,
                     &model,
@@ -290,6 +298,9 @@ pub fn train(
                     &state,
                     options.keep_checkpoints,
                 )?;
+            }
+            if stop {
+                return Err(TrainError::Interrupted { step: state.step });
             }
         }
         // The loop above ends each epoch by moving `state` to the next one.
