@@ -278,3 +278,96 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `ember args` with files limited to `max_bytes` each (RLIMIT_FSIZE, with SIGXFSZ
+/// ignored so writes fail with EFBIG): a full disk, as far as the checkpoint writer sees.
+fn ember_with_file_limit(dir: &Path, args: &[&str], max_bytes: u64) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = ember(dir);
+    cmd.args(args);
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: max_bytes,
+                rlim_max: max_bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("micro.toml"), MICRO).unwrap();
+    std::fs::write(dir.path().join("recipe.toml"), RECIPE).unwrap();
+    let out = ember(dir.path())
+        .args(["pretrain", "--recipe", "recipe.toml", "--out", "run"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkpoints = dir.path().join("run/checkpoints");
+    let before: Vec<_> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let model_bytes = std::fs::read(checkpoints.join("step-00000036/model.bpk")).unwrap();
+    let latest = std::fs::read(checkpoints.join("latest")).unwrap();
+
+    // Another epoch with room for the model file but not the optimizer state (twice as big).
+    let limit = model_bytes.len() as u64 + 4096;
+    let out = ember_with_file_limit(
+        dir.path(),
+        &["pretrain", "--resume", "run", "--epochs", "2"],
+        limit,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let error = stderr.lines().last().unwrap();
+    assert!(
+        error.starts_with("error: ") && error.contains("optim.bpk"),
+        "{stderr}"
+    );
+    assert!(error.contains("File too large"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // No temporary directory left behind, the old checkpoints intact and still the latest.
+    let after: Vec<_> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(std::fs::read(checkpoints.join("latest")).unwrap(), latest);
+    assert_eq!(
+        std::fs::read(checkpoints.join("step-00000036/model.bpk")).unwrap(),
+        model_bytes
+    );
+    let out = ember(dir.path())
+        .args([
+            "generate",
+            "--checkpoint",
+            "run",
+            "--prompt",
+            "Every",
+            "--max-new-tokens",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
