@@ -95,6 +95,7 @@ fn kill_9_never_loses_the_last_checkpoint_and_resume_is_exact() {
     let trials = 20;
     let mut rng = 2026;
     let mut killed_mid_run = 0;
+    let mut killed_mid_write = 0;
     for trial in 0..trials {
         let run = format!("trial-{trial}");
         let run_dir = dir.path().join(&run);
@@ -106,9 +107,28 @@ fn kill_9_never_loses_the_last_checkpoint_and_resume_is_exact() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        if trial % 2 == 0 {
+            std::thread::sleep(delay);
+        } else {
+            // Odd trials aim at a checkpoint write: kill as soon as a temporary checkpoint
+            // directory appears after the random delay (or at the end of the run).
+            let start = Instant::now();
+            let checkpoints = run_dir.join("checkpoints");
+            loop {
+                let writing = start.elapsed() >= delay
+                    && std::fs::read_dir(&checkpoints).is_ok_and(|entries| {
+                        entries
+                            .flatten()
+                            .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
+                    });
+                if writing || child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
         // SIGKILL: no chance to clean up.
-        child.kill().unwrap();
+        let _ = child.kill();
         let status = child.wait().unwrap();
         if status.success() {
             continue; // finished before the kill
@@ -117,6 +137,15 @@ fn kill_9_never_loses_the_last_checkpoint_and_resume_is_exact() {
         if !run_dir.join("run.toml").exists() {
             continue; // killed before the run directory existed
         }
+        // A temporary checkpoint directory left behind means the kill hit a checkpoint write.
+        let mid_write = std::fs::read_dir(run_dir.join("checkpoints"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            })
+            .unwrap_or(false);
+        killed_mid_write += usize::from(mid_write);
         // Resume: from the last complete checkpoint, or from scratch if none was written yet.
         let has_checkpoint = std::fs::read_dir(run_dir.join("checkpoints"))
             .map(|entries| {
@@ -154,7 +183,9 @@ fn kill_9_never_loses_the_last_checkpoint_and_resume_is_exact() {
             "trial {trial} (killed after {delay:?}) resumed to different losses"
         );
     }
-    eprintln!("{killed_mid_run} of {trials} runs killed mid-run; all resumed bit-identically");
+    eprintln!(
+        "{killed_mid_run} of {trials} runs killed mid-run ({killed_mid_write} during a checkpoint write); all resumed bit-identically"
+    );
     assert!(
         killed_mid_run >= trials / 2,
         "{killed_mid_run} kills landed"
