@@ -377,6 +377,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     write_run(&args.out, &run)?;
 
     let mut observer = Progress::default();
+    crate::interrupt::install();
     let (best, summary) = finetune(
         model,
         options.optimizer(),
@@ -647,6 +648,10 @@ struct Progress {
 }
 
 impl ClassifyObserver for Progress {
+    fn stop_requested(&self) -> bool {
+        crate::interrupt::requested()
+    }
+
     fn on_start(&mut self, total_steps: usize) {
         let bar = ProgressBar::new(total_steps as u64);
         bar.set_style(

@@ -113,6 +113,11 @@ pub trait ClassifyObserver {
     fn on_start(&mut self, _total_steps: usize) {}
     fn on_step(&mut self, _step: usize, _loss: f64) {}
     fn on_record(&mut self, _record: &ClassRecord) {}
+    /// Asked after every step: true stops with a checkpoint of the step just finished (the
+    /// best model so far stays in `best/`).
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Final accuracies of the best checkpoint on every example of each split.
@@ -228,6 +233,10 @@ pub fn finetune(
             state.batch_in_epoch += 1;
             state.tokens_seen += rows.len() as u64;
             observer.on_step(state.step, loss_value);
+            if observer.stop_requested() {
+                checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
+                return Err(TrainError::Interrupted { step: state.step });
+            }
             if options.eval_freq > 0 && state.step.is_multiple_of(options.eval_freq) {
                 let eval = Some(options.eval_iter);
                 let record = ClassRecord {
