@@ -57,6 +57,42 @@ pub enum FinetuneCommand {
     Instruct(crate::instruct::FinetuneInstructArgs),
 }
 
+/// LoRA settings shared by the fine-tuning commands (used with `--trainable lora`).
+#[derive(Args)]
+pub struct LoraArgs {
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Layers that get adapters: all, or a list of q, k, v, attn_out, ff_in, ff_out, head
+    /// (head: classifiers only).
+    #[arg(long, default_value = "all")]
+    lora_targets: String,
+    /// Scale adapters by alpha/√rank (rsLoRA) instead of alpha/rank.
+    #[arg(long)]
+    rslora: bool,
+}
+
+impl LoraArgs {
+    /// The validated config; without `head`, a `head` target (e.g. from `all`) is dropped,
+    /// for models whose output layer is not adapted (the language-model head).
+    pub fn config(&self, head: bool) -> Result<LoraConfig> {
+        let targets = LoraTarget::parse_list(&self.lora_targets)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .filter(|t| head || *t != LoraTarget::Head)
+            .collect();
+        let config = LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            rslora: self.rslora,
+            targets,
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}
+
 #[derive(Args)]
 pub struct FinetuneClassifyArgs {
     /// `spam` (the SMS Spam Collection, balanced and split as in the book), a directory with
@@ -88,16 +124,8 @@ pub struct FinetuneClassifyArgs {
     /// last (the last position, as the book) or last-non-pad (each text's last token).
     #[arg(long, default_value = "last")]
     pooling: String,
-    #[arg(long, default_value_t = 16)]
-    lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    lora_alpha: f64,
-    /// Layers that get adapters: all, or a list of q, k, v, attn_out, ff_in, ff_out, head.
-    #[arg(long, default_value = "all")]
-    lora_targets: String,
-    /// Scale adapters by alpha/√rank (rsLoRA) instead of alpha/rank.
-    #[arg(long)]
-    rslora: bool,
+    #[command(flatten)]
+    lora: LoraArgs,
     /// Tokens per text [default: the longest training text, at most the context length].
     #[arg(long)]
     max_length: Option<usize>,
@@ -215,16 +243,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         other => bail!("unknown --pooling `{other}` (expected last or last-non-pad)"),
     };
     let lora = (trainable == Trainable::Lora)
-        .then(|| -> Result<LoraConfig> {
-            let config = LoraConfig {
-                rank: args.lora_rank,
-                alpha: args.lora_alpha,
-                rslora: args.rslora,
-                targets: LoraTarget::parse_list(&args.lora_targets).map_err(anyhow::Error::msg)?,
-            };
-            config.validate().map_err(anyhow::Error::msg)?;
-            Ok(config)
-        })
+        .then(|| args.lora.config(true))
         .transpose()?;
     let options = ClassifyOptions {
         epochs: args.epochs,

@@ -15,13 +15,14 @@ use ember_data::loader::LmBatches;
 use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
-use ember_model::lora::{LoraConfig, LoraTarget};
+use ember_model::lora::LoraConfig;
 use ember_model::sampling::SamplingConfig;
 use ember_train::checkpoint;
 use ember_train::lm::{Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::classify::LoraArgs;
 use crate::pretrain::{Progress, prepare_new_run_dir, resume_from, train_and_report};
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{device, models};
@@ -97,16 +98,8 @@ pub struct FinetuneInstructArgs {
     /// all (every weight) or lora (adapters only, base frozen).
     #[arg(long, default_value = "all")]
     trainable: String,
-    #[arg(long, default_value_t = 16)]
-    lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    lora_alpha: f64,
-    /// Layers that get adapters: all, or a list of q, k, v, attn_out, ff_in, ff_out.
-    #[arg(long, default_value = "all")]
-    lora_targets: String,
-    /// Scale adapters by alpha/√rank (rsLoRA) instead of alpha/rank.
-    #[arg(long)]
-    rslora: bool,
+    #[command(flatten)]
+    lora: LoraArgs,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -189,21 +182,7 @@ fn apply_flags(recipe: &mut InstructRecipe, args: &FinetuneInstructArgs) -> Resu
     }
     match args.trainable.as_str() {
         "all" => {}
-        "lora" => {
-            let targets = LoraTarget::parse_list(&args.lora_targets).map_err(anyhow::Error::msg)?;
-            let targets: Vec<LoraTarget> = targets
-                .into_iter()
-                .filter(|t| *t != LoraTarget::Head)
-                .collect();
-            let lora = LoraConfig {
-                rank: args.lora_rank,
-                alpha: args.lora_alpha,
-                rslora: args.rslora,
-                targets,
-            };
-            lora.validate().map_err(anyhow::Error::msg)?;
-            recipe.lora = Some(lora);
-        }
+        "lora" => recipe.lora = Some(args.lora.config(false)?),
         other => bail!("--trainable {other}: expected all or lora"),
     }
     if let Some(batch_size) = args.batch_size {
@@ -404,7 +383,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
 
 /// The run description and starting model of a new run.
 fn start_model(
-    mut recipe: InstructRecipe,
+    recipe: InstructRecipe,
     recipe_path: Option<&Path>,
     device: &burn::prelude::Device,
 ) -> Result<(RunInfo, Gpt)> {
@@ -436,9 +415,6 @@ fn start_model(
     config.validate()?;
     if let Some(lora) = &recipe.lora {
         model = model.add_lora(lora);
-    }
-    if recipe.weights.is_none() {
-        recipe.model = recipe.model.take();
     }
     let info = RunInfo {
         model: config,
