@@ -18,11 +18,11 @@ use burn::nn::{
     LayerNormConfig, Linear, LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_toml};
+use crate::layers::{attention, split_heads, tied_logits};
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
 /// Hyper-parameters of a GPT model, loaded from `configs/models/*.toml`.
@@ -255,13 +255,11 @@ impl CausalSelfAttention {
 
     /// Queries, keys and values `[batch, heads, seq, head_dim]` of `x: [batch, seq, emb]`.
     fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-        let [batch, seq, emb] = x.dims();
-        let (heads, head_dim) = (self.n_heads, emb / self.n_heads);
+        let emb = x.dims()[2];
         let qkv = self.c_attn.forward(x.clone()); // [batch, seq, 3·emb]
         let split = |i: usize, adapter: &Option<LoraAdapter>| {
-            with_adapter(qkv.clone().narrow(2, i * emb, emb), adapter, x.clone())
-                .reshape([batch, seq, heads, head_dim])
-                .swap_dims(1, 2)
+            let part = with_adapter(qkv.clone().narrow(2, i * emb, emb), adapter, x.clone());
+            split_heads(part, self.n_heads)
         };
         (
             split(0, &self.lora_q),
@@ -270,22 +268,9 @@ impl CausalSelfAttention {
         )
     }
 
-    /// softmax(q·kᵀ/√d, hidden keys excluded)·v, heads merged and projected: `[batch, q, emb]`.
-    /// Hidden scores get `f32::MIN` rather than -∞, so a row with every key hidden (a padding
-    /// query) averages instead of producing NaN that would leak through 0·NaN.
+    /// [`attention`] with the heads projected back: `[batch, queries, emb]`.
     fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
-        let [batch, heads, queries, head_dim] = q.dims();
-        let keys = k.dims()[2];
-        let hide = hide.expand([batch, heads, queries, keys]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((head_dim as f32).sqrt())
-            .mask_fill(hide, f32::MIN); // [batch, heads, queries, keys]
-        let weights = self.attn_drop.forward(softmax(scores, 3));
-        let context = weights
-            .matmul(v) // [batch, heads, queries, head_dim]
-            .swap_dims(1, 2)
-            .reshape([batch, queries, heads * head_dim]);
+        let context = attention(q, k, v, hide, &self.attn_drop);
         with_adapter(
             self.c_proj.forward(context.clone()),
             &self.lora_out,
@@ -546,18 +531,7 @@ impl Gpt {
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            // Tied: logits = hidden · wteᵀ, computed as (wte · hiddenᵀ)ᵀ: multiplying by the
-            // transposed [vocab, emb] table makes the CPU backend copy all of it (150 MB for
-            // GPT-2, 100 ms) on every call, while transposing hidden and the result is cheap.
-            None => {
-                let [batch, seq, emb] = hidden.dims();
-                let weight = self.wte.weight.val(); // [vocab, emb]
-                let vocab = weight.dims()[0];
-                weight
-                    .matmul(hidden.reshape([batch * seq, emb]).transpose()) // [vocab, batch·seq]
-                    .transpose()
-                    .reshape([batch, seq, vocab])
-            }
+            None => tied_logits(hidden, self.wte.weight.val()),
         }
     }
 }

@@ -10,39 +10,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::gpt::{Gpt, GptConfig};
-use crate::weights::{HostTensor, TensorSet, WeightsError, write_safetensors};
-
-/// Why a HuggingFace GPT-2 checkpoint cannot be imported or exported; one line, naming the
-/// file, field or tensor at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum HfError {
-    #[error("{0}")]
-    Weights(#[from] WeightsError),
-    #[error("{path}: {message}")]
-    Config { path: PathBuf, message: String },
-    #[error("{path}: tensor `{name}`: expected shape {expected:?}, found {found:?}")]
-    Shape {
-        path: PathBuf,
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
-    #[error("{path}: missing tensor `{name}` (expected shape {expected:?})")]
-    Missing {
-        path: PathBuf,
-        name: String,
-        expected: Vec<usize>,
-    },
-    #[error("{0}")]
-    Other(String),
-}
+pub use crate::hf::{HfError, resolve_model_dir};
+use crate::hf::{find_weights_file, host, param, read_checked, transpose};
+use crate::weights::{HostTensor, TensorSet, write_safetensors};
 
 /// The fields of HF's `GPT2Config` that shape the model. Other fields are ignored.
 #[derive(Debug, Deserialize)]
@@ -86,56 +62,6 @@ pub fn gpt2_size_name(config: &GptConfig) -> Option<&'static str> {
         _ => return None,
     };
     (config.vocab_size == 50257).then_some(name)
-}
-
-/// Finds the model directory in `path`: a directory with `config.json`, or a HuggingFace cache
-/// folder `models--NAME` (its `refs/main` snapshot, or its only snapshot).
-pub fn resolve_model_dir(path: &Path) -> Result<PathBuf, HfError> {
-    if !path.exists() {
-        return Err(HfError::Other(format!(
-            "{}: no such directory",
-            path.display()
-        )));
-    }
-    if !path.is_dir() {
-        return Err(HfError::Other(format!(
-            "{}: is a file; give the model directory (with config.json)",
-            path.display()
-        )));
-    }
-    if path.join("config.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let snapshots = path.join("snapshots");
-    if snapshots.is_dir() {
-        if let Ok(rev) = std::fs::read_to_string(path.join("refs").join("main")) {
-            let dir = snapshots.join(rev.trim());
-            if dir.join("config.json").is_file() {
-                return Ok(dir);
-            }
-        }
-        let found: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.join("config.json").is_file())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let [only] = found.as_slice() {
-            return Ok(only.clone());
-        }
-        return Err(HfError::Other(format!(
-            "{}: HuggingFace cache folder with {} snapshots holding a config.json and no usable refs/main; give the snapshot directory",
-            path.display(),
-            found.len()
-        )));
-    }
-    Err(HfError::Other(format!(
-        "{}: no config.json (expected a HuggingFace model directory with config.json and model.safetensors or pytorch_model.bin)",
-        path.display()
-    )))
 }
 
 /// Reads a GPT-2 `config.json` into ember's config (qkv bias on, as GPT-2 has).
@@ -193,27 +119,7 @@ impl HfGpt2 {
     pub fn open(path: &Path) -> Result<Self, HfError> {
         let dir = resolve_model_dir(path)?;
         let (config, eos_token_id) = read_gpt2_config(&dir.join("config.json"))?;
-        let candidates = [
-            "model.safetensors",
-            "model.safetensors.index.json",
-            "pytorch_model.bin",
-            "pytorch_model.bin.index.json",
-        ];
-        let Some(file) = candidates.iter().map(|f| dir.join(f)).find(|p| p.is_file()) else {
-            return Err(HfError::Other(format!(
-                "{}: no weights (expected model.safetensors or pytorch_model.bin)",
-                dir.display()
-            )));
-        };
-        if file
-            .to_string_lossy()
-            .ends_with("pytorch_model.bin.index.json")
-        {
-            return Err(HfError::Other(format!(
-                "{}: sharded PyTorch checkpoints are not supported; use the safetensors files",
-                file.display()
-            )));
-        }
+        let file = find_weights_file(&dir)?;
         let weights = TensorSet::open(&file)?;
         let prefix = if weights.contains("transformer.wte.weight") {
             "transformer."
@@ -260,22 +166,7 @@ impl HfGpt2 {
         } else {
             format!("{}{name}", self.prefix)
         };
-        let Some(found) = self.weights.shape(&full) else {
-            return Err(HfError::Missing {
-                path: self.weights.path().to_path_buf(),
-                name: full,
-                expected: expected.to_vec(),
-            });
-        };
-        if found != expected {
-            return Err(HfError::Shape {
-                path: self.weights.path().to_path_buf(),
-                name: full,
-                expected: expected.to_vec(),
-                found: found.to_vec(),
-            });
-        }
-        Ok(self.weights.read(&full)?)
+        read_checked(&self.weights, &full, expected)
     }
 
     /// Builds the model on `device`. `context_length`, when smaller than the checkpoint's
@@ -407,31 +298,6 @@ fn expected_names(config: &GptConfig) -> Vec<(String, Vec<usize>)> {
         names.push(("lm_head.weight".into(), vec![v, d]));
     }
     names
-}
-
-fn param<const D: usize>(host: HostTensor, device: &Device) -> Param<Tensor<D>> {
-    let data = TensorData::new(host.data, host.shape);
-    Param::from_tensor(Tensor::from_data(data, device))
-}
-
-fn transpose(t: &HostTensor) -> HostTensor {
-    let (rows, cols) = (t.shape[0], t.shape[1]);
-    let mut data = vec![0.0; rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            data[c * rows + r] = t.data[r * cols + c];
-        }
-    }
-    HostTensor::new(vec![cols, rows], data)
-}
-
-fn host<const D: usize>(tensor: Tensor<D>) -> HostTensor {
-    let shape = tensor.dims().to_vec();
-    let data = tensor
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .expect("converted to f32");
-    HostTensor::new(shape, data)
 }
 
 /// The model's tensors under HF GPT-2 names (with the `transformer.` prefix, as

@@ -2,15 +2,21 @@
 //!
 //! - [`config`]: TOML configs with one-line errors.
 //! - [`gpt`]: GPT-2 family models; [`gpt_hf`]: HuggingFace GPT-2 checkpoints in and out.
+//! - [`bert`]: BERT encoders with MLM/NSP/pooler heads; [`bert_hf`]: HuggingFace BERT checkpoints.
+//! - [`hf`]: what the HuggingFace importers share; [`layers`]: attention and tied heads.
 //! - [`weights`]: safetensors and PyTorch checkpoint files.
 //! - [`loss`]: cross-entropy with PyTorch's `-100` ignore index.
 //! - [`sampling`] and [`generate`]: decoding (greedy, temperature, top-k, top-p).
 
+pub mod bert;
+pub mod bert_hf;
 pub mod classifier;
 pub mod config;
 pub mod generate;
 pub mod gpt;
 pub mod gpt_hf;
+pub mod hf;
+pub mod layers;
 pub mod lora;
 pub mod loss;
 pub mod sampling;

@@ -14,20 +14,8 @@ use ember_model::sampling::SamplingConfig;
 use ember_model::weights::{HostTensor, TensorSet, write_safetensors};
 use serde_json::Value;
 
-/// `$EMBER_FIXTURES`, else `../shared/fixtures` beside the checkout.
-fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("EMBER_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        });
-    assert!(
-        dir.join("tiny-gpt2").is_dir(),
-        "parity fixtures not found at {} (set EMBER_FIXTURES)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::*;
 
 fn tiny_gpt2() -> PathBuf {
     fixtures().join("tiny-gpt2")
@@ -36,66 +24,6 @@ fn tiny_gpt2() -> PathBuf {
 fn reference() -> Value {
     let text = std::fs::read_to_string(tiny_gpt2().join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-/// A `{"shape", "data"}` tensor of reference.json as f32 (the values are exact f32s).
-fn ref_tensor(value: &Value) -> (Vec<usize>, Vec<f32>) {
-    let shape = value["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    let data = value["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    (shape, data)
-}
-
-fn int_rows(value: &Value) -> Vec<Vec<i64>> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect()
-        })
-        .collect()
-}
-
-fn ids_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
-    let flat: Vec<i64> = rows.concat();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), rows[0].len()]), device)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
-}
-
-/// Largest |a - b| - rtol·|b|, which must stay ≤ atol.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0.0f32, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let excess = (g - w).abs() - tol * w.abs();
-        if excess > worst.0 {
-            worst = (excess, i);
-        }
-    }
-    assert!(
-        worst.0 <= tol,
-        "{what}: element {} is {} but transformers gives {}",
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
 }
 
 fn load_fixture(device: &Device) -> (HfGpt2, Gpt) {

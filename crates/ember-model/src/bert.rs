@@ -1,0 +1,455 @@
+//! BERT (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for
+//! Language Understanding"), as HuggingFace's `BertModel` computes it.
+//!
+//! word + position + token-type embeddings → LayerNorm → dropout → `num_hidden_layers`
+//! post-LayerNorm encoder layers (bidirectional self-attention that ignores padded keys, then a
+//! GELU feed-forward, each added to its input *before* the LayerNorm) → hidden states. Heads on
+//! top, each optional so one type loads every HF variant: the pooler (dense + tanh on `[CLS]`),
+//! the masked-LM head (dense, GELU, LayerNorm, decoder tied to the word embeddings, own bias)
+//! and the next-sentence head (2-way on the pooled output).
+//!
+//! Field names follow HF's key tree (`embeddings.word_embeddings`, `encoder.layer.N.attention.
+//! self.query`, …) closely enough that [`crate::bert_hf`] is a short mapping. Config fields
+//! carry HF's `config.json` names, so a preset and a checkpoint's config read the same.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, Initializer, LayerNorm,
+    LayerNormConfig, Linear, LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::tanh;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, load_toml, parse_toml};
+use crate::layers::{attention, padding_hide, split_heads, tied_logits};
+
+/// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertConfig {
+    /// Number of WordPiece ids (30,522 for bert-base-uncased).
+    pub vocab_size: usize,
+    /// Width of every hidden state.
+    pub hidden_size: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer (4 × hidden_size in the published models).
+    pub intermediate_size: usize,
+    /// Longest sequence the position embedding covers (512).
+    pub max_position_embeddings: usize,
+    /// Number of segment ids (2: sentence A and B).
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon (1e-12 in BERT).
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Feed-forward activation: `gelu` (exact erf, BERT's) or `gelu_new` (tanh approximation).
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// Dropout on embeddings and on both residual branches during training.
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on the attention weights during training.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// The id of `[PAD]`.
+    #[serde(default)]
+    pub pad_token_id: u32,
+}
+
+fn default_type_vocab_size() -> usize {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// Which heads a [`Bert`] carries on top of the encoder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BertHeads {
+    /// Dense + tanh on the `[CLS]` hidden state (sentence classification, NSP).
+    pub pooler: bool,
+    /// Masked-language-model head.
+    pub mlm: bool,
+    /// Next-sentence-prediction head (needs the pooler).
+    pub nsp: bool,
+}
+
+impl BertHeads {
+    /// What `BertForPreTraining` has: pooler, MLM and NSP.
+    pub const PRETRAINING: Self = Self {
+        pooler: true,
+        mlm: true,
+        nsp: true,
+    };
+}
+
+impl BertConfig {
+    /// Reads and validates a TOML config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_toml(path, |config: &Self| {
+            config.validate().map_err(|e| e.to_string())
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_toml(text).map_err(|message| ConfigError::Parse {
+            path: "<config>".into(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the sizes that would otherwise fail deep inside a tensor op.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(ConfigError::Invalid(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be in [0, 1), got {p}"
+                )));
+            }
+        }
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
+            return Err(ConfigError::Invalid(format!(
+                "layer_norm_eps must be positive, got {}",
+                self.layer_norm_eps
+            )));
+        }
+        if (self.pad_token_id as usize) >= self.vocab_size {
+            return Err(ConfigError::Invalid(format!(
+                "pad_token_id {} is not below vocab_size {}",
+                self.pad_token_id, self.vocab_size
+            )));
+        }
+        self.activation()?;
+        Ok(())
+    }
+
+    /// The feed-forward activation `hidden_act` names.
+    fn activation(&self) -> Result<Gelu, ConfigError> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Gelu::new()),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Gelu::new_approximate()),
+            other => Err(ConfigError::Invalid(format!(
+                "hidden_act \"{other}\" is not supported (use gelu or gelu_new)"
+            ))),
+        }
+    }
+
+    /// Exact number of parameters of [`BertConfig::init`] with `heads`.
+    pub fn num_params(&self, heads: BertHeads) -> usize {
+        let (v, h, i) = (self.vocab_size, self.hidden_size, self.intermediate_size);
+        let ln = 2 * h;
+        let embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + ln;
+        let layer = 4 * (h * h + h) + ln + (h * i + i) + (i * h + h) + ln;
+        let pooler = if heads.pooler || heads.nsp {
+            h * h + h
+        } else {
+            0
+        };
+        let mlm = if heads.mlm { h * h + h + ln + v } else { 0 };
+        let nsp = if heads.nsp { 2 * h + 2 } else { 0 };
+        embeddings + self.num_hidden_layers * layer + pooler + mlm + nsp
+    }
+
+    /// A randomly initialised model on `device`, initialised as HF's BERT: weights N(0, 0.02),
+    /// biases 0, LayerNorms (1, 0).
+    pub fn init(&self, heads: BertHeads, device: &Device) -> Bert {
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let h = self.hidden_size;
+        let act = self.activation().unwrap_or_else(|_| Gelu::new());
+        let linear = |d_in: usize, d_out: usize| {
+            LinearConfig::new(d_in, d_out)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let embedding = |n: usize| {
+            EmbeddingConfig::new(n, h)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let layer_norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let hidden_drop = || DropoutConfig::new(self.hidden_dropout_prob).init();
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| BertLayer {
+                attention: BertAttention {
+                    query: linear(h, h),
+                    key: linear(h, h),
+                    value: linear(h, h),
+                    output: linear(h, h),
+                    output_norm: layer_norm(),
+                    attn_drop: DropoutConfig::new(self.attention_probs_dropout_prob).init(),
+                    resid_drop: hidden_drop(),
+                    n_heads: self.num_attention_heads,
+                },
+                intermediate: linear(h, self.intermediate_size),
+                output: linear(self.intermediate_size, h),
+                output_norm: layer_norm(),
+                act: act.clone(),
+                resid_drop: hidden_drop(),
+            })
+            .collect();
+        Bert {
+            embeddings: BertEmbeddings {
+                word_embeddings: embedding(self.vocab_size),
+                position_embeddings: embedding(self.max_position_embeddings),
+                token_type_embeddings: embedding(self.type_vocab_size),
+                layer_norm: layer_norm(),
+                drop: hidden_drop(),
+            },
+            layers,
+            pooler: (heads.pooler || heads.nsp).then(|| linear(h, h)),
+            mlm: heads.mlm.then(|| BertMlmHead {
+                transform: linear(h, h),
+                act: act.clone(),
+                layer_norm: layer_norm(),
+                bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
+            }),
+            nsp: heads.nsp.then(|| linear(h, 2)),
+        }
+    }
+}
+
+/// Word, position and segment embeddings, summed and normalised.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    /// `[vocab, hidden]`; also the MLM decoder's weight.
+    pub word_embeddings: Embedding,
+    /// `[max_position_embeddings, hidden]`.
+    pub position_embeddings: Embedding,
+    /// `[type_vocab_size, hidden]`.
+    pub token_type_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+    drop: Dropout,
+}
+
+impl BertEmbeddings {
+    /// `ids`, `token_types: [batch, seq]` → `[batch, seq, hidden]`; positions count from 0 in
+    /// every row, padded or not (as HF's BERT does).
+    pub fn forward(&self, ids: Tensor<2, Int>, token_types: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq] = ids.dims();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &ids.device())
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        let x = self.word_embeddings.forward(ids)
+            + self.position_embeddings.forward(positions)
+            + self.token_type_embeddings.forward(token_types);
+        self.drop.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// Bidirectional multi-head self-attention with its output projection, residual and LayerNorm
+/// (HF's `attention.self` + `attention.output`).
+#[derive(Module, Debug)]
+pub struct BertAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    /// `[hidden, hidden]`: mixes the heads back into the hidden state.
+    pub output: Linear,
+    pub output_norm: LayerNorm,
+    attn_drop: Dropout,
+    resid_drop: Dropout,
+    n_heads: usize,
+}
+
+impl BertAttention {
+    /// `x: [batch, seq, hidden]`, `hide: [batch, 1, 1, seq]` (true at padded keys) →
+    /// `LN(x + attention(x))`.
+    pub fn forward(&self, x: Tensor<3>, hide: Tensor<4, Bool>) -> Tensor<3> {
+        let heads = self.n_heads;
+        let q = split_heads(self.query.forward(x.clone()), heads);
+        let k = split_heads(self.key.forward(x.clone()), heads);
+        let v = split_heads(self.value.forward(x.clone()), heads);
+        let context = attention(q, k, v, hide, &self.attn_drop);
+        let out = self.resid_drop.forward(self.output.forward(context));
+        self.output_norm.forward(x + out)
+    }
+}
+
+/// One post-LayerNorm encoder layer: attention, then `hidden → intermediate → GELU → hidden`.
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    /// `[hidden, intermediate]`.
+    pub intermediate: Linear,
+    /// `[intermediate, hidden]`.
+    pub output: Linear,
+    pub output_norm: LayerNorm,
+    act: Gelu,
+    resid_drop: Dropout,
+}
+
+impl BertLayer {
+    /// `x: [batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>, hide: Tensor<4, Bool>) -> Tensor<3> {
+        let x = self.attention.forward(x, hide);
+        let ff = self
+            .output
+            .forward(self.act.forward(self.intermediate.forward(x.clone())));
+        self.output_norm.forward(x + self.resid_drop.forward(ff))
+    }
+}
+
+/// The masked-LM head: `LN(GELU(dense(h)))` · word_embeddingsᵀ + bias.
+#[derive(Module, Debug)]
+pub struct BertMlmHead {
+    pub transform: Linear,
+    act: Gelu,
+    pub layer_norm: LayerNorm,
+    /// `[vocab]`: the decoder's own bias (its weight is the word embedding table).
+    pub bias: Param<Tensor<1>>,
+}
+
+/// A BERT encoder with optional pooler, masked-LM and next-sentence heads.
+#[derive(Module, Debug)]
+pub struct Bert {
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+    /// `[hidden, hidden]` dense of the pooler (tanh follows).
+    pub pooler: Option<Linear>,
+    pub mlm: Option<BertMlmHead>,
+    /// `[hidden, 2]`: is sentence B the one that followed sentence A?
+    pub nsp: Option<Linear>,
+}
+
+impl Bert {
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.embeddings.word_embeddings.weight.val().device()
+    }
+
+    /// Longest sequence the position embedding covers.
+    pub fn max_positions(&self) -> usize {
+        self.embeddings.position_embeddings.weight.dims()[0]
+    }
+
+    /// Hidden size.
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.word_embeddings.weight.dims()[1]
+    }
+
+    /// Number of token ids.
+    pub fn vocab_size(&self) -> usize {
+        self.embeddings.word_embeddings.weight.dims()[0]
+    }
+
+    /// Last hidden states `[batch, seq, hidden]` of `ids`, `token_types` and `attention_mask`
+    /// (all `[batch, seq]`; mask 1 for real tokens, 0 for padding, as HF's). Padded positions
+    /// are computed too (they attend to the real tokens) but never attended to.
+    pub fn forward(
+        &self,
+        ids: Tensor<2, Int>,
+        token_types: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Tensor<3> {
+        self.forward_all(ids, token_types, attention_mask)
+            .pop()
+            .expect("embeddings are always there")
+    }
+
+    /// The embeddings' output and every layer's output: `num_hidden_layers + 1` tensors
+    /// `[batch, seq, hidden]` (HF's `hidden_states`).
+    pub fn forward_all(
+        &self,
+        ids: Tensor<2, Int>,
+        token_types: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Vec<Tensor<3>> {
+        let seq = ids.dims()[1];
+        assert!(
+            seq <= self.max_positions(),
+            "sequence of {seq} tokens exceeds max_position_embeddings {}",
+            self.max_positions()
+        );
+        let hide = padding_hide(attention_mask);
+        let mut states = vec![self.embeddings.forward(ids, token_types)];
+        for layer in &self.layers {
+            let x = states.last().expect("non-empty").clone();
+            states.push(layer.forward(x, hide.clone()));
+        }
+        states
+    }
+
+    /// The pooled `[CLS]` representation `[batch, hidden]`: tanh(dense(hidden[:, 0])).
+    ///
+    /// # Panics
+    /// When the model has no pooler.
+    pub fn pooled(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let pooler = self.pooler.as_ref().expect("this BERT has no pooler");
+        let [batch, _, width] = hidden.dims();
+        let cls = hidden.narrow(1, 0, 1).reshape([batch, width]);
+        tanh(pooler.forward(cls))
+    }
+
+    /// Masked-LM logits `[batch, seq, vocab]` of hidden states `[batch, seq, hidden]`.
+    ///
+    /// # Panics
+    /// When the model has no MLM head.
+    pub fn mlm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let head = self.mlm.as_ref().expect("this BERT has no MLM head");
+        let x = head
+            .layer_norm
+            .forward(head.act.forward(head.transform.forward(hidden)));
+        let vocab = self.vocab_size();
+        tied_logits(x, self.embeddings.word_embeddings.weight.val())
+            + head.bias.val().reshape([1, 1, vocab])
+    }
+
+    /// Next-sentence logits `[batch, 2]` (index 0 = "B follows A") of the pooled output.
+    ///
+    /// # Panics
+    /// When the model has no NSP head.
+    pub fn nsp_logits(&self, pooled: Tensor<2>) -> Tensor<2> {
+        self.nsp
+            .as_ref()
+            .expect("this BERT has no NSP head")
+            .forward(pooled)
+    }
+}
