@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates scripts/.venv-hf with PyTorch + transformers for the HuggingFace-side checks
-# (scripts/check_hf_export.py, scripts/make_gpt2_bin_fixture.py). Idempotent; prints the
+# Creates scripts/.venv-hf with PyTorch + transformers + sentence-transformers for the
+# HuggingFace-side checks (scripts/check_hf_export.py, scripts/make_gpt2_bin_fixture.py,
+# scripts/check_embed.py). Idempotent; prints the
 # venv's python at the end. Tests never need it. PyPI's Linux torch wheel brings its CUDA
 # libraries (~3 GB); only the CPU is used.
 set -euo pipefail
@@ -10,5 +11,6 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  torch==2.9.1 transformers==4.57.1 safetensors==0.6.2 numpy==2.3.4
+  torch==2.9.1 transformers==4.57.1 safetensors==0.6.2 numpy==2.3.4 \
+  sentence-transformers==5.1.2
 echo "$venv/bin/python"

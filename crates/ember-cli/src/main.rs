@@ -1,6 +1,7 @@
 //! `ember`: build, pretrain, fine-tune and run GPT-style models from first principles.
 
 mod bench;
+mod bert;
 mod classify;
 mod data;
 mod device;
@@ -53,6 +54,10 @@ enum Command {
     Respond(instruct::RespondArgs),
     /// Score model responses 0–100 with a judge model served by Ollama.
     Judge(instruct::JudgeArgs),
+    /// Predict the [MASK] tokens of texts with a BERT masked-LM.
+    FillMask(bert::FillMaskArgs),
+    /// Sentence embeddings (JSON lines) from a BERT encoder, e.g. a sentence-transformers model.
+    Embed(bert::EmbedArgs),
     /// Classify texts with a fine-tuned classifier.
     Classify(classify::ClassifyArgs),
     /// LoRA adapters: merge them into the weights.
@@ -83,6 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Finetune(cmd) => classify::run_finetune(cmd, &cli.device),
         Command::Respond(args) => instruct::run_respond(args, &cli.device),
         Command::Judge(args) => instruct::run_judge(args),
+        Command::FillMask(args) => bert::run_fill_mask(args, &cli.device),
+        Command::Embed(args) => bert::run_embed(args, &cli.device),
         Command::Classify(args) => classify::run_classify(args, &cli.device),
         Command::Lora(cmd) => classify::run_lora(cmd, &cli.device),
         Command::Score(args) => score::run(args, &cli.device),

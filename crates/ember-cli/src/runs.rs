@@ -93,7 +93,7 @@ impl LoadedGpt {
 /// For a bare model name that is not a path (`gpt2-medium`, `openai-community/gpt2`): its
 /// folder in the HuggingFace cache (`$HF_HUB_CACHE`, `$HF_HOME/hub` or
 /// `~/.cache/huggingface/hub`), when there is one.
-fn hf_cache_dir(name: &Path) -> Option<PathBuf> {
+pub fn hf_cache_dir(name: &Path) -> Option<PathBuf> {
     if name.exists() || name.is_absolute() {
         return None;
     }

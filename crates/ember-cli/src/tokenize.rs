@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ember_data::bpe::{BpeTokenizer, TokenId};
 use ember_data::bpe_train;
+use ember_data::tokenizer::Tokenizer;
 
 use crate::data;
 
@@ -20,7 +21,8 @@ pub struct TokenizeArgs {
     /// Decode token ids back to text.
     #[arg(long)]
     decode: bool,
-    /// Directory with encoder.json + vocab.bpe [default: GPT-2's, fetched on first use].
+    /// Tokenizer: a directory with encoder.json + vocab.bpe, tokenizer.json or vocab.txt, or
+    /// one of those files [default: GPT-2's, fetched on first use].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Print the token count and bytes per token instead of the ids.
@@ -37,7 +39,10 @@ pub fn load_tokenizer(dir: Option<&PathBuf>) -> Result<BpeTokenizer> {
 }
 
 pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
-    let tokenizer = load_tokenizer(args.tokenizer.as_ref())?;
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Tokenizer::open(path)?,
+        None => Tokenizer::Gpt2(data::gpt2_tokenizer()?),
+    };
     let input = match (&args.text, &args.file) {
         (Some(text), _) => text.clone(),
         (None, Some(path)) => ember_data::read_text_file(path)?,
@@ -48,7 +53,7 @@ pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
         print!("{}", tokenizer.decode(&ids)?);
         return Ok(());
     }
-    let ids = tokenizer.encode(&input);
+    let ids = tokenizer.encode(&input)?;
     if args.stats {
         println!(
             "{} tokens, {} bytes, {:.3} bytes/token",

@@ -981,3 +981,147 @@ fn finetune_instruct_generate_respond_and_judge() {
         "no starting weights",
     );
 }
+
+/// tiny-bert with a vocab.txt whose ids are the fixture's conventions: [PAD] 0, [CLS] 1,
+/// [SEP] 2, [MASK] 3, [UNK] 4, then `w5` … `w511` (so "w45" is id 45).
+fn tiny_bert_with_vocab() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixtures().join("tiny-bert");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
+        .map(String::from)
+        .to_vec();
+    vocab.extend((5..512).map(|i| format!("w{i}")));
+    std::fs::write(dir.path().join("vocab.txt"), vocab.join("\n")).unwrap();
+    dir
+}
+
+#[test]
+fn fill_mask_ranks_the_tokens_transformers_ranks() {
+    let model = tiny_bert_with_vocab();
+    let model_arg = model.path().to_str().unwrap();
+    // The fixture's row 0: [CLS] 45 300 [MASK] [SEP] 77 501 [MASK] 12 [SEP], types 0×5 1×5.
+    let out = ember(&[
+        "fill-mask",
+        "--model",
+        model_arg,
+        "--top-k",
+        "3",
+        "w45 w300 [MASK]",
+        "--pair",
+        "w77 w501 [MASK] w12",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+
+    // Expected: softmax of transformers' logits at positions 3 and 7.
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny-bert/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let logits: Vec<f64> = reference["mlm_logits"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let mut expected = Vec::new();
+    for pos in [3usize, 7] {
+        let row = &logits[pos * 512..(pos + 1) * 512];
+        let max = row.iter().cloned().fold(f64::MIN, f64::max);
+        let total: f64 = row.iter().map(|l| (l - max).exp()).sum();
+        let mut ranked: Vec<(usize, f64)> = row
+            .iter()
+            .map(|l| (l - max).exp() / total)
+            .enumerate()
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        expected.push(format!("  [MASK] at token {pos}:"));
+        for (id, p) in ranked.into_iter().take(3) {
+            let token = match id {
+                0..5 => ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"][id].to_string(),
+                _ => format!("w{id}"),
+            };
+            expected.push(format!("    {p:.4}  {token}  (id {id})"));
+        }
+    }
+    let got: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(got, expected, "{text}");
+
+    // The same vocabulary through `ember tokenize`.
+    let out = ember(&[
+        "tokenize",
+        "--tokenizer",
+        model_arg,
+        "--text",
+        "W45 [MASK] w9x",
+    ]);
+    assert_eq!(stdout(&out).trim(), "45 3 4");
+
+    let no_mask = ember(&["fill-mask", "--model", model_arg, "w45 w300"]);
+    assert_one_line_error(&no_mask, "text 1: no [MASK] token");
+}
+
+#[test]
+fn embed_writes_unit_vectors_that_do_not_depend_on_padding() {
+    let model = tiny_bert_with_vocab();
+    let model_arg = model.path().to_str().unwrap();
+    let texts = ["w45 w300 w17", "w9", "w100 w200 w300 w400 w500 w7"];
+    let run = |extra: &[&str]| -> Vec<Vec<f64>> {
+        let mut args = vec!["embed", "--model", model_arg];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&texts);
+        let out = ember(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+            .lines()
+            .zip(texts)
+            .map(|(line, text)| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(value["text"], text);
+                value["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let together = run(&[]);
+    let alone = run(&["--batch-size", "1"]);
+    let cls = run(&["--pooling", "cls"]);
+    assert_eq!(together.len(), 3);
+    for ((a, b), c) in together.iter().zip(&alone).zip(&cls) {
+        assert_eq!(a.len(), 32);
+        let norm: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        // Padding to the longest sentence of the batch changes nothing.
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-5, "batch vs alone: {diff}");
+        let diff = a
+            .iter()
+            .zip(c)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff > 1e-3, "mean and cls pooling gave the same vector");
+    }
+    assert_one_line_error(
+        &ember(&["embed", "--model", "/nonexistent/bert", "hello"]),
+        "/nonexistent/bert",
+    );
+}

@@ -5,6 +5,8 @@
 //! - [`bpe_train`]: training a byte-level BPE vocabulary in the same two-file format.
 //! - [`loader`]: sliding-window (input, target) pretraining batches.
 //! - [`instruct`]: Alpaca-style instruction data, prompt templates and the instruction collate.
+//! - [`tokenizer`]: one type over GPT-2's BPE and HuggingFace tokenizers (tokenizer.json, WordPiece).
+//! - [`mlm`]: BERT pretraining inputs: masked-LM corruption and next-sentence pairs.
 //! - [`classification`]: labelled texts (SMS spam, CSV/TSV), balanced splits, padded batches.
 
 pub mod bpe;
@@ -13,8 +15,10 @@ pub mod classification;
 pub mod datasets;
 pub mod instruct;
 pub mod loader;
+pub mod mlm;
 mod pretokenize;
 pub mod rng;
+pub mod tokenizer;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -453,3 +453,40 @@ impl Bert {
             .forward(pooled)
     }
 }
+
+/// How a sentence embedding is read off the hidden states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SentencePooling {
+    /// The `[CLS]` position's hidden state.
+    Cls,
+    /// The mean over real (unmasked) positions, as sentence-transformers' MiniLM/MPNet models.
+    Mean,
+}
+
+/// L2-normalised sentence embeddings `[batch, hidden]` of `hidden: [batch, seq, hidden]`
+/// with `attention_mask: [batch, seq]` (1 = real token), so cosine similarity is a dot product.
+pub fn sentence_embeddings(
+    hidden: Tensor<3>,
+    attention_mask: Tensor<2, Int>,
+    pooling: SentencePooling,
+) -> Tensor<2> {
+    let [batch, seq, width] = hidden.dims();
+    let pooled = match pooling {
+        SentencePooling::Cls => hidden.narrow(1, 0, 1).reshape([batch, width]),
+        SentencePooling::Mean => {
+            let mask = attention_mask.float().reshape([batch, seq, 1]);
+            let summed = (hidden * mask.clone()).sum_dim(1).reshape([batch, width]);
+            // sentence-transformers clamps the count at 1e-9 against all-padding rows.
+            let count = mask.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
+            summed / count
+        }
+    };
+    // torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
+    let norm = pooled
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
+    pooled / norm
+}
