@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::activation::tanh;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, load_toml, parse_toml};
+use crate::config::{ConfigError, Validate, config_from_toml, load_config};
 use crate::layers::{attention, padding_hide, split_heads, tied_logits};
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
@@ -95,26 +95,8 @@ impl BertHeads {
     };
 }
 
-impl BertConfig {
-    /// Reads and validates a TOML config.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load_toml(path, |config: &Self| {
-            config.validate().map_err(|e| e.to_string())
-        })
-    }
-
-    /// Parses and validates TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = parse_toml(text).map_err(|message| ConfigError::Parse {
-            path: "<config>".into(),
-            message,
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks the sizes that would otherwise fail deep inside a tensor op.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Validate for BertConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -162,6 +144,23 @@ impl BertConfig {
         }
         self.activation()?;
         Ok(())
+    }
+}
+
+impl BertConfig {
+    /// Reads and validates a TOML config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_config(path)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        config_from_toml(text)
+    }
+
+    /// Checks the sizes that would otherwise fail deep inside a tensor op.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 
     /// The feed-forward activation `hidden_act` names.

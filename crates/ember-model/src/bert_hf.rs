@@ -17,7 +17,10 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 use crate::bert::{Bert, BertConfig, BertHeads};
-use crate::hf::{HfError, find_weights_file, param, read_checked, resolve_model_dir, transpose};
+use crate::hf::{
+    HfError, find_weights_file, param, read_checked, resolve_model_dir, set_layer_norm, set_linear,
+    transpose,
+};
 use crate::weights::{HostTensor, TensorSet};
 
 /// The fields of HF's `BertConfig` that shape the model; other fields are ignored.
@@ -284,11 +287,8 @@ impl HfBert {
         device: &Device,
     ) -> Result<(), HfError> {
         let weight = self.tensor(&format!("{name}.weight"), &[d_out, d_in])?;
-        linear.weight = param(transpose(&weight), device);
-        linear.bias = Some(param(
-            self.tensor(&format!("{name}.bias"), &[d_out])?,
-            device,
-        ));
+        let bias = self.tensor(&format!("{name}.bias"), &[d_out])?;
+        set_linear(linear, transpose(&weight), bias, device);
         Ok(())
     }
 
@@ -301,8 +301,7 @@ impl HfBert {
     ) -> Result<(), HfError> {
         let gamma = self.first_of([format!("{name}.weight"), format!("{name}.gamma")], &[d])?;
         let beta = self.first_of([format!("{name}.bias"), format!("{name}.beta")], &[d])?;
-        norm.gamma = param(gamma, device);
-        norm.beta = Some(param(beta, device));
+        set_layer_norm(norm, gamma, beta, device);
         Ok(())
     }
 }

@@ -55,3 +55,26 @@ pub fn load_toml<T: DeserializeOwned>(
     })?;
     Ok(value)
 }
+
+/// A config that can check itself after parsing.
+pub trait Validate {
+    /// Checks the values that would otherwise fail deep inside a tensor op.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Reads a TOML config file and validates it; errors name the file and the line or field.
+pub fn load_config<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    load_toml(path, |config: &T| {
+        config.validate().map_err(|e| e.to_string())
+    })
+}
+
+/// Parses TOML config text and validates it.
+pub fn config_from_toml<T: DeserializeOwned + Validate>(text: &str) -> Result<T, ConfigError> {
+    let config: T = parse_toml(text).map_err(|message| ConfigError::Parse {
+        path: "<config>".into(),
+        message,
+    })?;
+    config.validate()?;
+    Ok(config)
+}

@@ -21,7 +21,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::ConfigError;
-use crate::config::{load_toml, parse_toml};
+use crate::config::{Validate, config_from_toml, load_config};
 use crate::layers::{attention, split_heads, tied_logits};
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
@@ -67,26 +67,8 @@ fn default_layer_norm_eps() -> f64 {
     1e-5
 }
 
-impl GptConfig {
-    /// Reads and validates a TOML config.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load_toml(path, |config: &Self| {
-            config.validate().map_err(|e| e.to_string())
-        })
-    }
-
-    /// Parses and validates TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = parse_toml(text).map_err(|message| ConfigError::Parse {
-            path: "<config>".into(),
-            message,
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks the sizes that would otherwise fail deep inside a tensor op.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Validate for GptConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("context_length", self.context_length),
@@ -124,6 +106,23 @@ impl GptConfig {
             )));
         }
         Ok(())
+    }
+}
+
+impl GptConfig {
+    /// Reads and validates a TOML config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_config(path)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        config_from_toml(text)
+    }
+
+    /// Checks the sizes that would otherwise fail deep inside a tensor op.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 
     /// Exact number of parameters of [`GptConfig::init`], without building the model.

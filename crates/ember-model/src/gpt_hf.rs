@@ -17,7 +17,9 @@ use serde_json::json;
 
 use crate::gpt::{Gpt, GptConfig};
 pub use crate::hf::{HfError, resolve_model_dir};
-use crate::hf::{find_weights_file, host, param, read_checked, transpose};
+use crate::hf::{
+    find_weights_file, host, param, read_checked, set_layer_norm, set_linear, transpose,
+};
 use crate::weights::{HostTensor, TensorSet, write_safetensors};
 
 /// The fields of HF's `GPT2Config` that shape the model. Other fields are ignored.
@@ -241,14 +243,9 @@ impl HfGpt2 {
         d_out: usize,
         device: &Device,
     ) -> Result<(), HfError> {
-        linear.weight = param(
-            self.tensor(&format!("{name}.weight"), &[d_in, d_out])?,
-            device,
-        );
-        linear.bias = Some(param(
-            self.tensor(&format!("{name}.bias"), &[d_out])?,
-            device,
-        ));
+        let weight = self.tensor(&format!("{name}.weight"), &[d_in, d_out])?;
+        let bias = self.tensor(&format!("{name}.bias"), &[d_out])?;
+        set_linear(linear, weight, bias, device);
         Ok(())
     }
 
@@ -259,8 +256,9 @@ impl HfGpt2 {
         d: usize,
         device: &Device,
     ) -> Result<(), HfError> {
-        norm.gamma = param(self.tensor(&format!("{name}.weight"), &[d])?, device);
-        norm.beta = Some(param(self.tensor(&format!("{name}.bias"), &[d])?, device));
+        let gamma = self.tensor(&format!("{name}.weight"), &[d])?;
+        let beta = self.tensor(&format!("{name}.bias"), &[d])?;
+        set_layer_norm(norm, gamma, beta, device);
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 
 use crate::weights::{HostTensor, TensorSet, WeightsError};
@@ -160,4 +161,16 @@ pub fn host<const D: usize>(tensor: Tensor<D>) -> HostTensor {
         .try_into_vec_as::<f32>()
         .expect("converted to f32");
     HostTensor::new(shape, data)
+}
+
+/// Puts `weight` (`[in, out]`, Burn's layout) and `bias` into `linear`.
+pub fn set_linear(linear: &mut Linear, weight: HostTensor, bias: HostTensor, device: &Device) {
+    linear.weight = param(weight, device);
+    linear.bias = Some(param(bias, device));
+}
+
+/// Puts `gamma` and `beta` into `norm`.
+pub fn set_layer_norm(norm: &mut LayerNorm, gamma: HostTensor, beta: HostTensor, device: &Device) {
+    norm.gamma = param(gamma, device);
+    norm.beta = Some(param(beta, device));
 }

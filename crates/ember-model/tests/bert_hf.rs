@@ -227,3 +227,38 @@ fn broken_checkpoints_are_one_line_errors() {
     assert!(err.contains(key) && err.contains("[64, 32]"), "{err}");
     assert!(!err.contains('\n'), "{err}");
 }
+
+#[test]
+fn presets_load_with_the_published_parameter_counts() {
+    let configs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/models");
+    let base = BertConfig::load(&configs.join("bert-base.toml")).unwrap();
+    // bert-base-uncased's BertModel (encoder + pooler): 109,482,240 parameters.
+    let pooler = BertHeads {
+        pooler: true,
+        ..Default::default()
+    };
+    assert_eq!(base.num_params(pooler), 109_482_240);
+    for name in ["bert-mini", "bert-tiny"] {
+        let config = BertConfig::load(&configs.join(format!("{name}.toml"))).unwrap();
+        let model = config.init(BertHeads::PRETRAINING, &Device::flex());
+        assert_eq!(
+            model.num_params(),
+            config.num_params(BertHeads::PRETRAINING),
+            "{name}"
+        );
+    }
+    let err = BertConfig::from_toml("vocab_size = 10\nhidden_size = 30\nnum_hidden_layers = 1\nnum_attention_heads = 4\nintermediate_size = 8\nmax_position_embeddings = 8\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hidden_size 30 is not divisible by num_attention_heads 4"),
+        "{err}"
+    );
+    let err = BertConfig::from_toml("vocab_size = 10\nhiden_size = 30\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("hiden_size"),
+        "{err}"
+    );
+}
