@@ -691,6 +691,104 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         "outside the vocabulary",
     );
 
+    // BERT: fill-mask / embed on wrong models, broken vocabularies and tokenizers.
+    let bert = fixtures().join("tiny-bert");
+    let vocab: Vec<String> = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
+        .into_iter()
+        .map(String::from)
+        .chain((5..512).map(|i| format!("w{i}")))
+        .collect();
+    for file in ["config.json", "model.safetensors"] {
+        c.write(
+            &format!("bert/{file}"),
+            std::fs::read(bert.join(file)).unwrap(),
+        );
+        c.write(
+            &format!("bert-dup/{file}"),
+            std::fs::read(bert.join(file)).unwrap(),
+        );
+        c.write(
+            &format!("bert-json/{file}"),
+            std::fs::read(bert.join(file)).unwrap(),
+        );
+    }
+    let bert_dir = c.write("bert/vocab.txt", vocab.join("\n"));
+    let bert_dir = bert_dir.trim_end_matches("/vocab.txt").to_string();
+    let mut dup = vocab.clone();
+    dup[9] = "w7".into();
+    c.write("bert-dup/vocab.txt", dup.join("\n"));
+    c.write(
+        "bert-json/tokenizer.json",
+        "{\"version\": \"1.0\", \"model\": 3}",
+    );
+    let gpt_dir = c.p("gpt-as-bert");
+    for file in ["config.json", "model.safetensors"] {
+        c.write(
+            &format!("gpt-as-bert/{file}"),
+            std::fs::read(fixtures().join("tiny-gpt2").join(file)).unwrap(),
+        );
+    }
+    c.fails(
+        "fill-mask on a GPT-2 checkpoint",
+        &["fill-mask", "--model", &gpt_dir, "a [MASK]"],
+        "model_type is \"gpt2\", expected \"bert\"",
+    );
+    c.fails(
+        "fill-mask text without a mask",
+        &["fill-mask", "--model", &bert_dir, "w5 w6"],
+        "text 1: no [MASK] token",
+    );
+    c.fails(
+        "fill-mask --pair with two texts",
+        &[
+            "fill-mask",
+            "--model",
+            &bert_dir,
+            "--pair",
+            "w5",
+            "[MASK]",
+            "[MASK] w6",
+        ],
+        "--pair goes with exactly one text",
+    );
+    c.fails(
+        "vocab.txt with a token twice",
+        &["embed", "--model", &c.p("bert-dup"), "w5"],
+        "line 10: token `w7` appears twice",
+    );
+    c.fails(
+        "broken tokenizer.json",
+        &["embed", "--model", &c.p("bert-json"), "w5"],
+        "tokenizer.json",
+    );
+    c.fails(
+        "embed --max-length beyond the positions",
+        &["embed", "--model", &bert_dir, "--max-length", "100", "w5"],
+        "--max-length 100",
+    );
+    c.fails(
+        "embed of an empty file",
+        &[
+            "embed",
+            "--model",
+            &bert_dir,
+            "--file",
+            &c.write("empty.txt", "\n\n"),
+        ],
+        "empty.txt: no text to embed",
+    );
+    c.fails(
+        "tokenizer path that does not exist",
+        &[
+            "tokenize",
+            "--tokenizer",
+            &c.p("no-such-tokenizer"),
+            "--text",
+            "hi",
+        ],
+        "no-such-tokenizer",
+    );
+
     // Datasets: unknown names and checksum mismatches in the mirror.
     c.fails(
         "unknown dataset",
