@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::activation::tanh;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Validate, config_from_toml, load_config};
+use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::layers::{attention, padding_hide, split_heads, tied_logits};
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
@@ -97,7 +97,7 @@ impl BertHeads {
 
 impl Validate for BertConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
+        check::at_least_one(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -105,45 +105,24 @@ impl Validate for BertConfig {
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(ConfigError::Invalid(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
-        for (name, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
-            (
-                "attention_probs_dropout_prob",
-                self.attention_probs_dropout_prob,
-            ),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be in [0, 1), got {p}"
-                )));
-            }
-        }
-        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            return Err(ConfigError::Invalid(format!(
-                "layer_norm_eps must be positive, got {}",
-                self.layer_norm_eps
-            )));
-        }
+        ])?;
+        check::divisible(
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+        )?;
+        check::probability("hidden_dropout_prob", self.hidden_dropout_prob)?;
+        check::probability(
+            "attention_probs_dropout_prob",
+            self.attention_probs_dropout_prob,
+        )?;
+        check::positive("layer_norm_eps", self.layer_norm_eps)?;
         if (self.pad_token_id as usize) >= self.vocab_size {
             return Err(ConfigError::Invalid(format!(
                 "pad_token_id {} is not below vocab_size {}",
                 self.pad_token_id, self.vocab_size
             )));
         }
-        self.activation()?;
-        Ok(())
+        self.activation().map(|_| ())
     }
 }
 

@@ -78,3 +78,50 @@ pub fn config_from_toml<T: DeserializeOwned + Validate>(text: &str) -> Result<T,
     config.validate()?;
     Ok(config)
 }
+
+/// Config checks shared by the model families; each error names the field.
+pub mod check {
+    use super::ConfigError;
+
+    /// Every `(field, value)` is at least 1.
+    pub fn at_least_one(fields: &[(&str, usize)]) -> Result<(), ConfigError> {
+        match fields.iter().find(|(_, value)| *value == 0) {
+            Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+            None => Ok(()),
+        }
+    }
+
+    /// `(width_name, width)` splits evenly into `(heads_name, heads)` heads.
+    pub fn divisible(width: (&str, usize), heads: (&str, usize)) -> Result<(), ConfigError> {
+        if width.1.is_multiple_of(heads.1) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "{} {} is not divisible by {} {}",
+                width.0, width.1, heads.0, heads.1
+            )))
+        }
+    }
+
+    /// A dropout probability in [0, 1).
+    pub fn probability(name: &str, p: f64) -> Result<(), ConfigError> {
+        if (0.0..1.0).contains(&p) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "{name} must be in [0, 1), got {p}"
+            )))
+        }
+    }
+
+    /// A strictly positive number (not NaN).
+    pub fn positive(name: &str, x: f64) -> Result<(), ConfigError> {
+        if x > 0.0 {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "{name} must be positive, got {x}"
+            )))
+        }
+    }
+}

@@ -21,7 +21,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::ConfigError;
-use crate::config::{Validate, config_from_toml, load_config};
+use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{attention, split_heads, tied_logits};
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
@@ -69,43 +69,17 @@ fn default_layer_norm_eps() -> f64 {
 
 impl Validate for GptConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
+        check::at_least_one(&[
             ("vocab_size", self.vocab_size),
             ("context_length", self.context_length),
             ("emb_dim", self.emb_dim),
             ("n_heads", self.n_heads),
             ("n_layers", self.n_layers),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
-            }
-        }
-        if !self.emb_dim.is_multiple_of(self.n_heads) {
-            return Err(ConfigError::Invalid(format!(
-                "emb_dim {} is not divisible by n_heads {}",
-                self.emb_dim, self.n_heads
-            )));
-        }
-        if !(0.0..1.0).contains(&self.drop_rate) {
-            return Err(ConfigError::Invalid(format!(
-                "drop_rate must be in [0, 1), got {}",
-                self.drop_rate
-            )));
-        }
-        if self.emb_init_std.is_nan() || self.emb_init_std <= 0.0 {
-            return Err(ConfigError::Invalid(format!(
-                "emb_init_std must be positive, got {}",
-                self.emb_init_std
-            )));
-        }
-        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            return Err(ConfigError::Invalid(format!(
-                "layer_norm_eps must be positive, got {}",
-                self.layer_norm_eps
-            )));
-        }
-        Ok(())
+        ])?;
+        check::divisible(("emb_dim", self.emb_dim), ("n_heads", self.n_heads))?;
+        check::probability("drop_rate", self.drop_rate)?;
+        check::positive("emb_init_std", self.emb_init_std)?;
+        check::positive("layer_norm_eps", self.layer_norm_eps)
     }
 }
 
