@@ -21,6 +21,24 @@ pub enum DataCommand {
     /// Build a fine-tuning dataset's split files (`spam`: the book's balanced SMS split as
     /// train.csv / validation.csv / test.csv with columns Label,Text; ham = 0, spam = 1).
     Prepare(PrepareArgs),
+    /// Generate a synthetic dataset (`dates`: human-written dates → ISO 8601, as
+    /// train.tsv / val.tsv / test.tsv with `source<TAB>target` lines, 80/10/10).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Which dataset: dates.
+    name: String,
+    /// Number of examples (all distinct).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(10..=2_000_000))]
+    n: u64,
+    /// Seed: the same seed gives the same files.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "data/dates")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -70,6 +88,18 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     let manifest = Manifest::embedded();
     let cache = DataCache::from_env();
     match cmd {
+        DataCommand::Generate(args) => {
+            if args.name != "dates" {
+                bail!("unknown dataset to generate `{}` (known: dates)", args.name);
+            }
+            let examples = ember_data::dates::generate(args.n as usize, args.seed);
+            let [train, val, test] = ember_data::dates::write_splits(&args.out, &examples)
+                .with_context(|| format!("{}: cannot write", args.out.display()))?;
+            println!(
+                "{}: train.tsv {train}, val.tsv {val}, test.tsv {test} examples",
+                args.out.display()
+            );
+        }
         DataCommand::Prepare(args) => {
             if args.name != "spam" {
                 bail!("unknown dataset to prepare `{}` (known: spam)", args.name);

@@ -1125,3 +1125,40 @@ fn embed_writes_unit_vectors_that_do_not_depend_on_padding() {
         "/nonexistent/bert",
     );
 }
+
+#[test]
+fn data_generate_dates_writes_reproducible_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    for name in ["a", "b"] {
+        let run = ember(&[
+            "data",
+            "generate",
+            "dates",
+            "--n",
+            "200",
+            "--seed",
+            "5",
+            "--out",
+            &out(name),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(stdout(&run).contains("train.tsv 160, val.tsv 20, test.tsv 20"));
+    }
+    for file in ["train.tsv", "val.tsv", "test.tsv"] {
+        let a = std::fs::read(dir.path().join("a").join(file)).unwrap();
+        assert_eq!(
+            a,
+            std::fs::read(dir.path().join("b").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert_one_line_error(
+        &ember(&["data", "generate", "years", "--out", &out("c")]),
+        "unknown dataset to generate `years`",
+    );
+}

@@ -6,6 +6,7 @@
 //! - [`loader`]: sliding-window (input, target) pretraining batches.
 //! - [`instruct`]: Alpaca-style instruction data, prompt templates and the instruction collate.
 //! - [`tokenizer`]: one type over GPT-2's BPE and HuggingFace tokenizers (tokenizer.json, WordPiece).
+//! - [`dates`]: the date-normalisation task for seq2seq models (generated, reproducible).
 //! - [`mlm`]: BERT pretraining inputs: masked-LM corruption and next-sentence pairs.
 //! - [`classification`]: labelled texts (SMS spam, CSV/TSV), balanced splits, padded batches.
 
@@ -13,6 +14,7 @@ pub mod bpe;
 pub mod bpe_train;
 pub mod classification;
 pub mod datasets;
+pub mod dates;
 pub mod instruct;
 pub mod loader;
 pub mod mlm;
