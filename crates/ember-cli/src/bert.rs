@@ -18,7 +18,8 @@ use crate::{device, progress, runs};
 #[derive(Args)]
 pub struct FillMaskArgs {
     /// BERT directory in HuggingFace format with an MLM head (BertForMaskedLM or
-    /// BertForPreTraining), or a model name in the HuggingFace cache.
+    /// BertForPreTraining), a model name in the HuggingFace cache, or an ember BERT run
+    /// directory (`ember pretrain --arch bert`).
     #[arg(long)]
     model: PathBuf,
     /// Texts with one or more [MASK] tokens.
@@ -46,7 +47,7 @@ enum PoolingArg {
 #[derive(Args)]
 pub struct EmbedArgs {
     /// BERT directory in HuggingFace format (a sentence-transformers model directory works),
-    /// or a model name in the HuggingFace cache.
+    /// a model name in the HuggingFace cache, or an ember BERT run directory.
     #[arg(long)]
     model: PathBuf,
     /// Sentences to embed.
@@ -75,12 +76,29 @@ pub struct EmbedArgs {
 
 /// A loaded BERT with its tokenizer.
 struct LoadedBert {
-    hf: HfBert,
+    /// The HuggingFace directory or ember run directory it came from.
+    dir: PathBuf,
+    pad_token_id: u32,
     model: Bert,
     tokenizer: Tokenizer,
 }
 
+/// A BERT from an ember run directory (`ember pretrain --arch bert`) or a HuggingFace
+/// directory (or a name in the HuggingFace cache).
 fn load(model: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<LoadedBert> {
+    if crate::bert_pretrain::is_bert_run(model) {
+        let run = crate::bert_pretrain::load_run(model, device)?;
+        let tokenizer = match tokenizer {
+            Some(path) => Tokenizer::open(path)?,
+            None => run.tokenizer,
+        };
+        return checked(LoadedBert {
+            dir: model.to_path_buf(),
+            pad_token_id: run.config.pad_token_id,
+            model: run.model,
+            tokenizer,
+        });
+    }
     let cached = runs::hf_cache_dir(model);
     let hf = HfBert::open(cached.as_deref().unwrap_or(model))?;
     let bert = hf.load(device)?;
@@ -93,18 +111,83 @@ fn load(model: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Loade
         );
     }
     let tokenizer = Tokenizer::open(tokenizer.unwrap_or(&hf.dir))?;
-    if tokenizer.vocab_size() > bert.vocab_size() {
-        bail!(
-            "tokenizer has {} tokens but the model's vocab_size is {}",
-            tokenizer.vocab_size(),
-            bert.vocab_size()
-        );
-    }
-    Ok(LoadedBert {
-        hf,
+    checked(LoadedBert {
+        pad_token_id: hf.config.pad_token_id,
+        dir: hf.dir,
         model: bert,
         tokenizer,
     })
+}
+
+fn checked(loaded: LoadedBert) -> Result<LoadedBert> {
+    if loaded.tokenizer.vocab_size() > loaded.model.vocab_size() {
+        bail!(
+            "tokenizer has {} tokens but the model's vocab_size is {}",
+            loaded.tokenizer.vocab_size(),
+            loaded.model.vocab_size()
+        );
+    }
+    Ok(loaded)
+}
+
+/// A `[MASK]`'s position and its candidates `(id, probability)`, most likely first.
+pub(crate) type MaskPrediction = (usize, Vec<(u32, f32)>);
+
+/// The `top_k` most likely tokens `(id, probability)` at every `mask_id` of each input:
+/// `[input][mask] = (position, candidates)`. Only the masked rows go through the vocabulary
+/// projection and the softmax.
+pub(crate) fn mask_predictions(
+    model: &Bert,
+    inputs: &[EncoderInput],
+    pad_id: u32,
+    mask_id: u32,
+    top_k: usize,
+    device: &Device,
+) -> Result<Vec<Vec<MaskPrediction>>> {
+    let batch = EncoderBatch::pad(inputs, pad_id);
+    let [ids, types, mask] = tensors(&batch, device);
+    let hidden = model.forward(ids, types, mask); // [batch, seq, hidden]
+    let width = hidden.dims()[2];
+    let positions: Vec<(usize, usize)> = inputs
+        .iter()
+        .enumerate()
+        .flat_map(|(row, input)| {
+            input
+                .ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| **id == mask_id)
+                .map(move |(pos, _)| (row, pos))
+        })
+        .collect();
+    let mut out: Vec<Vec<MaskPrediction>> = vec![Vec::new(); inputs.len()];
+    if positions.is_empty() {
+        return Ok(out);
+    }
+    let flat: Vec<i64> = positions
+        .iter()
+        .map(|&(row, pos)| (row * batch.seq + pos) as i64)
+        .collect();
+    let n = flat.len();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [n]), device);
+    let rows = hidden
+        .reshape([batch.batch * batch.seq, width])
+        .select(0, index)
+        .reshape([1, n, width]);
+    let probs = softmax(model.mlm_logits(rows), 2); // [1, n, vocab]
+    let vocab = probs.dims()[2];
+    let probs: Vec<f32> = probs.into_data().try_into_vec_as::<f32>()?;
+    for (&(row, pos), dist) in positions.iter().zip(probs.chunks(vocab)) {
+        let mut ranked: Vec<(u32, f32)> = dist
+            .iter()
+            .enumerate()
+            .map(|(id, &p)| (id as u32, p))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(top_k);
+        out[row].push((pos, ranked));
+    }
+    Ok(out)
 }
 
 /// `[batch, seq]` id, type-id and mask tensors of a padded batch.
@@ -118,7 +201,7 @@ fn pad_id(loaded: &LoadedBert) -> u32 {
     loaded
         .tokenizer
         .token_id("[PAD]")
-        .unwrap_or(loaded.hf.config.pad_token_id)
+        .unwrap_or(loaded.pad_token_id)
 }
 
 pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
@@ -133,7 +216,7 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
     if loaded.model.mlm.is_none() {
         bail!(
             "{}: the checkpoint has no masked-LM head (cls.predictions.*); fill-mask needs BertForMaskedLM or BertForPreTraining weights",
-            loaded.hf.dir.display()
+            loaded.dir.display()
         );
     }
     let tokenizer = &loaded.tokenizer;
@@ -158,33 +241,20 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
         }
         inputs.push(input);
     }
-    let batch = EncoderBatch::pad(&inputs, pad_id(&loaded));
-    let [ids, types, mask] = tensors(&batch, &device);
-    let hidden = loaded.model.forward(ids, types, mask);
-    let probs = softmax(loaded.model.mlm_logits(hidden), 2); // [batch, seq, vocab]
-    let vocab = probs.dims()[2];
-    let probs: Vec<f32> = probs.into_data().try_into_vec_as::<f32>()?;
-    let top_k = args.top_k as usize;
-    for (row, (text, input)) in args.texts.iter().zip(&inputs).enumerate() {
+    let predictions = mask_predictions(
+        &loaded.model,
+        &inputs,
+        pad_id(&loaded),
+        mask_id,
+        args.top_k as usize,
+        &device,
+    )?;
+    for (text, masks) in args.texts.iter().zip(predictions) {
         println!("{text}");
-        for (pos, _) in input
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| **id == mask_id)
-        {
-            let start = (row * batch.seq + pos) * vocab;
-            let mut ranked: Vec<(usize, f32)> = probs[start..start + vocab]
-                .iter()
-                .copied()
-                .enumerate()
-                .collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (pos, ranked) in masks {
             println!("  [MASK] at token {pos}:");
-            for (id, p) in ranked.into_iter().take(top_k) {
-                let token = tokenizer
-                    .token(id as u32)
-                    .unwrap_or_else(|| format!("<{id}>"));
+            for (id, p) in ranked {
+                let token = tokenizer.token(id).unwrap_or_else(|| format!("<{id}>"));
                 println!("    {p:.4}  {token}  (id {id})");
             }
         }
@@ -236,7 +306,7 @@ pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
     }
     let device = device::parse_device(device_spec)?;
     let loaded = load(&args.model, args.tokenizer.as_deref(), &device)?;
-    let (st_pooling, st_max_len) = sentence_transformers_settings(&loaded.hf.dir);
+    let (st_pooling, st_max_len) = sentence_transformers_settings(&loaded.dir);
     let pooling = match args.pooling {
         Some(PoolingArg::Cls) => SentencePooling::Cls,
         Some(PoolingArg::Mean) => SentencePooling::Mean,

@@ -11,19 +11,23 @@ use clap::{Args, Subcommand};
 use ember_data::bpe::{BpeTokenizer, END_OF_TEXT};
 use ember_data::classification::{self, ClassBatches, ClassSplits};
 use ember_data::datasets::DataCache;
+use ember_data::tokenizer::Tokenizer;
+use ember_model::bert::{Bert, BertClassifier, BertConfig, BertHeads};
+use ember_model::bert_hf::HfBert;
 use ember_model::classifier::{GptClassifier, Pooling, Trainable};
 use ember_model::config::parse_toml;
-use ember_model::gpt::GptConfig;
+use ember_model::gpt::{Gpt, GptConfig};
 use ember_model::lora::{LoraConfig, LoraTarget};
 use ember_model::weights::write_safetensors;
 use ember_train::classify::{
-    ClassData, ClassRecord, ClassifyObserver, ClassifyOptions, best_model_path, finetune,
-    read_class_metrics,
+    ClassData, ClassRecord, ClassifierModel, ClassifyObserver, ClassifyOptions, ClassifySummary,
+    best_model_path, finetune, read_class_metrics,
 };
 use ember_train::plot::{Axes, Curve, plot_curves};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::pretrain::Arch;
 use crate::{device, models, runs};
 
 /// What a classifier run directory records (`classifier.toml`).
@@ -35,16 +39,38 @@ pub struct ClassifierRun {
     /// The dataset (`spam`, a directory of CSVs, or a file).
     pub data: String,
     pub label_names: Vec<String>,
-    pub pooling: Pooling,
+    /// GPT only: which position is classified (BERT classifies its pooled [CLS]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
     /// Every text is cut or padded to this many tokens.
     pub max_length: usize,
     pub pad_id: u32,
-    /// Tokenizer directory; absent for GPT-2's.
+    /// Tokenizer (a GPT tokenizer directory, or BERT's tokenizer file; relative paths are
+    /// inside the run directory); absent for GPT-2's.
     pub tokenizer: Option<PathBuf>,
     pub trainable: String,
-    pub model: GptConfig,
+    pub model: BodyConfig,
     pub lora: Option<LoraConfig>,
     pub options: ClassifyOptions,
+}
+
+/// The body's config; its fields tell GPT and BERT apart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BodyConfig {
+    Gpt(GptConfig),
+    Bert(BertConfig),
+}
+
+impl ClassifierRun {
+    fn tokenizer_path(&self, dir: &Path) -> Option<PathBuf> {
+        self.tokenizer
+            .as_ref()
+            .map(|path| match path.is_relative() {
+                true => dir.join(path),
+                false => path.clone(),
+            })
+    }
 }
 
 const RUN_FILE: &str = "classifier.toml";
@@ -106,7 +132,11 @@ pub struct FinetuneClassifyArgs {
     /// Undersample every class to the smallest when splitting one file.
     #[arg(long)]
     balance: bool,
-    /// Pretrained weights: a HuggingFace GPT-2 directory or a run directory.
+    /// Model family of the body: gpt (classifies one position) or bert (classifies the pooled
+    /// [CLS] output).
+    #[arg(long, value_enum, default_value_t = Arch::Gpt)]
+    arch: Arch,
+    /// Pretrained weights: a HuggingFace GPT-2 / BERT directory or a run directory.
     #[arg(long, conflicts_with_all = ["checkpoint", "random_init"])]
     weights: Option<PathBuf>,
     /// A pretraining run directory (its latest checkpoint).
@@ -115,12 +145,21 @@ pub struct FinetuneClassifyArgs {
     /// Start from random weights of --model-config.
     #[arg(long)]
     random_init: bool,
-    /// Model config for --random-init: a built-in name or a TOML file.
-    #[arg(long, default_value = "gpt2-small", requires = "random_init")]
-    model_config: String,
-    /// head | last-block | last-blocks:N | all | lora.
-    #[arg(long, default_value = "last-block")]
-    trainable: String,
+    /// Model config for --random-init: a built-in name or a TOML file [default: gpt2-small;
+    /// bert-mini with --arch bert].
+    #[arg(long, requires = "random_init")]
+    model_config: Option<String>,
+    /// head | last-block | last-blocks:N | all | lora [default: last-block for GPT (the
+    /// book's choice), all for BERT].
+    #[arg(long)]
+    trainable: Option<String>,
+    /// BERT from --random-init: tokenizer.json, vocab.txt or a directory [default: a WordPiece
+    /// vocabulary trained on the training split, saved in the run].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Size of that WordPiece vocabulary.
+    #[arg(long, default_value_t = 8000)]
+    vocab_size: usize,
     /// last (the last position, as the book) or last-non-pad (each text's last token).
     #[arg(long, default_value = "last")]
     pooling: String,
@@ -129,7 +168,8 @@ pub struct FinetuneClassifyArgs {
     /// Tokens per text [default: the longest training text, at most the context length].
     #[arg(long)]
     max_length: Option<usize>,
-    /// Dropout while fine-tuning (the book fine-tunes without).
+    /// GPT: dropout while fine-tuning (the book fine-tunes without). BERT keeps its config's
+    /// dropout (hidden_dropout_prob, also before the head).
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
     #[arg(long, default_value_t = 5)]
@@ -223,8 +263,170 @@ fn load_splits(args: &FinetuneClassifyArgs) -> Result<ClassSplits> {
     Ok(classification::split(&data, args.balance, args.seed))
 }
 
-fn pad_id(tokenizer: &BpeTokenizer) -> u32 {
-    tokenizer.special_id(END_OF_TEXT).unwrap_or(0)
+/// How the texts of a classifier run become ids.
+enum TextEncoder {
+    /// GPT: the BPE ids of the text, cut to the length (padding: `<|endoftext|>`).
+    Gpt(BpeTokenizer),
+    /// BERT: `[CLS] text [SEP]`, cut inside so `[SEP]` stays (padding: `[PAD]`).
+    Bert(Tokenizer),
+}
+
+impl TextEncoder {
+    fn encode(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
+        Ok(match self {
+            Self::Gpt(bpe) => {
+                let mut ids = bpe.encode_ordinary(text);
+                ids.truncate(max_len);
+                ids
+            }
+            Self::Bert(tokenizer) => tokenizer.encode_for_encoder(text, None, max_len)?.ids,
+        })
+    }
+
+    fn pad_id(&self, fallback: u32) -> u32 {
+        match self {
+            Self::Gpt(bpe) => bpe.special_id(END_OF_TEXT).unwrap_or(0),
+            Self::Bert(tokenizer) => tokenizer.token_id("[PAD]").unwrap_or(fallback),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            Self::Gpt(bpe) => bpe.vocab_size(),
+            Self::Bert(tokenizer) => tokenizer.vocab_size(),
+        }
+    }
+
+    /// The examples, encoded and padded to `max_len`.
+    fn batches(
+        &self,
+        examples: &[classification::Example],
+        max_len: usize,
+        pad: u32,
+    ) -> Result<ClassBatches> {
+        let encoded = examples
+            .iter()
+            .map(|e| self.encode(&e.text, max_len))
+            .collect::<Result<Vec<_>>>()?;
+        let labels = examples.iter().map(|e| e.label).collect();
+        Ok(ClassBatches::from_encoded(encoded, labels, max_len, pad))
+    }
+}
+
+/// The body of a new classifier, from pretrained weights or random ones.
+enum Body {
+    Gpt(Box<Gpt>),
+    Bert(Box<Bert>),
+}
+
+/// What `--weights`, `--checkpoint` or `--random-init` give: (source, config, body,
+/// encoder, tokenizer path to record).
+fn load_body(
+    args: &FinetuneClassifyArgs,
+    splits: &ClassSplits,
+    device: &Device,
+) -> Result<(String, BodyConfig, Body, TextEncoder, Option<PathBuf>)> {
+    let pretrained = args.weights.as_ref().or(args.checkpoint.as_ref());
+    if pretrained.is_none() && !args.random_init {
+        bail!(
+            "say where the body comes from: --weights DIR, --checkpoint RUN_DIR or --random-init"
+        );
+    }
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match args.arch {
+        Arch::Gpt => {
+            if args.tokenizer.is_some() {
+                bail!("--tokenizer is for --arch bert; a GPT body brings its tokenizer");
+            }
+            let (source, config, gpt, tokenizer_dir) = match pretrained {
+                Some(path) => {
+                    let loaded = runs::load_gpt(path, device, None)?;
+                    (
+                        path.display().to_string(),
+                        loaded.config,
+                        loaded.model,
+                        loaded.tokenizer,
+                    )
+                }
+                None => {
+                    let name = args.model_config.as_deref().unwrap_or("gpt2-small");
+                    let config = models::load_gpt_config(name, None)?;
+                    let gpt = config.init(device);
+                    (format!("random init ({name})"), config, gpt, None)
+                }
+            };
+            let tokenizer = crate::tokenize::load_tokenizer(tokenizer_dir.as_ref())?;
+            let mut config = config;
+            config.drop_rate = args.drop_rate;
+            let gpt = gpt.with_drop_rate(args.drop_rate);
+            Ok((
+                source,
+                BodyConfig::Gpt(config),
+                Body::Gpt(Box::new(gpt)),
+                TextEncoder::Gpt(tokenizer),
+                tokenizer_dir.map(|d| absolute(&d)),
+            ))
+        }
+        Arch::Bert => {
+            if let Some(path) = pretrained {
+                if args.tokenizer.is_some() {
+                    bail!("--tokenizer goes with --random-init; pretrained weights bring theirs");
+                }
+                if crate::bert_pretrain::is_bert_run(path) {
+                    let run = crate::bert_pretrain::load_run(path, device)?;
+                    let tokenizer_path = crate::bert_pretrain::tokenizer_path(path)?;
+                    return Ok((
+                        path.display().to_string(),
+                        BodyConfig::Bert(run.config),
+                        Body::Bert(Box::new(run.model)),
+                        TextEncoder::Bert(run.tokenizer),
+                        Some(absolute(&tokenizer_path)),
+                    ));
+                }
+                let cached = runs::hf_cache_dir(path);
+                let hf = HfBert::open(cached.as_deref().unwrap_or(path))?;
+                let bert = hf.load(device)?;
+                let tokenizer = Tokenizer::open(&hf.dir)?;
+                return Ok((
+                    path.display().to_string(),
+                    BodyConfig::Bert(hf.config.clone()),
+                    Body::Bert(Box::new(bert)),
+                    TextEncoder::Bert(tokenizer),
+                    Some(absolute(&hf.dir)),
+                ));
+            }
+            let name = args.model_config.as_deref().unwrap_or("bert-mini");
+            let mut config = models::load_bert_config(name, None)?;
+            let (tokenizer, recorded) = match &args.tokenizer {
+                Some(path) => (Tokenizer::open(path)?, absolute(path)),
+                None => {
+                    let texts = splits.train.iter().map(|e| e.text.as_str());
+                    let tokenizer = Tokenizer::train_wordpiece(texts, args.vocab_size, true)?;
+                    std::fs::create_dir_all(&args.out)
+                        .with_context(|| format!("creating {}", args.out.display()))?;
+                    tokenizer.save_json(&args.out.join("tokenizer.json"))?;
+                    eprintln!(
+                        "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
+                        tokenizer.vocab_size()
+                    );
+                    config.vocab_size = tokenizer.vocab_size();
+                    (tokenizer, PathBuf::from("tokenizer.json"))
+                }
+            };
+            let heads = BertHeads {
+                pooler: true,
+                ..BertHeads::default()
+            };
+            let bert = config.init(heads, device);
+            Ok((
+                format!("random init ({name})"),
+                BodyConfig::Bert(config),
+                Body::Bert(Box::new(bert)),
+                TextEncoder::Bert(tokenizer),
+                Some(recorded),
+            ))
+        }
+    }
 }
 
 pub fn run_finetune(command: FinetuneCommand, device_spec: &str) -> Result<()> {
@@ -236,12 +438,25 @@ pub fn run_finetune(command: FinetuneCommand, device_spec: &str) -> Result<()> {
 
 fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?.autodiff();
-    let trainable = Trainable::parse(&args.trainable).map_err(anyhow::Error::msg)?;
-    let pooling = match args.pooling.as_str() {
-        "last" => Pooling::Last,
-        "last-non-pad" => Pooling::LastNonPad,
-        other => bail!("unknown --pooling `{other}` (expected last or last-non-pad)"),
+    let trainable_name = args.trainable.clone().unwrap_or_else(|| {
+        match args.arch {
+            Arch::Gpt => "last-block",
+            Arch::Bert => "all",
+        }
+        .to_string()
+    });
+    let trainable = Trainable::parse(&trainable_name).map_err(anyhow::Error::msg)?;
+    let pooling = match (args.arch, args.pooling.as_str()) {
+        (Arch::Bert, _) => None,
+        (Arch::Gpt, "last") => Some(Pooling::Last),
+        (Arch::Gpt, "last-non-pad") => Some(Pooling::LastNonPad),
+        (_, other) => bail!("unknown --pooling `{other}` (expected last or last-non-pad)"),
     };
+    if args.arch == Arch::Bert && trainable == Trainable::Lora {
+        bail!(
+            "--trainable lora is supported for GPT classifiers; for BERT use head, last-block, last-blocks:N or all"
+        );
+    }
     let lora = (trainable == Trainable::Lora)
         .then(|| args.lora.config(true))
         .transpose()?;
@@ -268,44 +483,6 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     }
 
     let splits = load_splits(&args)?;
-    // The body.
-    device.seed(args.seed);
-    let (source, config, gpt, tokenizer_dir) = match (&args.weights, &args.checkpoint) {
-        (Some(path), _) | (None, Some(path)) => {
-            let loaded = runs::load_gpt(path, &device, None)?;
-            (
-                path.display().to_string(),
-                loaded.config,
-                loaded.model,
-                loaded.tokenizer,
-            )
-        }
-        (None, None) if args.random_init => {
-            let config = models::load_gpt_config(&args.model_config, None)?;
-            let gpt = config.init(&device);
-            (
-                format!("random init ({})", args.model_config),
-                config,
-                gpt,
-                None,
-            )
-        }
-        (None, None) => bail!(
-            "say where the GPT body comes from: --weights DIR, --checkpoint RUN_DIR or --random-init"
-        ),
-    };
-    let tokenizer = crate::tokenize::load_tokenizer(tokenizer_dir.as_ref())?;
-    if tokenizer.vocab_size() > config.vocab_size {
-        bail!(
-            "the tokenizer has {} tokens but the model's vocab_size is {}",
-            tokenizer.vocab_size(),
-            config.vocab_size
-        );
-    }
-    let mut config = config;
-    config.drop_rate = args.drop_rate;
-    let gpt = gpt.with_drop_rate(args.drop_rate);
-
     let num_classes = splits.label_names.len().max(2);
     for (name, part) in [
         ("train", &splits.train),
@@ -329,37 +506,48 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
             splits.test.len()
         );
     }
-    let encode = |text: &str| tokenizer.encode_ordinary(text);
-    let longest = splits
-        .train
-        .iter()
-        .map(|e| encode(&e.text).len())
-        .max()
-        .unwrap_or(1);
+    if args.overwrite && args.out.exists() {
+        for file in [
+            RUN_FILE,
+            "metrics.jsonl",
+            "loss.png",
+            "accuracy.png",
+            "tokenizer.json",
+        ] {
+            let _ = std::fs::remove_file(args.out.join(file));
+        }
+        let _ = std::fs::remove_dir_all(args.out.join("checkpoints"));
+        let _ = std::fs::remove_dir_all(args.out.join("best"));
+    }
+
+    device.seed(args.seed);
+    let (source, config, body, encoder, tokenizer_path) = load_body(&args, &splits, &device)?;
+    let (model_vocab, context, config_pad) = match &config {
+        BodyConfig::Gpt(c) => (c.vocab_size, c.context_length, 0),
+        BodyConfig::Bert(c) => (c.vocab_size, c.max_position_embeddings, c.pad_token_id),
+    };
+    if encoder.vocab_size() > model_vocab {
+        bail!(
+            "the tokenizer has {} tokens but the model's vocab_size is {model_vocab}",
+            encoder.vocab_size()
+        );
+    }
+    let mut longest = 1;
+    for example in &splits.train {
+        longest = longest.max(encoder.encode(&example.text, context)?.len());
+    }
     let max_length = match args.max_length {
         Some(0) => bail!("--max-length must be at least 1"),
-        Some(n) if n > config.context_length => bail!(
-            "--max-length {n} exceeds the model's context length {}",
-            config.context_length
-        ),
+        Some(n) if n > context => {
+            bail!("--max-length {n} exceeds the model's context length {context}")
+        }
         Some(n) => n,
-        None => longest.clamp(1, config.context_length),
+        None => longest.clamp(1, context),
     };
-    let pad = pad_id(&tokenizer);
-    let batches =
-        |part: &[classification::Example]| ClassBatches::new(part, encode, max_length, pad);
-    let (train, validation, test) = (
-        batches(&splits.train),
-        batches(&splits.validation),
-        batches(&splits.test),
-    );
-
-    let mut model = GptClassifier::new(gpt, num_classes, pooling);
-    if let Some(lora) = &lora {
-        model = model.add_lora(lora);
-    }
-    let model = model.set_trainable(trainable);
-    let (trainable_params, total_params) = model.param_counts();
+    let pad = encoder.pad_id(config_pad);
+    let train = encoder.batches(&splits.train, max_length, pad)?;
+    let validation = encoder.batches(&splits.validation, max_length, pad)?;
+    let test = encoder.batches(&splits.test, max_length, pad)?;
     eprintln!(
         "{}: {} / {} / {} examples, {num_classes} classes ({}), {max_length} tokens each",
         args.data,
@@ -368,18 +556,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         test.len(),
         splits.label_names.join(", ")
     );
-    eprintln!(
-        "model from {source}: {total_params} parameters, {trainable_params} trainable ({})",
-        args.trainable
-    );
 
-    if args.overwrite && args.out.exists() {
-        for file in [RUN_FILE, "metrics.jsonl", "loss.png", "accuracy.png"] {
-            let _ = std::fs::remove_file(args.out.join(file));
-        }
-        let _ = std::fs::remove_dir_all(args.out.join("checkpoints"));
-        let _ = std::fs::remove_dir_all(args.out.join("best"));
-    }
     let run = ClassifierRun {
         source,
         data: args.data.clone(),
@@ -387,40 +564,79 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         pooling,
         max_length,
         pad_id: pad,
-        tokenizer: tokenizer_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
-        trainable: args.trainable.clone(),
-        model: config,
+        tokenizer: tokenizer_path,
+        trainable: trainable_name,
+        model: config.clone(),
         lora,
         options: options.clone(),
     };
-    write_run(&args.out, &run)?;
+    let data = ClassData {
+        train: &train,
+        validation: &validation,
+        test: &test,
+    };
+    match body {
+        Body::Gpt(gpt) => {
+            let mut model =
+                GptClassifier::new(*gpt, num_classes, pooling.expect("GPT runs have a pooling"));
+            if let Some(lora) = &run.lora {
+                model = model.add_lora(lora);
+            }
+            let model = model.set_trainable(trainable);
+            let counts = model.param_counts();
+            let best = train_classifier(model, counts, &run, data, &args.out)?;
+            if run.lora.is_some() {
+                save_adapters(&args.out, &best, &run)?;
+            }
+        }
+        Body::Bert(bert) => {
+            let BodyConfig::Bert(bert_config) = &config else {
+                unreachable!("a BERT body has a BERT config")
+            };
+            let model = BertClassifier::new(*bert, num_classes, bert_config.hidden_dropout_prob)
+                .set_trainable(trainable)
+                .map_err(anyhow::Error::msg)?;
+            let counts = model.param_counts();
+            train_classifier(model, counts, &run, data, &args.out)?;
+        }
+    }
+    Ok(())
+}
 
+/// Writes the run file, fine-tunes, plots and prints the best epoch's accuracies; returns the
+/// best model.
+fn train_classifier<M: ClassifierModel>(
+    model: M,
+    (trainable_params, total_params): (usize, usize),
+    run: &ClassifierRun,
+    data: ClassData<'_>,
+    out: &Path,
+) -> Result<M> {
+    eprintln!(
+        "model from {}: {total_params} parameters, {trainable_params} trainable ({})",
+        run.source, run.trainable
+    );
+    write_run(out, run)?;
+    let options = &run.options;
     let mut observer = Progress::default();
     crate::interrupt::install();
-    let (best, summary) = finetune(
+    let result = finetune(
         model,
         options.optimizer(),
-        ClassData {
-            train: &train,
-            validation: &validation,
-            test: &test,
-        },
-        &options,
-        &args.out,
+        data,
+        options,
+        out,
         &mut observer,
-    )?;
+    );
     if let Some(bar) = observer.bar.take() {
         bar.finish_and_clear();
     }
-    if run.lora.is_some() {
-        save_adapters(&args.out, &best, &run)?;
-    }
-    let records =
-        read_class_metrics(&args.out.join("metrics.jsonl")).map_err(anyhow::Error::msg)?;
+    let (best, summary): (M, ClassifySummary) = result?;
+    let records = read_class_metrics(&out.join("metrics.jsonl")).map_err(anyhow::Error::msg)?;
     plot_classifier(
         &records,
-        train.batches(options.batch_size, None, true).len(),
-        &args.out,
+        data.train.batches(options.batch_size, None, true).len(),
+        out,
     )?;
     println!(
         "best epoch {}: train accuracy {:.2}%, validation {:.2}%, test {:.2}% ({:.0} s)",
@@ -432,9 +648,9 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     );
     println!(
         "run directory: {} (classifier.toml, metrics.jsonl, loss.png, accuracy.png, best/)",
-        args.out.display()
+        out.display()
     );
-    Ok(())
+    Ok(best)
 }
 
 fn write_run(dir: &Path, run: &ClassifierRun) -> Result<()> {
@@ -459,19 +675,36 @@ fn read_run(dir: &Path) -> Result<ClassifierRun> {
 }
 
 /// The best model of a classifier run, on `device`.
-fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<GptClassifier> {
-    let mut model = GptClassifier::new(
-        run.model.init(device),
-        run.label_names.len().max(2),
-        run.pooling,
-    );
-    if let Some(lora) = &run.lora {
-        model = model.add_lora(lora);
-    }
+enum LoadedClassifier {
+    Gpt(Box<GptClassifier>),
+    Bert(Box<BertClassifier>),
+}
+
+fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<LoadedClassifier> {
+    let num_classes = run.label_names.len().max(2);
     let path = best_model_path(dir);
-    model
-        .try_load_file(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+    let load_error = |e| anyhow::anyhow!("{}: {e:?}", path.display());
+    Ok(match &run.model {
+        BodyConfig::Gpt(config) => {
+            let mut model = GptClassifier::new(
+                config.init(device),
+                num_classes,
+                run.pooling.unwrap_or_default(),
+            );
+            if let Some(lora) = &run.lora {
+                model = model.add_lora(lora);
+            }
+            LoadedClassifier::Gpt(Box::new(model.try_load_file(&path).map_err(load_error)?))
+        }
+        BodyConfig::Bert(config) => {
+            let heads = BertHeads {
+                pooler: true,
+                ..BertHeads::default()
+            };
+            let model = BertClassifier::new(config.init(heads, device), num_classes, 0.0);
+            LoadedClassifier::Bert(Box::new(model.try_load_file(&path).map_err(load_error)?))
+        }
+    })
 }
 
 /// `best/adapter_model.safetensors` + `best/adapter_config.json` (PEFT's file names).
@@ -557,7 +790,17 @@ pub fn run_classify(args: ClassifyArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?;
     let run = read_run(&args.checkpoint)?;
     let model = load_classifier(&args.checkpoint, &run, &device)?;
-    let tokenizer = crate::tokenize::load_tokenizer(run.tokenizer.as_ref())?;
+    let tokenizer_path = run.tokenizer_path(&args.checkpoint);
+    let encoder = match &run.model {
+        BodyConfig::Gpt(_) => {
+            TextEncoder::Gpt(crate::tokenize::load_tokenizer(tokenizer_path.as_ref())?)
+        }
+        BodyConfig::Bert(_) => TextEncoder::Bert(Tokenizer::open(
+            tokenizer_path
+                .as_deref()
+                .context("the BERT classifier run names no tokenizer")?,
+        )?),
+    };
     let texts: Vec<String> = match &args.file {
         Some(path) => ember_data::read_text_file(path)?
             .lines()
@@ -569,20 +812,21 @@ pub fn run_classify(args: ClassifyArgs, device_spec: &str) -> Result<()> {
     if texts.is_empty() {
         bail!("nothing to classify");
     }
-    for (text, (label, probability)) in texts
-        .iter()
-        .zip(predict(&model, &run, &tokenizer, &texts, &device)?)
-    {
+    let predictions = match &model {
+        LoadedClassifier::Gpt(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,
+        LoadedClassifier::Bert(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,
+    };
+    for (text, (label, probability)) in texts.iter().zip(predictions) {
         println!("{label}\t{probability:.4}\t{text}");
     }
     Ok(())
 }
 
 /// (label name, probability) of each text.
-fn predict(
-    model: &GptClassifier,
+fn predict<M: ClassifierModel>(
+    model: &M,
     run: &ClassifierRun,
-    tokenizer: &BpeTokenizer,
+    encoder: &TextEncoder,
     texts: &[String],
     device: &Device,
 ) -> Result<Vec<(String, f32)>> {
@@ -593,16 +837,11 @@ fn predict(
             label: 0,
         })
         .collect();
-    let data = ClassBatches::new(
-        &examples,
-        |t| tokenizer.encode_ordinary(t),
-        run.max_length,
-        run.pad_id,
-    );
+    let data = encoder.batches(&examples, run.max_length, run.pad_id)?;
     let mut out = Vec::with_capacity(texts.len());
     for rows in data.batches(16, None, false) {
         let (ids, lengths, _) = data.tensors(&rows, device);
-        let probs = softmax(model.forward(ids, lengths), 1);
+        let probs = softmax(model.logits(ids, lengths), 1);
         let classes = probs.dims()[1];
         let values = probs
             .into_data()
@@ -641,7 +880,13 @@ pub fn run_lora(command: LoraCommand, device_spec: &str) -> Result<()> {
             args.out.display()
         );
     }
-    let merged = load_classifier(&args.checkpoint, &run, &device)?.merge_lora();
+    let LoadedClassifier::Gpt(model) = load_classifier(&args.checkpoint, &run, &device)? else {
+        bail!(
+            "{}: only GPT classifiers have LoRA adapters",
+            args.checkpoint.display()
+        );
+    };
+    let merged = model.merge_lora();
     run.lora = None;
     run.trainable = format!("{} (merged)", run.trainable);
     run.source = format!("{} merged from {}", run.source, args.checkpoint.display());

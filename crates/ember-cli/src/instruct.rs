@@ -11,7 +11,7 @@ use ember_data::instruct::{
     CollateOptions, EncodedExample, InstructionEntry, InstructionLoader, Template,
     read_instructions, split_instructions,
 };
-use ember_data::loader::LmBatches;
+use ember_data::loader::{Batches, TokenBatch};
 use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
@@ -349,7 +349,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         "model: {} parameters, {} trainable; {} steps per epoch of {} texts",
         total,
         trainable,
-        LmBatches::num_batches(&train_loader),
+        Batches::<TokenBatch>::num_batches(&train_loader),
         batch_size
     );
     let first_val = &splits.validation[0];

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bert;
+mod bert_pretrain;
 mod classify;
 mod data;
 mod device;
@@ -43,7 +44,8 @@ enum Command {
     /// Train a byte-level BPE vocabulary.
     #[command(subcommand)]
     Tokenizer(tokenize::TokenizerCommand),
-    /// Pretrain a GPT from a recipe (default: gpt-tiny on the-verdict, a few minutes on CPU).
+    /// Pretrain a GPT (or with --arch bert a BERT) from a recipe (default: gpt-tiny on
+    /// the-verdict, a few minutes on CPU).
     Pretrain(pretrain::PretrainArgs),
     /// Generate text from a trained run or pretrained weights.
     Generate(generate::GenerateArgs),

@@ -3,20 +3,21 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::Device;
 use clap::Args;
 use ember_data::bpe::BpeTokenizer;
-use ember_data::loader::{TokenWindows, WindowLoader, split_text};
+use ember_data::loader::{Batch, TokenWindows, WindowLoader, split_text};
 use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
 use ember_model::sampling::SamplingConfig;
 use ember_train::checkpoint::{self, TrainState};
-use ember_train::lm::{EvalRecord, Splits, TrainObserver, TrainOptions, train};
-use indicatif::{ProgressBar, ProgressStyle};
+use ember_train::lm::{EvalRecord, LossModel, Splits, TrainObserver, TrainOptions, train};
 use serde::{Deserialize, Serialize};
 
+use crate::progress::TrainBar;
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{data, device, models};
 
@@ -54,50 +55,76 @@ pub struct ModelOverrides {
     pub emb_init_std: Option<f64>,
 }
 
+/// Which model family `ember pretrain` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Gpt,
+    Bert,
+}
+
 #[derive(Args)]
 pub struct PretrainArgs {
-    /// Recipe TOML [default: configs/pretrain/gpt-tiny-verdict.toml, built in].
+    /// Model family: gpt (next-token prediction) or bert (masked LM, optionally with
+    /// next-sentence prediction; default recipe configs/pretrain/bert-mini-verdict.toml).
+    #[arg(long, value_enum, default_value_t = Arch::Gpt)]
+    pub(crate) arch: Arch,
+    /// Recipe TOML [default: configs/pretrain/gpt-tiny-verdict.toml, or bert-mini-verdict.toml
+    /// with --arch bert; both built in].
     #[arg(long)]
-    recipe: Option<PathBuf>,
+    pub(crate) recipe: Option<PathBuf>,
     /// Model config: a built-in name (gpt-tiny, gpt2-small, …) or a TOML file.
     #[arg(long)]
-    model_config: Option<String>,
+    pub(crate) model_config: Option<String>,
     /// Corpus: a text file or a dataset name.
     #[arg(long)]
-    corpus: Option<String>,
+    pub(crate) corpus: Option<String>,
     #[arg(long)]
-    epochs: Option<usize>,
+    pub(crate) epochs: Option<usize>,
     #[arg(long)]
-    lr: Option<f64>,
+    pub(crate) lr: Option<f64>,
     #[arg(long)]
-    batch_size: Option<usize>,
+    pub(crate) batch_size: Option<usize>,
     #[arg(long)]
-    seed: Option<u64>,
-    /// Context length (window length); overrides the model config's.
+    pub(crate) seed: Option<u64>,
+    /// Context length (window length; for BERT the longest sequence); overrides the recipe's.
     #[arg(long)]
-    context_length: Option<usize>,
+    pub(crate) context_length: Option<usize>,
     /// Distance between window starts [default: the context length].
     #[arg(long)]
-    stride: Option<usize>,
-    /// Tokenizer directory (encoder.json + vocab.bpe) [default: GPT-2's].
+    pub(crate) stride: Option<usize>,
+    /// Tokenizer: for GPT a directory with encoder.json + vocab.bpe [default: GPT-2's]; for
+    /// BERT a tokenizer.json, vocab.txt or directory [default: WordPiece trained on the corpus].
     #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    pub(crate) tokenizer: Option<PathBuf>,
     /// Start from pretrained weights instead of random ones: a HuggingFace GPT-2 directory
     /// or a run directory. Their config and tokenizer replace the recipe's.
     #[arg(long, conflicts_with_all = ["model_config", "tokenizer"])]
-    weights: Option<PathBuf>,
+    pub(crate) weights: Option<PathBuf>,
+    /// BERT: training objectives, `mlm` or `mlm,nsp` [default: the recipe's].
+    #[arg(long)]
+    pub(crate) objectives: Option<String>,
+    /// BERT: size of the WordPiece vocabulary trained on the corpus [default: the recipe's].
+    #[arg(long)]
+    pub(crate) vocab_size: Option<usize>,
     /// Run directory for checkpoints, metrics and the loss plot.
     #[arg(long, default_value = "runs/pretrain")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Replace the run already in --out (its checkpoints, metrics and plot are deleted).
     #[arg(long)]
-    overwrite: bool,
+    pub(crate) overwrite: bool,
     /// Continue the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer", "weights", "overwrite"])]
-    resume: Option<PathBuf>,
+    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer", "weights", "overwrite", "objectives", "vocab_size"])]
+    pub(crate) resume: Option<PathBuf>,
 }
 
 pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
+    let bert_resume = args
+        .resume
+        .as_deref()
+        .is_some_and(crate::bert_pretrain::is_bert_run);
+    if args.arch == Arch::Bert || bert_resume {
+        return crate::bert_pretrain::run(&args, device_spec);
+    }
     let device = device::parse_device(device_spec)?.autodiff();
     let (mut info, run_dir, resume_dir, pretrained) = match &args.resume {
         Some(run_dir) => {
@@ -222,12 +249,12 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
 }
 
 /// Loads the checkpoint in `resume_dir` (when resuming) into `model` and `optim`.
-pub(crate) fn resume_from(
+pub(crate) fn resume_from<M: Module>(
     resume_dir: Option<&Path>,
     run_dir: &Path,
-    model: Gpt,
+    model: M,
     optim: ModuleOptimizer,
-) -> Result<(Gpt, ModuleOptimizer, Option<TrainState>)> {
+) -> Result<(M, ModuleOptimizer, Option<TrainState>)> {
     let Some(dir) = resume_dir else {
         return Ok((model, optim, None));
     };
@@ -240,21 +267,18 @@ pub(crate) fn resume_from(
 
 /// Runs the training loop with Ctrl-C handling, then draws `loss.png` from `metrics.jsonl`
 /// and prints the last evaluation.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn train_and_report(
-    model: Gpt,
+pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
+    model: M,
     optim: ModuleOptimizer,
-    splits: Splits<'_>,
+    splits: Splits<'_, B>,
     options: &TrainOptions,
     run_dir: &Path,
     state: Option<TrainState>,
-    observer: &mut Progress<'_>,
+    observer: &mut dyn TrainObserver<M>,
 ) -> Result<()> {
     crate::interrupt::install();
     let started = std::time::Instant::now();
-    let result = train(model, optim, splits, options, run_dir, state, observer);
-    observer.finish();
-    let (_, final_state) = result?;
+    let (_, final_state) = train(model, optim, splits, options, run_dir, state, observer)?;
     let steps_per_epoch = splits.train.num_batches();
     let tokens_seen = final_state.tokens_seen;
     let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))
@@ -384,7 +408,7 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
 
 /// Progress bar + the per-epoch sample.
 pub(crate) struct Progress<'a> {
-    bar: Option<ProgressBar>,
+    bar: TrainBar,
     tokenizer: &'a BpeTokenizer,
     start_context: String,
     sample_tokens: usize,
@@ -402,7 +426,7 @@ impl<'a> Progress<'a> {
         eos_id: Option<u32>,
     ) -> Self {
         Self {
-            bar: None,
+            bar: TrainBar::default(),
             tokenizer,
             start_context,
             sample_tokens,
@@ -410,58 +434,27 @@ impl<'a> Progress<'a> {
             last_sample: String::new(),
         }
     }
-
-    pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-
-    /// A line above the bar, or on stderr when there is no visible bar (not a terminal).
-    fn say(&self, line: &str) {
-        match &self.bar {
-            Some(bar) if !bar.is_hidden() => bar.println(line),
-            _ => eprintln!("{line}"),
-        }
-    }
 }
 
-impl TrainObserver for Progress<'_> {
+impl TrainObserver<Gpt> for Progress<'_> {
     fn on_start(&mut self, total_steps: usize, first_step: usize) {
-        let bar = ProgressBar::new(total_steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps · {msg} · {elapsed_precise} eta {eta_precise}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_position(first_step as u64);
-        self.bar = Some(bar);
+        self.bar.start(total_steps, first_step);
     }
 
     fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(step as u64);
-            bar.set_message(format!(
-                "loss {loss:.3} · lr {lr:.2e} · {tokens_per_s:.0} tok/s"
-            ));
-        }
+        self.bar.step(step, loss, lr, tokens_per_s);
     }
 
     fn on_eval(&mut self, r: &EvalRecord) {
-        let line = format!(
-            "ep {} (step {:06}): train loss {:.3}, val loss {:.3}",
-            r.epoch + 1,
-            r.step,
-            r.train_loss,
-            r.val_loss
-        );
-        self.say(&line);
+        self.bar.eval(r);
     }
 
     fn stop_requested(&self) -> bool {
         crate::interrupt::requested()
+    }
+
+    fn on_finish(&mut self) {
+        self.bar.finish();
     }
 
     fn on_epoch_end(&mut self, epoch: usize, model: &Gpt) {
@@ -473,7 +466,7 @@ impl TrainObserver for Progress<'_> {
             self.eos_id,
         );
         let line = format!("ep {} sample: {}", epoch + 1, text.replace('\n', " "));
-        self.say(&line);
+        self.bar.say(&line);
         self.last_sample = format!("{}{}", self.start_context, text);
     }
 }

@@ -50,3 +50,59 @@ pub fn count_bar(total: u64, message: &str) -> ProgressBar {
     bar.set_message(message.to_string());
     bar
 }
+
+/// The bar of a training run: steps done, loss, learning rate and tokens/s; evaluation lines
+/// are printed above it (or on stderr when it is hidden, e.g. not a terminal).
+#[derive(Default)]
+pub struct TrainBar {
+    bar: Option<ProgressBar>,
+}
+
+impl TrainBar {
+    pub fn start(&mut self, total_steps: usize, first_step: usize) {
+        let bar = ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps · {msg} · {elapsed_precise} eta {eta_precise}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_position(first_step as u64);
+        self.bar = Some(bar);
+    }
+
+    pub fn step(&self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step as u64);
+            bar.set_message(format!(
+                "loss {loss:.3} · lr {lr:.2e} · {tokens_per_s:.0} tok/s"
+            ));
+        }
+    }
+
+    /// The line of an evaluation.
+    pub fn eval(&self, r: &ember_train::lm::EvalRecord) {
+        self.say(&format!(
+            "ep {} (step {:06}): train loss {:.3}, val loss {:.3}",
+            r.epoch + 1,
+            r.step,
+            r.train_loss,
+            r.val_loss
+        ));
+    }
+
+    /// A line above the bar, or on stderr when there is no visible bar.
+    pub fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

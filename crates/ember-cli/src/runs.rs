@@ -44,11 +44,25 @@ impl RunInfo {
     }
 }
 
-/// Reads `RUN_DIR/run.toml`.
+/// The `arch` a run's `run.toml` names (`bert`), or `None` (GPT runs, which predate the
+/// field, and directories without a readable `run.toml`).
+pub fn run_arch(run_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(run_dir.join("run.toml")).ok()?;
+    let value: toml::Table = toml::from_str(&text).ok()?;
+    value.get("arch")?.as_str().map(str::to_string)
+}
+
+/// Reads `RUN_DIR/run.toml` of a GPT run.
 pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
     let path = run_dir.join("run.toml");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} is not an ember run directory", run_dir.display()))?;
+    if let Some(arch) = run_arch(run_dir) {
+        bail!(
+            "{} is a {arch} run, not a GPT run; use it with `ember fill-mask --model`, `ember embed --model`, `ember finetune classify --arch {arch} --checkpoint` or `ember pretrain --resume`",
+            run_dir.display()
+        );
+    }
     parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

@@ -1162,3 +1162,191 @@ fn data_generate_dates_writes_reproducible_splits() {
         "unknown dataset to generate `years`",
     );
 }
+
+/// The last `metrics.jsonl` record's train loss and step.
+fn last_metrics(run: &std::path::Path) -> (f64, u64) {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    (
+        last["train_loss"].as_f64().unwrap(),
+        last["step"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn bert_pretrain_fill_mask_resume_and_classify() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("bert-micro.toml");
+    std::fs::write(
+        &model,
+        "vocab_size = 1000\nhidden_size = 32\nnum_hidden_layers = 2\nnum_attention_heads = 2\n\
+         intermediate_size = 64\nmax_position_embeddings = 64\n",
+    )
+    .unwrap();
+    let run = dir.path().join("bert");
+    let out = ember(&[
+        "pretrain",
+        "--arch",
+        "bert",
+        "--model-config",
+        model.to_str().unwrap(),
+        "--vocab-size",
+        "600",
+        "--context-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "4",
+        "--lr",
+        "3e-3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("(mlm + nsp)"), "{stderr}");
+    for file in ["run.toml", "tokenizer.json", "metrics.jsonl", "loss.png"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let vocab = ember_data::tokenizer::Tokenizer::open(&run.join("tokenizer.json"))
+        .unwrap()
+        .vocab_size();
+    assert!(vocab <= 600);
+    // A fresh model predicts uniformly: ln(vocab) for the masked LM + ln 2 for NSP.
+    let uniform = (vocab as f64).ln() + 2f64.ln();
+    let (loss, step) = last_metrics(&run);
+    assert!(loss < uniform - 0.7, "loss {loss} vs uniform {uniform}");
+
+    let out = ember(&[
+        "fill-mask",
+        "--model",
+        run.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "it was the [MASK] of the picture.",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("[MASK] at token 4:"), "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+
+    let out = ember(&[
+        "pretrain",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "6",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("from step {step}")), "{stderr}");
+    let (_, resumed_step) = last_metrics(&run);
+    assert_eq!(resumed_step, step / 4 * 6);
+    assert_one_line_error(
+        &ember(&[
+            "generate",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ]),
+        "is a bert run, not a GPT run",
+    );
+
+    // Classification: a BERT from random init with a WordPiece vocabulary of the training split.
+    let data = dir.path().join("spam");
+    let out = ember(&["data", "prepare", "spam", "--out", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let classify_run = dir.path().join("cls");
+    let finetune = |source: &[&str], out_dir: &std::path::Path| {
+        let mut args = vec![
+            "finetune",
+            "classify",
+            "--arch",
+            "bert",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--eval-freq",
+            "0",
+            "--max-length",
+            "48",
+            "--lr",
+            "2e-3",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(source);
+        ember(&args)
+    };
+    let out = finetune(
+        &[
+            "--random-init",
+            "--model-config",
+            model.to_str().unwrap(),
+            "--vocab-size",
+            "2000",
+        ],
+        &classify_run,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("trainable (all)"), "{stderr}");
+    let summary = stdout(&out);
+    let test_acc: f64 = summary
+        .split("test ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(test_acc > 75.0, "{summary}");
+    let out = ember(&[
+        "classify",
+        "--checkpoint",
+        classify_run.to_str().unwrap(),
+        "URGENT! You have won a 1 week FREE membership in our £100,000 Prize Jackpot! Txt CLAIM to 81010",
+        "Ok lar... Joking wif u oni...",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert!(
+        lines[0].starts_with("1\t") && lines[1].starts_with("0\t"),
+        "{lines:?}"
+    );
+    // The pretrained run as the body (its tokenizer comes along); LoRA is GPT's.
+    let out = finetune(
+        &[
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--trainable",
+            "last-block",
+        ],
+        &dir.path().join("cls-pretrained"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_one_line_error(
+        &finetune(
+            &["--checkpoint", run.to_str().unwrap(), "--trainable", "lora"],
+            &dir.path().join("cls-lora"),
+        ),
+        "--trainable lora is supported for GPT classifiers",
+    );
+}

@@ -350,10 +350,22 @@ impl ClassBatches {
         length: usize,
         pad_id: u32,
     ) -> Self {
-        let mut ids = Vec::with_capacity(examples.len());
-        let mut lengths = Vec::with_capacity(examples.len());
-        for example in examples {
-            let mut tokens = encode(&example.text);
+        let encoded = examples.iter().map(|e| encode(&e.text)).collect();
+        let labels = examples.iter().map(|e| e.label).collect();
+        Self::from_encoded(encoded, labels, length, pad_id)
+    }
+
+    /// Already-encoded texts (e.g. `[CLS] … [SEP]` cut by the tokenizer), cut or padded to
+    /// `length`.
+    pub fn from_encoded(
+        encoded: Vec<Vec<u32>>,
+        labels: Vec<usize>,
+        length: usize,
+        pad_id: u32,
+    ) -> Self {
+        let mut ids = Vec::with_capacity(encoded.len());
+        let mut lengths = Vec::with_capacity(encoded.len());
+        for mut tokens in encoded {
             tokens.truncate(length);
             if tokens.is_empty() {
                 // An empty message still needs one position to classify from.
@@ -366,7 +378,7 @@ impl ClassBatches {
         Self {
             ids,
             lengths,
-            labels: examples.iter().map(|e| e.label).collect(),
+            labels,
             length,
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::loader::{LmBatches, TokenBatch};
+use crate::loader::{Batches, TokenBatch};
 use crate::rng::SplitMix64;
 
 /// PyTorch's `ignore_index`: a target the loss skips.
@@ -326,7 +326,7 @@ impl InstructionLoader {
     }
 }
 
-impl LmBatches for InstructionLoader {
+impl Batches<TokenBatch> for InstructionLoader {
     fn num_examples(&self) -> usize {
         self.examples.len()
     }

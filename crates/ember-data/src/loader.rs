@@ -120,12 +120,20 @@ pub struct TokenBatch {
     pub seq_len: usize,
 }
 
-impl TokenBatch {
-    /// Number of input tokens in the batch (`batch_size · seq_len`), for "tokens seen".
-    pub fn num_tokens(&self) -> usize {
+/// What the training loop needs to know of any batch.
+pub trait Batch {
+    /// Input tokens in the batch, for "tokens seen" and tokens/s.
+    fn num_tokens(&self) -> usize;
+}
+
+impl Batch for TokenBatch {
+    /// `batch_size · seq_len`: padding counts, as the model computes it.
+    fn num_tokens(&self) -> usize {
         self.batch_size * self.seq_len
     }
+}
 
+impl TokenBatch {
     /// `(inputs, targets)` as `[batch, seq]` integer tensors on `device`.
     pub fn to_tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
         let shape = [self.batch_size, self.seq_len];
@@ -137,19 +145,19 @@ impl TokenBatch {
     }
 }
 
-/// A source of language-model batches, epoch by epoch: windows of a corpus ([`WindowLoader`])
-/// or collated instruction examples. The training loop takes any of them.
-pub trait LmBatches {
+/// A source of batches, epoch by epoch: windows of a corpus ([`WindowLoader`]), collated
+/// instruction examples, masked-LM sequences. The training loop takes any of them.
+pub trait Batches<B> {
     /// Windows or examples per epoch (for messages).
     fn num_examples(&self) -> usize;
     fn batch_size(&self) -> usize;
     /// Batches per epoch.
     fn num_batches(&self) -> usize;
     /// The batches of `epoch`, in order; the same epoch always gives the same batches.
-    fn epoch_batches(&self, epoch: u64) -> Box<dyn Iterator<Item = TokenBatch> + '_>;
+    fn epoch_batches(&self, epoch: u64) -> Box<dyn Iterator<Item = B> + '_>;
 }
 
-impl LmBatches for WindowLoader {
+impl Batches<TokenBatch> for WindowLoader {
     fn num_examples(&self) -> usize {
         self.windows.len()
     }

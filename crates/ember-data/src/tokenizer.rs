@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
@@ -187,6 +188,70 @@ impl Tokenizer {
             .with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
         tokenizer.add_special_tokens(&present);
         Ok(Self::Hf(Box::new(tokenizer)))
+    }
+
+    /// Trains a BERT-style WordPiece vocabulary of at most `vocab_size` ids on `texts`
+    /// (BERT's normaliser and pre-tokeniser; ids 0–4 are `[PAD] [UNK] [CLS] [SEP] [MASK]`), for
+    /// models trained from scratch on a corpus no published vocabulary fits.
+    pub fn train_wordpiece<S: AsRef<str> + Send>(
+        texts: impl Iterator<Item = S> + Send,
+        vocab_size: usize,
+        lowercase: bool,
+    ) -> Result<Self, TokenizerError> {
+        let error = |e: Box<dyn std::error::Error + Send + Sync>| {
+            TokenizerError::Encode(format!("training WordPiece: {e}"))
+        };
+        if vocab_size <= BERT_SPECIAL_TOKENS.len() {
+            return Err(TokenizerError::Encode(format!(
+                "a WordPiece vocabulary needs more than {} ids, got {vocab_size}",
+                BERT_SPECIAL_TOKENS.len()
+            )));
+        }
+        let specials: Vec<AddedToken> = BERT_SPECIAL_TOKENS
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let model = WordPiece::builder()
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(error)?;
+        let mut tokenizer = tokenizers::Tokenizer::new(model);
+        tokenizer
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+            .with_pre_tokenizer(Some(BertPreTokenizer));
+        let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
+            .vocab_size(vocab_size)
+            .min_frequency(1)
+            .special_tokens(specials.clone())
+            .show_progress(false)
+            .build()
+            .into();
+        tokenizer.train(&mut trainer, texts).map_err(error)?;
+        let id = |t: &str| tokenizer.token_to_id(t).expect("special tokens come first");
+        let (cls, sep) = (id("[CLS]"), id("[SEP]"));
+        tokenizer
+            .with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )))
+            .with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        tokenizer.add_special_tokens(&specials);
+        Ok(Self::Hf(Box::new(tokenizer)))
+    }
+
+    /// Writes a HuggingFace tokenizer as `tokenizer.json` at `path` (atomically); GPT-2's BPE
+    /// is kept as its two vocabulary files and is not written here.
+    pub fn save_json(&self, path: &Path) -> Result<(), TokenizerError> {
+        match self {
+            Self::Gpt2(_) => Err(load_error(
+                path,
+                "GPT-2's BPE is saved as encoder.json + vocab.bpe, not tokenizer.json",
+            )),
+            Self::Hf(hf) => {
+                let json = hf.to_string(false).map_err(|e| load_error(path, e))?;
+                crate::write_atomically(path, json.as_bytes()).map_err(|e| load_error(path, e))
+            }
+        }
     }
 
     /// Number of token ids.

@@ -3,7 +3,7 @@
 mod common;
 
 use burn::prelude::*;
-use ember_data::loader::{TokenWindows, WindowLoader, split_text};
+use ember_data::loader::{Batch, TokenWindows, WindowLoader, split_text};
 
 #[test]
 fn the_verdict_gives_the_books_batches() {

@@ -152,3 +152,40 @@ fn batches_pad_to_the_longest_row() {
     assert_eq!(batch.type_ids, [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
     assert_eq!(batch.attention_mask, [1, 1, 1, 0, 0, 1, 1, 1, 1, 1]);
 }
+
+#[test]
+fn wordpiece_trained_on_a_corpus_round_trips() {
+    let corpus = [
+        "The painter painted paintings.",
+        "Painting is what the painter does; paintings are what he makes!",
+        "A villa on the Riviera, painted white.",
+    ];
+    let tokenizer = Tokenizer::train_wordpiece(corpus.iter(), 120, true).unwrap();
+    for (id, token) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(tokenizer.token_id(token), Some(id as u32), "{token}");
+    }
+    assert!(tokenizer.vocab_size() <= 120);
+    let text = "The painter painted a villa.";
+    let input = tokenizer.encode_for_encoder(text, None, 64).unwrap();
+    assert_eq!(input.ids.first(), Some(&2));
+    assert_eq!(input.ids.last(), Some(&3));
+    assert!(
+        !input.ids.contains(&1),
+        "every word of the corpus is covered"
+    );
+    assert_eq!(tokenizer.decode(&input.ids).unwrap(), text.to_lowercase());
+    // A word never seen is spelled from pieces (characters at worst), not [UNK].
+    let unseen = tokenizer.encode("villas").unwrap();
+    assert!(unseen.len() > 1 && !unseen.contains(&1), "{unseen:?}");
+
+    // Saved as tokenizer.json and read back: the same ids.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tokenizer.save_json(&path).unwrap();
+    let reread = Tokenizer::open(&path).unwrap();
+    assert_eq!(reread.encode_for_encoder(text, None, 64).unwrap(), input);
+    assert!(Tokenizer::train_wordpiece(corpus.iter(), 5, true).is_err());
+}

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use burn::module::Param;
+use burn::module::{Param, ParamGroup};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, Initializer, LayerNorm,
     LayerNormConfig, Linear, LinearConfig,
@@ -23,8 +23,10 @@ use burn::prelude::*;
 use burn::tensor::activation::tanh;
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::Trainable;
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::layers::{attention, padding_hide, split_heads, tied_logits};
+use crate::loss::cross_entropy;
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -429,6 +431,139 @@ impl Bert {
             .as_ref()
             .expect("this BERT has no NSP head")
             .forward(pooled)
+    }
+}
+
+/// The inputs of one pretraining step, as tensors on the model's device.
+#[derive(Clone, Debug)]
+pub struct PretrainingInputs {
+    /// `[batch, seq]` corrupted ids, segment ids and attention mask (1 = real token).
+    pub ids: Tensor<2, Int>,
+    pub token_types: Tensor<2, Int>,
+    pub attention_mask: Tensor<2, Int>,
+    /// `[n]` flat positions (`row · seq + column`) the masked LM predicts…
+    pub chosen: Tensor<1, Int>,
+    /// …and `[n]` the original ids there.
+    pub chosen_labels: Tensor<1, Int>,
+    /// `[batch]` next-sentence labels (0: B follows A); `None` for masked LM alone.
+    pub next_labels: Option<Tensor<1, Int>>,
+}
+
+impl Bert {
+    /// `BertForPreTraining`'s loss: masked-LM cross-entropy over the chosen positions, plus the
+    /// next-sentence cross-entropy when `next_labels` are given. Only the chosen rows (≈15%)
+    /// go through the `hidden × vocab` decoder, the largest matrix of a small BERT; the value is
+    /// HF's loss with labels -100 at every other position.
+    ///
+    /// # Panics
+    /// When the model lacks the MLM head (or the NSP head and `next_labels` are given).
+    pub fn pretraining_loss(&self, inputs: PretrainingInputs) -> Tensor<1> {
+        let hidden = self.forward(inputs.ids, inputs.token_types, inputs.attention_mask);
+        let [batch, seq, width] = hidden.dims();
+        let rows = hidden
+            .clone()
+            .reshape([batch * seq, width])
+            .select(0, inputs.chosen);
+        let n = rows.dims()[0];
+        let logits = self.mlm_logits(rows.reshape([1, n, width]));
+        let vocab = logits.dims()[2];
+        let mlm = cross_entropy(logits.reshape([n, vocab]), inputs.chosen_labels);
+        match inputs.next_labels {
+            Some(labels) => mlm + cross_entropy(self.nsp_logits(self.pooled(hidden)), labels),
+            None => mlm,
+        }
+    }
+}
+
+/// BERT with a classification head on the pooled `[CLS]` output, as HF's
+/// `BertForSequenceClassification`: dropout, then `hidden → num_classes`.
+#[derive(Module, Debug)]
+pub struct BertClassifier {
+    /// The encoder with its pooler (no MLM or NSP head).
+    pub bert: Bert,
+    drop: Dropout,
+    /// `[hidden, num_classes]`, initialised N(0, 0.02) like the rest of BERT.
+    pub head: Linear,
+}
+
+impl BertClassifier {
+    /// Puts a fresh head on `bert`, dropping its MLM and NSP heads; a BERT without a pooler
+    /// gets a fresh one. `drop_rate` is the dropout before the head (HF: hidden_dropout_prob).
+    pub fn new(mut bert: Bert, num_classes: usize, drop_rate: f64) -> Self {
+        let device = bert.device();
+        let h = bert.hidden_size();
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let linear = |d_out: usize| {
+            LinearConfig::new(h, d_out)
+                .with_initializer(init.clone())
+                .init(&device)
+        };
+        bert.mlm = None;
+        bert.nsp = None;
+        if bert.pooler.is_none() {
+            bert.pooler = Some(linear(h));
+        }
+        Self {
+            bert,
+            drop: DropoutConfig::new(drop_rate).init(),
+            head: linear(num_classes),
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.head.weight.dims()[1]
+    }
+
+    /// Class logits `[batch, num_classes]` of `ids: [batch, seq]` (`[CLS] text [SEP]`, padded);
+    /// `lengths: [batch]` are the real lengths, so padding is masked out of attention.
+    pub fn forward(&self, ids: Tensor<2, Int>, lengths: Tensor<1, Int>) -> Tensor<2> {
+        let [batch, seq] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        let mask = positions
+            .lower(lengths.reshape([batch, 1]).expand([batch, seq]))
+            .int();
+        let types = Tensor::<2, Int>::zeros([batch, seq], &device);
+        let hidden = self.bert.forward(ids, types, mask);
+        self.head
+            .forward(self.drop.forward(self.bert.pooled(hidden)))
+    }
+
+    /// Freezes everything but the weights `trainable` names: `head` (with the pooler, which
+    /// is fresh or pretrained on NSP only), `last-blocks:N` (also the pooler and head) or
+    /// `all`. LoRA adapters are for GPT classifiers.
+    pub fn set_trainable(self, trainable: Trainable) -> Result<Self, String> {
+        let n_layers = self.bert.layers.len();
+        let pattern = match trainable {
+            Trainable::All => return Ok(self.unfreeze()),
+            Trainable::Head => r"^(head\.|bert\.pooler\.)".to_string(),
+            Trainable::LastBlocks(n) => {
+                let first = n_layers.saturating_sub(n);
+                let blocks: Vec<String> = (first..n_layers).map(|i| i.to_string()).collect();
+                format!(
+                    r"^(head\.|bert\.pooler\.|bert\.layers\.({})\.)",
+                    blocks.join("|")
+                )
+            }
+            Trainable::Lora => {
+                return Err(
+                    "--trainable lora is supported for GPT classifiers; for BERT use head, last-blocks:N or all"
+                        .into(),
+                );
+            }
+        };
+        let group = ParamGroup::from_regex(&pattern).expect("valid pattern");
+        Ok(self.freeze().unfreeze_group(group))
+    }
+
+    /// (trainable, total) parameter counts.
+    pub fn param_counts(&self) -> (usize, usize) {
+        crate::lora::param_counts(self)
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use ember_model::bert::{BertConfig, BertHeads};
+use ember_model::bert::{BertClassifier, BertConfig, BertHeads, PretrainingInputs};
 use ember_model::bert_hf::HfBert;
 use ember_model::loss::lm_loss;
 use ember_model::weights::{HostTensor, TensorSet, write_safetensors};
@@ -261,4 +261,64 @@ fn presets_load_with_the_published_parameter_counts() {
         err.contains("line 2") && err.contains("hiden_size"),
         "{err}"
     );
+}
+
+#[test]
+fn pretraining_loss_on_the_chosen_rows_is_transformers_mlm_loss() {
+    let device = Device::flex();
+    let reference = reference();
+    let model = HfBert::open(&tiny_bert()).unwrap().load(&device).unwrap();
+    let [ids, token_types, attention_mask] = inputs(&reference, &device);
+    let labels = int_rows(&reference["mlm_loss"]["labels"]);
+    let seq = labels[0].len();
+    let (chosen, chosen_labels): (Vec<i64>, Vec<i64>) = labels
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, l)| **l >= 0)
+        .map(|(i, l)| (i as i64, *l))
+        .unzip();
+    assert!(chosen.len() >= 2 && chosen.iter().any(|&i| i >= seq as i64));
+    let n = chosen.len();
+    let loss = model
+        .pretraining_loss(PretrainingInputs {
+            ids,
+            token_types,
+            attention_mask,
+            chosen: Tensor::from_data(TensorData::new(chosen, [n]), &device),
+            chosen_labels: Tensor::from_data(TensorData::new(chosen_labels, [n]), &device),
+            next_labels: None,
+        })
+        .into_scalar::<f32>();
+    let want = reference["mlm_loss"]["value"].as_f64().unwrap() as f32;
+    assert!((loss - want).abs() < 1e-5, "mlm loss {loss} vs {want}");
+}
+
+#[test]
+fn classifier_masks_padding_by_length() {
+    let device = Device::flex();
+    let reference = reference();
+    device.seed(3);
+    let bert = HfBert::open(&tiny_bert()).unwrap().load(&device).unwrap();
+    let classifier = BertClassifier::new(bert, 3, 0.0);
+    assert!(classifier.bert.mlm.is_none() && classifier.bert.pooler.is_some());
+    let [ids, _, mask] = inputs(&reference, &device);
+    let lengths = mask.clone().sum_dim(1).reshape([2]);
+    let batch = classifier.forward(ids.clone(), lengths.clone());
+    assert_eq!(batch.dims(), [2, 3]);
+    // Each row alone, cut to its real length, gives the same logits as in the padded batch.
+    let lengths: Vec<i64> = lengths.into_data().try_into_vec_as().unwrap();
+    for (row, &len) in lengths.iter().enumerate() {
+        let len = len as usize;
+        let alone = classifier.forward(
+            ids.clone().slice(s![row..row + 1, 0..len]),
+            Tensor::from_data(TensorData::new(vec![len as i64], [1]), &device),
+        );
+        assert_close(
+            &format!("row {row}"),
+            &values(alone),
+            &values(batch.clone().slice(s![row..row + 1, ..])),
+            1e-5,
+        );
+    }
 }

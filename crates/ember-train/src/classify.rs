@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
 use ember_data::classification::ClassBatches;
+use ember_model::bert::BertClassifier;
 use ember_model::classifier::GptClassifier;
 use ember_model::loss::cross_entropy;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,34 @@ impl ClassifyOptions {
     }
 }
 
+/// A model that maps padded token ids to class logits: a GPT or a BERT classifier.
+pub trait ClassifierModel: Module {
+    /// `[batch, num_classes]` logits of `ids: [batch, seq]` with real lengths `[batch]`.
+    fn logits(&self, ids: Tensor<2, Int>, lengths: Tensor<1, Int>) -> Tensor<2>;
+    /// The device the weights live on.
+    fn device(&self) -> Device;
+}
+
+impl ClassifierModel for GptClassifier {
+    fn logits(&self, ids: Tensor<2, Int>, lengths: Tensor<1, Int>) -> Tensor<2> {
+        self.forward(ids, lengths)
+    }
+
+    fn device(&self) -> Device {
+        self.gpt.device()
+    }
+}
+
+impl ClassifierModel for BertClassifier {
+    fn logits(&self, ids: Tensor<2, Int>, lengths: Tensor<1, Int>) -> Tensor<2> {
+        self.forward(ids, lengths)
+    }
+
+    fn device(&self) -> Device {
+        self.bert.device()
+    }
+}
+
 /// The three splits, tokenized and padded.
 #[derive(Clone, Copy)]
 pub struct ClassData<'a> {
@@ -132,14 +162,14 @@ pub struct ClassifySummary {
 
 /// Mean loss and accuracy of `model` over the first `max_batches` batches of `data` (all when
 /// None), in evaluation mode.
-pub fn evaluate(
-    model: &GptClassifier,
+pub fn evaluate<M: ClassifierModel>(
+    model: &M,
     data: &ClassBatches,
     batch_size: usize,
     max_batches: Option<usize>,
 ) -> (f64, f64) {
     let model = model.valid();
-    let device = model.gpt.device();
+    let device = model.device();
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     for rows in data
         .batches(batch_size, None, false)
@@ -147,7 +177,7 @@ pub fn evaluate(
         .take(max_batches.unwrap_or(usize::MAX))
     {
         let (ids, lengths, labels) = data.tensors(&rows, &device);
-        let logits = model.forward(ids, lengths);
+        let logits = model.logits(ids, lengths);
         let loss: f32 = cross_entropy(logits.clone(), labels.clone()).into_scalar();
         let predicted = logits.argmax(1).reshape([rows.len()]);
         let hits: i64 = predicted.equal(labels).int().sum().into_scalar();
@@ -164,14 +194,14 @@ pub fn evaluate(
 /// Fine-tunes `model` (on an autodiff device, trainable weights already chosen). Writes
 /// `metrics.jsonl`, a checkpoint after every epoch (`checkpoints/`) and the best model by
 /// validation accuracy as `best/model.bpk`; returns the best model and its accuracies.
-pub fn finetune(
-    mut model: GptClassifier,
+pub fn finetune<M: ClassifierModel>(
+    mut model: M,
     mut optim: ModuleOptimizer,
     data: ClassData<'_>,
     options: &ClassifyOptions,
     run_dir: &Path,
     observer: &mut dyn ClassifyObserver,
-) -> Result<(GptClassifier, ClassifySummary), TrainError> {
+) -> Result<(M, ClassifySummary), TrainError> {
     options.validate().map_err(TrainError::Invalid)?;
     let steps_per_epoch = data.train.batches(options.batch_size, None, true).len();
     if steps_per_epoch == 0 {
@@ -181,7 +211,7 @@ pub fn finetune(
             options.batch_size
         )));
     }
-    let device = model.gpt.device();
+    let device = model.device();
     let metrics_path = run_dir.join("metrics.jsonl");
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -216,7 +246,7 @@ pub fn finetune(
         {
             device.seed(epoch_seed.wrapping_add(state.step as u64));
             let (ids, lengths, labels) = data.train.tensors(&rows, &device);
-            let loss = cross_entropy(model.forward(ids, lengths), labels);
+            let loss = cross_entropy(model.logits(ids, lengths), labels);
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             if !loss_value.is_finite() {
                 return Err(TrainError::NonFinite {

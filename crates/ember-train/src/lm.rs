@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use ember_data::loader::LmBatches;
+use ember_data::loader::{Batch, Batches, TokenBatch};
+use ember_data::mlm::MlmBatch;
+use ember_model::bert::{Bert, PretrainingInputs};
 use ember_model::gpt::Gpt;
 use ember_model::loss::lm_loss;
 use serde::{Deserialize, Serialize};
@@ -130,20 +132,77 @@ pub struct EvalRecord {
     pub tokens_per_s: f64,
 }
 
+/// A model the loop can train on batches of type `B`: GPT on token windows, BERT on masked
+/// sequences.
+pub trait LossModel<B>: Module {
+    /// The mean loss of `batch` (a one-element tensor), with gradients when the model is on an
+    /// autodiff device.
+    fn batch_loss(&self, batch: &B) -> Tensor<1>;
+    /// The device the weights live on (batches are moved there).
+    fn device(&self) -> Device;
+}
+
+impl LossModel<TokenBatch> for Gpt {
+    /// Next-token cross-entropy over every position whose target is not -100.
+    fn batch_loss(&self, batch: &TokenBatch) -> Tensor<1> {
+        let (inputs, targets) = batch.to_tensors(&Gpt::device(self));
+        lm_loss(self.forward(inputs), targets)
+    }
+
+    fn device(&self) -> Device {
+        Gpt::device(self)
+    }
+}
+
+impl LossModel<MlmBatch> for Bert {
+    /// Masked-LM cross-entropy over the chosen positions (+ next-sentence cross-entropy).
+    fn batch_loss(&self, batch: &MlmBatch) -> Tensor<1> {
+        let device = Bert::device(self);
+        let shape = [batch.batch, batch.seq];
+        let int2 =
+            |v: &[i64]| Tensor::<2, Int>::from_data(TensorData::new(v.to_vec(), shape), &device);
+        let int1 = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        let (chosen, labels): (Vec<i64>, Vec<i64>) = batch
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l >= 0)
+            .map(|(i, l)| (i as i64, *l))
+            .unzip();
+        self.pretraining_loss(PretrainingInputs {
+            ids: int2(&batch.ids),
+            token_types: int2(&batch.type_ids),
+            attention_mask: int2(&batch.attention_mask),
+            chosen: int1(chosen),
+            chosen_labels: int1(labels),
+            next_labels: batch.next_labels.clone().map(int1),
+        })
+    }
+
+    fn device(&self) -> Device {
+        Bert::device(self)
+    }
+}
+
 /// What the loop reports as it goes (the CLI draws a progress bar and prints samples).
-pub trait TrainObserver {
+pub trait TrainObserver<M> {
     /// Before the first step; `first_step > 0` when resuming.
     fn on_start(&mut self, _total_steps: usize, _first_step: usize) {}
     /// After every optimizer step.
     fn on_step(&mut self, _step: usize, _loss: f64, _lr: f64, _tokens_per_s: f64) {}
     fn on_eval(&mut self, _record: &EvalRecord) {}
     /// At the end of each epoch, with the model in evaluation mode (for a sample generation).
-    fn on_epoch_end(&mut self, _epoch: usize, _model: &Gpt) {}
+    fn on_epoch_end(&mut self, _epoch: usize, _model: &M) {}
     /// Asked after every step: true stops the run cleanly (e.g. after Ctrl-C) with a
     /// checkpoint of the step just finished.
     fn stop_requested(&self) -> bool {
         false
     }
+    /// When the loop returns, whether it finished or failed (to close a progress bar).
+    fn on_finish(&mut self) {}
 }
 
 /// Errors that stop training; the message names the step or the file.
@@ -170,14 +229,16 @@ pub enum TrainError {
 
 /// Mean loss over the first `max_batches` batches (all when None) of `loader`, without
 /// gradients or dropout. Returns NaN for an empty loader, as the book does.
-pub fn evaluate(model: &Gpt, loader: &dyn LmBatches, max_batches: Option<usize>) -> f64 {
+pub fn evaluate<B, M: LossModel<B>>(
+    model: &M,
+    loader: &dyn Batches<B>,
+    max_batches: Option<usize>,
+) -> f64 {
     let model = model.valid();
-    let device = model.device();
     let limit = max_batches.unwrap_or(usize::MAX);
     let (mut total, mut count) = (0.0, 0usize);
     for batch in loader.epoch_batches(0).take(limit) {
-        let (inputs, targets) = batch.to_tensors(&device);
-        let loss: f32 = lm_loss(model.forward(inputs), targets).into_scalar();
+        let loss: f32 = model.batch_loss(&batch).into_scalar();
         total += f64::from(loss);
         count += 1;
     }
@@ -188,12 +249,20 @@ pub fn evaluate(model: &Gpt, loader: &dyn LmBatches, max_batches: Option<usize>)
     }
 }
 
-/// The training and validation batches of a run (corpus windows or instruction examples).
-#[derive(Clone, Copy)]
-pub struct Splits<'a> {
-    pub train: &'a dyn LmBatches,
-    pub val: &'a dyn LmBatches,
+/// The training and validation batches of a run (corpus windows, instruction examples,
+/// masked sequences).
+pub struct Splits<'a, B> {
+    pub train: &'a dyn Batches<B>,
+    pub val: &'a dyn Batches<B>,
 }
+
+impl<B> Clone for Splits<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B> Copy for Splits<'_, B> {}
 
 fn step_seed(seed: u64, step: usize) -> u64 {
     seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -201,15 +270,29 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 
 /// Trains `model` (on an autodiff device) and returns it with its final state. With `resume`,
 /// `model` and `optim` must already hold the checkpoint's weights and optimizer state.
-pub fn train(
-    mut model: Gpt,
-    mut optim: ModuleOptimizer,
-    splits: Splits<'_>,
+pub fn train<B: Batch, M: LossModel<B>>(
+    model: M,
+    optim: ModuleOptimizer,
+    splits: Splits<'_, B>,
     options: &TrainOptions,
     run_dir: &Path,
     resume: Option<TrainState>,
-    observer: &mut dyn TrainObserver,
-) -> Result<(Gpt, TrainState), TrainError> {
+    observer: &mut dyn TrainObserver<M>,
+) -> Result<(M, TrainState), TrainError> {
+    let result = train_steps(model, optim, splits, options, run_dir, resume, observer);
+    observer.on_finish();
+    result
+}
+
+fn train_steps<B: Batch, M: LossModel<B>>(
+    mut model: M,
+    mut optim: ModuleOptimizer,
+    splits: Splits<'_, B>,
+    options: &TrainOptions,
+    run_dir: &Path,
+    resume: Option<TrainState>,
+    observer: &mut dyn TrainObserver<M>,
+) -> Result<(M, TrainState), TrainError> {
     options.validate().map_err(TrainError::Invalid)?;
     let Splits {
         train: train_loader,
@@ -246,8 +329,7 @@ pub fn train(
         {
             let lr = schedule.lr(state.step);
             device.seed(step_seed(options.seed, state.step));
-            let (inputs, targets) = batch.to_tensors(&device);
-            let loss = lm_loss(model.forward(inputs), targets);
+            let loss = model.batch_loss(&batch);
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             if !loss_value.is_finite() {
                 return Err(TrainError::NonFinite {

@@ -9,7 +9,7 @@ use ember_train::checkpoint;
 use ember_train::lm::{Splits, TrainObserver, TrainOptions, read_metrics, train};
 
 struct Quiet;
-impl TrainObserver for Quiet {}
+impl<M> TrainObserver<M> for Quiet {}
 
 fn loaders() -> (WindowLoader, WindowLoader) {
     // A repetitive token stream a tiny model can learn something from.

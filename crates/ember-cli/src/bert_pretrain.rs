@@ -1,0 +1,473 @@
+//! `ember pretrain --arch bert`: masked-LM (and next-sentence) pretraining of a BERT encoder
+//! from a recipe (`configs/pretrain/bert-*.toml`), with the same loop, progress, metrics,
+//! plot, checkpoints and resume as GPT pretraining. Without `--tokenizer`, a WordPiece
+//! vocabulary is trained on the training split and saved in the run as `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use ember_data::loader::split_text;
+use ember_data::mlm::{MlmLoader, MlmLoaderOptions, MlmOptions, SpecialIds, split_documents};
+use ember_data::tokenizer::Tokenizer;
+use ember_model::bert::{Bert, BertConfig, BertHeads};
+use ember_model::config::parse_toml;
+use ember_train::checkpoint;
+use ember_train::lm::{EvalRecord, Splits, TrainObserver, TrainOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::pretrain::{PretrainArgs, prepare_new_run_dir, resume_from, train_and_report};
+use crate::progress::TrainBar;
+use crate::{data, device, models};
+
+/// The default BERT recipe, compiled in.
+const DEFAULT_RECIPE: &str = include_str!("../../../configs/pretrain/bert-mini-verdict.toml");
+
+/// The `arch` a BERT run writes into its `run.toml`.
+const ARCH: &str = "bert";
+
+/// A BERT pretraining recipe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertRecipe {
+    /// Model config: a built-in name (`bert-mini`, `bert-tiny`, `bert-base`) or a TOML path.
+    pub model: String,
+    /// Corpus: a dataset name or a text file (documents separated by blank lines).
+    pub corpus: String,
+    pub train_ratio: f64,
+    /// Longest sequence in tokens, `[CLS]` and `[SEP]` included.
+    pub max_length: usize,
+    /// `["mlm"]` or `["mlm", "nsp"]`.
+    pub objectives: Vec<String>,
+    /// Size of the WordPiece vocabulary trained on the corpus when no tokenizer is given.
+    pub vocab_size: usize,
+    #[serde(default = "default_true")]
+    pub lowercase: bool,
+    /// Share of non-special tokens chosen for prediction.
+    #[serde(default = "default_mask_prob")]
+    pub mask_prob: f64,
+    /// A text with `[MASK]` whose top predictions are printed after each epoch.
+    pub sample: String,
+    pub train: TrainOptions,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_mask_prob() -> f64 {
+    0.15
+}
+
+impl BertRecipe {
+    /// Whether next-sentence prediction is trained; errors on unknown objectives.
+    fn next_sentence(&self) -> Result<bool> {
+        let mut nsp = false;
+        for objective in &self.objectives {
+            match objective.as_str() {
+                "mlm" => {}
+                "nsp" => nsp = true,
+                other => bail!("unknown objective `{other}` (expected mlm or nsp)"),
+            }
+        }
+        if !self.objectives.iter().any(|o| o == "mlm") {
+            bail!("the objectives must include mlm (nsp alone is not supported)");
+        }
+        Ok(nsp)
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.next_sentence()?;
+        if !(self.mask_prob > 0.0 && self.mask_prob <= 1.0) {
+            bail!("mask_prob must be in (0, 1], got {}", self.mask_prob);
+        }
+        if self.max_length < 5 {
+            bail!("max_length must be at least 5, got {}", self.max_length);
+        }
+        self.train.validate().map_err(anyhow::Error::msg)
+    }
+}
+
+/// What a BERT run directory records (`run.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertRunInfo {
+    /// Always `bert`: tells GPT commands this is not theirs.
+    pub arch: String,
+    pub model: BertConfig,
+    /// `tokenizer.json` inside the run (relative) or the tokenizer the user gave (absolute).
+    pub tokenizer: PathBuf,
+    pub recipe: BertRecipe,
+}
+
+impl BertRunInfo {
+    fn tokenizer_path(&self, run_dir: &Path) -> PathBuf {
+        if self.tokenizer.is_relative() {
+            run_dir.join(&self.tokenizer)
+        } else {
+            self.tokenizer.clone()
+        }
+    }
+
+    fn heads(&self) -> Result<BertHeads> {
+        let nsp = self.recipe.next_sentence()?;
+        Ok(BertHeads {
+            pooler: nsp,
+            mlm: true,
+            nsp,
+        })
+    }
+}
+
+/// Whether `dir` holds a BERT run (its `run.toml` says `arch = "bert"`).
+pub fn is_bert_run(dir: &Path) -> bool {
+    crate::runs::run_arch(dir).as_deref() == Some(ARCH)
+}
+
+fn read_run(run_dir: &Path) -> Result<BertRunInfo> {
+    let path = run_dir.join("run.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} is not an ember run directory", run_dir.display()))?;
+    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn write_run(run_dir: &Path, info: &BertRunInfo) -> Result<()> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let text = toml::to_string(info).context("serializing run.toml")?;
+    let path = run_dir.join("run.toml");
+    ember_data::write_atomically(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The tokenizer file of the BERT run in `run_dir`.
+pub fn tokenizer_path(run_dir: &Path) -> Result<PathBuf> {
+    Ok(read_run(run_dir)?.tokenizer_path(run_dir))
+}
+
+/// A trained BERT from a run directory (its latest checkpoint) with its tokenizer.
+pub struct LoadedBertRun {
+    pub config: BertConfig,
+    pub model: Bert,
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads the latest checkpoint of the BERT run in `run_dir` onto `device`.
+pub fn load_run(run_dir: &Path, device: &Device) -> Result<LoadedBertRun> {
+    let info = read_run(run_dir)?;
+    let dir = checkpoint::latest(run_dir)?;
+    let model = checkpoint::load_model(&dir, info.model.init(info.heads()?, device))?;
+    let tokenizer = Tokenizer::open(&info.tokenizer_path(run_dir))?;
+    Ok(LoadedBertRun {
+        config: info.model,
+        model,
+        tokenizer,
+    })
+}
+
+/// The special ids masking needs, all of which a BERT vocabulary must have.
+fn special_ids(tokenizer: &Tokenizer) -> Result<SpecialIds> {
+    let id = |token: &str| {
+        tokenizer.token_id(token).with_context(|| {
+            format!(
+                "the tokenizer has no `{token}` token; BERT pretraining needs [CLS] [SEP] [PAD] [MASK] [UNK]"
+            )
+        })
+    };
+    Ok(SpecialIds {
+        cls: id("[CLS]")?,
+        sep: id("[SEP]")?,
+        pad: id("[PAD]")?,
+        mask: id("[MASK]")?,
+        unk: id("[UNK]")?,
+    })
+}
+
+/// The recipe of a new run: the file given (or the built-in one), then the flags.
+fn new_recipe(args: &PretrainArgs) -> Result<BertRecipe> {
+    let mut recipe: BertRecipe = match &args.recipe {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the recipe {}", path.display()))?;
+            parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => parse_toml(DEFAULT_RECIPE).map_err(anyhow::Error::msg)?,
+    };
+    if let Some(model) = &args.model_config {
+        recipe.model = model.clone();
+    }
+    if let Some(corpus) = &args.corpus {
+        recipe.corpus = corpus.clone();
+    }
+    if let Some(lr) = args.lr {
+        recipe.train.lr = lr;
+    }
+    if let Some(batch_size) = args.batch_size {
+        recipe.train.batch_size = batch_size;
+    }
+    if let Some(seed) = args.seed {
+        recipe.train.seed = seed;
+    }
+    if let Some(max_length) = args.context_length {
+        recipe.max_length = max_length;
+    }
+    if let Some(objectives) = &args.objectives {
+        recipe.objectives = objectives
+            .split(',')
+            .map(|o| o.trim().to_string())
+            .collect();
+    }
+    if let Some(vocab_size) = args.vocab_size {
+        recipe.vocab_size = vocab_size;
+    }
+    Ok(recipe)
+}
+
+/// `ember pretrain --arch bert` (or `--resume` of a BERT run).
+pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
+    let device = device::parse_device(device_spec)?.autodiff();
+    if args.weights.is_some() {
+        bail!(
+            "--weights is for GPT runs; BERT pretraining starts from random weights (use `ember fill-mask`/`embed` for HuggingFace BERTs)"
+        );
+    }
+    let resuming = args.resume.is_some();
+    let run_dir = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    let mut recipe = match &args.resume {
+        Some(dir) => read_run(dir)?.recipe,
+        None => new_recipe(args)?,
+    };
+    if let Some(epochs) = args.epochs {
+        recipe.train.epochs = epochs;
+    }
+    recipe.validate()?;
+    let next_sentence = recipe.next_sentence()?;
+
+    let corpus_path = data::resolve_text_source(&recipe.corpus)?;
+    let text = ember_data::read_text_file(&corpus_path)?;
+    if text.trim().is_empty() {
+        bail!("{}: the corpus is empty", corpus_path.display());
+    }
+    let (train_text, val_text) = split_text(&text, recipe.train_ratio)?;
+
+    let (config, tokenizer, tokenizer_file) = if resuming {
+        let info = read_run(&run_dir)?;
+        let tokenizer = Tokenizer::open(&info.tokenizer_path(&run_dir))?;
+        (info.model, tokenizer, info.tokenizer)
+    } else {
+        prepare_new_run_dir(&run_dir, args.overwrite)?;
+        let mut config = models::load_bert_config(&recipe.model, args.recipe.as_deref())?;
+        let (tokenizer, file) = match &args.tokenizer {
+            Some(path) => {
+                let tokenizer = Tokenizer::open(path)?;
+                if tokenizer.vocab_size() > config.vocab_size {
+                    bail!(
+                        "the tokenizer {} has {} tokens but the model's vocab_size is {}",
+                        path.display(),
+                        tokenizer.vocab_size(),
+                        config.vocab_size
+                    );
+                }
+                (tokenizer, std::path::absolute(path)?)
+            }
+            None => {
+                let sentences = split_documents(train_text).into_iter().flatten();
+                let tokenizer =
+                    Tokenizer::train_wordpiece(sentences, recipe.vocab_size, recipe.lowercase)?;
+                std::fs::create_dir_all(&run_dir)
+                    .with_context(|| format!("creating {}", run_dir.display()))?;
+                tokenizer.save_json(&run_dir.join("tokenizer.json"))?;
+                eprintln!(
+                    "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
+                    tokenizer.vocab_size()
+                );
+                // The embedding table is sized to the vocabulary trained here.
+                config.vocab_size = tokenizer.vocab_size();
+                (tokenizer, PathBuf::from("tokenizer.json"))
+            }
+        };
+        (config, tokenizer, file)
+    };
+    config.validate()?;
+    if recipe.max_length > config.max_position_embeddings {
+        bail!(
+            "max_length {} exceeds the model's max_position_embeddings {}",
+            recipe.max_length,
+            config.max_position_embeddings
+        );
+    }
+    let specials = special_ids(&tokenizer)?;
+
+    let corpus_name = corpus_path.display();
+    let loader = |part: &str, what: &str, shuffle: bool| -> Result<MlmLoader> {
+        let mut documents = Vec::new();
+        for doc in split_documents(part) {
+            let mut sentences = Vec::with_capacity(doc.len());
+            for sentence in doc {
+                sentences.push(tokenizer.encode(&sentence)?);
+            }
+            documents.push(sentences);
+        }
+        let options = MlmLoaderOptions {
+            specials,
+            vocab_size: tokenizer.vocab_size(),
+            masking: MlmOptions {
+                mask_prob: recipe.mask_prob,
+                ..MlmOptions::default()
+            },
+            max_len: recipe.max_length,
+            batch_size: recipe.train.batch_size,
+            next_sentence,
+            seed: recipe.train.seed,
+            shuffle,
+            drop_last: shuffle,
+        };
+        Ok(MlmLoader::new(documents, options, what)?)
+    };
+    let train_loader = loader(
+        train_text,
+        &format!("the training split of {corpus_name}"),
+        true,
+    )?;
+    let val_loader = loader(
+        val_text,
+        &format!("the validation split of {corpus_name}"),
+        false,
+    )?;
+
+    let info = BertRunInfo {
+        arch: ARCH.into(),
+        model: config.clone(),
+        tokenizer: tokenizer_file,
+        recipe: recipe.clone(),
+    };
+    write_run(&run_dir, &info)?;
+    let heads = info.heads()?;
+    device.seed(recipe.train.seed);
+    let model = config.init(heads, &device);
+    let resume_dir = if resuming {
+        Some(checkpoint::latest(&run_dir)?)
+    } else {
+        None
+    };
+    let (model, optim, state) = resume_from(
+        resume_dir.as_deref(),
+        &run_dir,
+        model,
+        recipe.train.optimizer(),
+    )?;
+    use ember_data::loader::Batches;
+    eprintln!(
+        "model: {} parameters ({}); train: {} batches of {} sequences per epoch (≤ {} tokens); validation: {} batches",
+        config.num_params(heads),
+        recipe.objectives.join(" + "),
+        train_loader.num_batches(),
+        recipe.train.batch_size,
+        recipe.max_length,
+        val_loader.num_batches()
+    );
+    let mut observer = BertProgress {
+        bar: TrainBar::default(),
+        tokenizer: &tokenizer,
+        sample: recipe.sample.clone(),
+        specials,
+        max_len: recipe.max_length,
+        last_sample: String::new(),
+    };
+    train_and_report(
+        model,
+        optim,
+        Splits {
+            train: &train_loader,
+            val: &val_loader,
+        },
+        &recipe.train,
+        &run_dir,
+        state,
+        &mut observer,
+    )?;
+    if !observer.last_sample.is_empty() {
+        println!("{}", observer.last_sample);
+    }
+    println!(
+        "run directory: {} (run.toml, tokenizer, metrics.jsonl, loss.png, checkpoints/); try `ember fill-mask --model {} \"… [MASK] …\"`",
+        run_dir.display(),
+        run_dir.display()
+    );
+    Ok(())
+}
+
+/// Progress bar + the top predictions for the sample's `[MASK]` after each epoch.
+struct BertProgress<'a> {
+    bar: TrainBar,
+    tokenizer: &'a Tokenizer,
+    sample: String,
+    specials: SpecialIds,
+    max_len: usize,
+    last_sample: String,
+}
+
+impl BertProgress<'_> {
+    /// "text → a 0.31 · b 0.12 · c 0.05" for the first `[MASK]` of the sample.
+    fn predict(&self, model: &Bert) -> Result<Option<String>> {
+        if self.sample.is_empty() {
+            return Ok(None);
+        }
+        let input = self
+            .tokenizer
+            .encode_for_encoder(&self.sample, None, self.max_len)?;
+        let predictions = crate::bert::mask_predictions(
+            model,
+            std::slice::from_ref(&input),
+            self.specials.pad,
+            self.specials.mask,
+            3,
+            &model.device(),
+        )?;
+        let Some((_, ranked)) = predictions[0].first() else {
+            return Ok(None);
+        };
+        let words: Vec<String> = ranked
+            .iter()
+            .map(|(id, p)| {
+                let token = self.tokenizer.token(*id).unwrap_or_else(|| id.to_string());
+                format!("{token} {p:.2}")
+            })
+            .collect();
+        Ok(Some(format!("{} → {}", self.sample, words.join(" · "))))
+    }
+}
+
+impl TrainObserver<Bert> for BertProgress<'_> {
+    fn on_start(&mut self, total_steps: usize, first_step: usize) {
+        self.bar.start(total_steps, first_step);
+    }
+
+    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
+        self.bar.step(step, loss, lr, tokens_per_s);
+    }
+
+    fn on_eval(&mut self, record: &EvalRecord) {
+        self.bar.eval(record);
+    }
+
+    fn stop_requested(&self) -> bool {
+        crate::interrupt::requested()
+    }
+
+    fn on_finish(&mut self) {
+        self.bar.finish();
+    }
+
+    fn on_epoch_end(&mut self, epoch: usize, model: &Bert) {
+        match self.predict(model) {
+            Ok(Some(line)) => {
+                self.bar.say(&format!("ep {} sample: {line}", epoch + 1));
+                self.last_sample = line;
+            }
+            Ok(None) => {}
+            Err(e) => self
+                .bar
+                .say(&format!("ep {} sample: <none: {e}>", epoch + 1)),
+        }
+    }
+}
