@@ -273,13 +273,6 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
                 let sentences = split_documents(train_text).into_iter().flatten();
                 let tokenizer =
                     Tokenizer::train_wordpiece(sentences, recipe.vocab_size, recipe.lowercase)?;
-                std::fs::create_dir_all(&run_dir)
-                    .with_context(|| format!("creating {}", run_dir.display()))?;
-                tokenizer.save_json(&run_dir.join("tokenizer.json"))?;
-                eprintln!(
-                    "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
-                    tokenizer.vocab_size()
-                );
                 // The embedding table is sized to the vocabulary trained here.
                 config.vocab_size = tokenizer.vocab_size();
                 (tokenizer, PathBuf::from("tokenizer.json"))
@@ -334,6 +327,16 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         false,
     )?;
 
+    // Everything is checked: now the run directory is written.
+    if !resuming && args.tokenizer.is_none() {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        tokenizer.save_json(&run_dir.join("tokenizer.json"))?;
+        eprintln!(
+            "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
+            tokenizer.vocab_size()
+        );
+    }
     let info = BertRunInfo {
         arch: ARCH.into(),
         model: config.clone(),

@@ -789,6 +789,66 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         "no-such-tokenizer",
     );
 
+    // BERT pretraining and classification.
+    c.fails(
+        "pretrain --arch bert with an unknown objective",
+        &[
+            "pretrain",
+            "--arch",
+            "bert",
+            "--objectives",
+            "mlm,sop",
+            "--out",
+            &c.p("bert-run-1"),
+        ],
+        "unknown objective `sop`",
+    );
+    let one_sentence = c.write(
+        "one-sentence.txt",
+        "Only one sentence here\n\nAnd one there\n",
+    );
+    c.fails(
+        "next-sentence prediction on documents of one sentence",
+        &[
+            "pretrain",
+            "--arch",
+            "bert",
+            "--corpus",
+            &one_sentence,
+            "--out",
+            &c.p("bert-run-2"),
+        ],
+        "needs documents of at least two sentences",
+    );
+    c.fails(
+        "pretrain --arch bert longer than the position table",
+        &[
+            "pretrain",
+            "--arch",
+            "bert",
+            "--context-length",
+            "600",
+            "--out",
+            &c.p("bert-run-3"),
+        ],
+        "max_length 600 exceeds the model's max_position_embeddings 512",
+    );
+    c.fails(
+        "finetune classify --arch bert with LoRA",
+        &[
+            "finetune",
+            "classify",
+            "--arch",
+            "bert",
+            "--random-init",
+            "--trainable",
+            "lora",
+            "--out",
+            &c.p("bert-cls"),
+        ],
+        "--trainable lora is supported for GPT classifiers",
+    );
+
     // Datasets: unknown names and checksum mismatches in the mirror.
     c.fails(
         "unknown dataset",
