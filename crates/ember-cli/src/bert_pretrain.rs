@@ -32,8 +32,9 @@ const ARCH: &str = "bert";
 pub struct BertRecipe {
     /// Model config: a built-in name (`bert-mini`, `bert-tiny`, `bert-base`) or a TOML path.
     pub model: String,
-    /// Corpus: a dataset name or a text file (documents separated by blank lines).
-    pub corpus: String,
+    /// Corpus: dataset names or text files (documents separated by blank lines); each is
+    /// split into training and validation text by `train_ratio`.
+    pub corpus: Vec<String>,
     pub train_ratio: f64,
     /// Longest sequence in tokens, `[CLS]` and `[SEP]` included.
     pub max_length: usize,
@@ -195,8 +196,8 @@ fn new_recipe(args: &PretrainArgs) -> Result<BertRecipe> {
     if let Some(model) = &args.model_config {
         recipe.model = model.clone();
     }
-    if let Some(corpus) = &args.corpus {
-        recipe.corpus = corpus.clone();
+    if !args.corpus.is_empty() {
+        recipe.corpus = args.corpus.clone();
     }
     if let Some(lr) = args.lr {
         recipe.train.lr = lr;
@@ -242,12 +243,23 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     recipe.validate()?;
     let next_sentence = recipe.next_sentence()?;
 
-    let corpus_path = data::resolve_text_source(&recipe.corpus)?;
-    let text = ember_data::read_text_file(&corpus_path)?;
-    if text.trim().is_empty() {
-        bail!("{}: the corpus is empty", corpus_path.display());
+    if recipe.corpus.is_empty() {
+        bail!("no corpus: give --corpus FILE… or `corpus = [..]` in the recipe");
     }
-    let (train_text, val_text) = split_text(&text, recipe.train_ratio)?;
+    let (mut train_parts, mut val_parts) = (Vec::new(), Vec::new());
+    for source in &recipe.corpus {
+        let path = data::resolve_text_source(source)?;
+        let text = ember_data::read_text_file(&path)?;
+        if text.trim().is_empty() {
+            bail!("{}: the corpus is empty", path.display());
+        }
+        let (train, val) = split_text(&text, recipe.train_ratio)?;
+        train_parts.push(train.to_string());
+        val_parts.push(val.to_string());
+    }
+    // A blank line keeps the files' documents apart.
+    let (train_text, val_text) = (train_parts.join("\n\n"), val_parts.join("\n\n"));
+    let corpus_name = recipe.corpus.join(" + ");
 
     let (config, tokenizer, tokenizer_file) = if resuming {
         let info = read_run(&run_dir)?;
@@ -270,7 +282,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
                 (tokenizer, std::path::absolute(path)?)
             }
             None => {
-                let sentences = split_documents(train_text).into_iter().flatten();
+                let sentences = split_documents(&train_text).into_iter().flatten();
                 let tokenizer =
                     Tokenizer::train_wordpiece(sentences, recipe.vocab_size, recipe.lowercase)?;
                 // The embedding table is sized to the vocabulary trained here.
@@ -290,7 +302,6 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     }
     let specials = special_ids(&tokenizer)?;
 
-    let corpus_name = corpus_path.display();
     let loader = |part: &str, what: &str, shuffle: bool| -> Result<MlmLoader> {
         let mut documents = Vec::new();
         for doc in split_documents(part) {
@@ -317,12 +328,12 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         Ok(MlmLoader::new(documents, options, what)?)
     };
     let train_loader = loader(
-        train_text,
+        &train_text,
         &format!("the training split of {corpus_name}"),
         true,
     )?;
     let val_loader = loader(
-        val_text,
+        &val_text,
         &format!("the validation split of {corpus_name}"),
         false,
     )?;

@@ -75,9 +75,9 @@ pub struct PretrainArgs {
     /// Model config: a built-in name (gpt-tiny, gpt2-small, …) or a TOML file.
     #[arg(long)]
     pub(crate) model_config: Option<String>,
-    /// Corpus: a text file or a dataset name.
-    #[arg(long)]
-    pub(crate) corpus: Option<String>,
+    /// Corpus: a text file or a dataset name (BERT: one or more).
+    #[arg(long, num_args = 1..)]
+    pub(crate) corpus: Vec<String>,
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
     #[arg(long)]
@@ -341,8 +341,10 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
     if let Some(model) = &args.model_config {
         recipe.model = model.clone();
     }
-    if let Some(corpus) = &args.corpus {
-        recipe.corpus = corpus.clone();
+    match args.corpus.as_slice() {
+        [] => {}
+        [corpus] => recipe.corpus = corpus.clone(),
+        _ => bail!("GPT pretraining reads one --corpus; join the files into one text first"),
     }
     if let Some(lr) = args.lr {
         recipe.train.lr = lr;

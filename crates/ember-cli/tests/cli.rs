@@ -1184,10 +1184,19 @@ fn bert_pretrain_fill_mask_resume_and_classify() {
     )
     .unwrap();
     let run = dir.path().join("bert");
+    let extra = dir.path().join("extra.txt");
+    std::fs::write(
+        &extra,
+        "The painter sat down. He looked at the picture.\n\nIt was late. The studio was dark.\n",
+    )
+    .unwrap();
     let out = ember(&[
         "pretrain",
         "--arch",
         "bert",
+        "--corpus",
+        "the-verdict",
+        extra.to_str().unwrap(),
         "--model-config",
         model.to_str().unwrap(),
         "--vocab-size",
