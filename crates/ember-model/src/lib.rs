@@ -7,6 +7,7 @@
 //! - [`weights`]: safetensors and PyTorch checkpoint files.
 //! - [`loss`]: cross-entropy with PyTorch's `-100` ignore index.
 //! - [`sampling`] and [`generate`]: decoding (greedy, temperature, top-k, top-p).
+//! - [`transformer_seq2seq`]: the transformer encoder–decoder (nn.Transformer layout), cached decoding.
 
 pub mod bert;
 pub mod bert_hf;
@@ -20,4 +21,5 @@ pub mod layers;
 pub mod lora;
 pub mod loss;
 pub mod sampling;
+pub mod transformer_seq2seq;
 pub mod weights;
