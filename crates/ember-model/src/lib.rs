@@ -8,6 +8,7 @@
 //! - [`loss`]: cross-entropy with PyTorch's `-100` ignore index.
 //! - [`sampling`] and [`generate`]: decoding (greedy, temperature, top-k, top-p).
 //! - [`transformer_seq2seq`]: the transformer encoder–decoder (nn.Transformer layout), cached decoding.
+//! - [`lstm_seq2seq`]: the LSTM encoder–decoder with optional Bahdanau attention.
 
 pub mod bert;
 pub mod bert_hf;
@@ -20,6 +21,7 @@ pub mod hf;
 pub mod layers;
 pub mod lora;
 pub mod loss;
+pub mod lstm_seq2seq;
 pub mod sampling;
 pub mod transformer_seq2seq;
 pub mod weights;

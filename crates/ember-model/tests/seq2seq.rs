@@ -5,6 +5,7 @@ mod common;
 
 use burn::prelude::*;
 use ember_model::loss::lm_loss;
+use ember_model::lstm_seq2seq::{LstmSeq2Seq, LstmSeq2SeqConfig};
 use ember_model::transformer_seq2seq::{Positions, TransformerSeq2Seq, TransformerSeq2SeqConfig};
 use serde_json::Value;
 
@@ -99,4 +100,94 @@ fn cached_greedy_decoding_matches_pytorch_and_the_full_pass() {
     let prefix = ids_tensor(&[ids[..ids.len() - 1].to_vec()], &device);
     let full = values(model.decode(prefix, memory, src));
     assert_close("cached vs full", &step_logits, &full, 1e-5);
+}
+
+fn lstm_config(attention: bool) -> LstmSeq2SeqConfig {
+    LstmSeq2SeqConfig {
+        src_vocab_size: 64,
+        tgt_vocab_size: 64,
+        emb_dim: 16,
+        hidden: 32,
+        n_layers: 2,
+        bidirectional: false,
+        attention,
+        dropout: 0.0,
+        pad_id: 0,
+    }
+}
+
+#[test]
+fn lstm_states_logits_and_loss_match_pytorch() {
+    let device = Device::flex();
+    let reference = &reference()["lstm"];
+    let path = fixtures().join("tiny-seq2seq/lstm.safetensors");
+    let model = LstmSeq2Seq::load_torch(&lstm_config(false), &path, &device).unwrap();
+    let src = ids_tensor(&int_rows(&reference["src"]), &device);
+    let tgt_in = ids_tensor(&int_rows(&reference["tgt_in"]), &device);
+    let (outputs, finals) = model.encode(src.clone());
+    let (_, want) = ref_tensor(&reference["encoder_outputs"]);
+    assert_close("encoder outputs", &values(outputs), &want, 1e-4);
+    // PyTorch's h/c are [layers, batch, hidden].
+    let stack = |states: &[(Tensor<2>, Tensor<2>)],
+                 pick: fn(&(Tensor<2>, Tensor<2>)) -> Tensor<2>| {
+        values(Tensor::stack::<3>(states.iter().map(pick).collect(), 0))
+    };
+    let (_, want_h) = ref_tensor(&reference["encoder_final_h"]);
+    let (_, want_c) = ref_tensor(&reference["encoder_final_c"]);
+    assert_close("encoder h", &stack(&finals, |s| s.0.clone()), &want_h, 1e-4);
+    assert_close("encoder c", &stack(&finals, |s| s.1.clone()), &want_c, 1e-4);
+
+    let logits = model.forward(src.clone(), tgt_in.clone());
+    let (shape, want) = ref_tensor(&reference["logits"]);
+    assert_eq!(logits.dims().to_vec(), shape);
+    assert_close("logits", &values(logits.clone()), &want, 1e-4);
+    let mut state = model.start(src);
+    for t in 0..5 {
+        let tokens = tgt_in.clone().narrow(1, t, 1).reshape([2]);
+        model.decode_step(tokens, &mut state);
+    }
+    let (_, want_h) = ref_tensor(&reference["decoder_final_h"]);
+    let (_, want_c) = ref_tensor(&reference["decoder_final_c"]);
+    assert_close(
+        "decoder h",
+        &stack(&state.layers, |s| s.0.clone()),
+        &want_h,
+        1e-4,
+    );
+    assert_close(
+        "decoder c",
+        &stack(&state.layers, |s| s.1.clone()),
+        &want_c,
+        1e-4,
+    );
+    let targets = ids_tensor(&int_rows(&reference["tgt_out"]), &device);
+    let loss: f32 = lm_loss(logits, targets).into_scalar();
+    let want = reference["loss"]["value"].as_f64().unwrap() as f32;
+    assert!((loss - want).abs() < 1e-5, "loss {loss} vs {want}");
+}
+
+#[test]
+fn lstm_padding_and_attention_ignore_padded_source_positions() {
+    let device = Device::flex();
+    device.seed(4);
+    let mut config = lstm_config(true);
+    config.bidirectional = true;
+    let model = config.init(&device);
+    let src = ids_tensor(&[vec![1, 10, 11, 12, 2, 0, 0]], &device);
+    let alone = ids_tensor(&[vec![1, 10, 11, 12, 2]], &device);
+    let tgt = ids_tensor(&[vec![1, 20, 21]], &device);
+    assert_close(
+        "padded vs alone",
+        &values(model.forward(src.clone(), tgt.clone())),
+        &values(model.forward(alone, tgt)),
+        1e-5,
+    );
+    let mut state = model.start(src);
+    model.decode_step(
+        Tensor::from_data(TensorData::new(vec![1i64], [1]), &device),
+        &mut state,
+    );
+    let weights = values(state.last_attention.unwrap());
+    assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert!(weights[5] == 0.0 && weights[6] == 0.0, "{weights:?}");
 }
