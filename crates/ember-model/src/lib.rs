@@ -9,6 +9,7 @@
 //! - [`sampling`] and [`generate`]: decoding (greedy, temperature, top-k, top-p).
 //! - [`transformer_seq2seq`]: the transformer encoder–decoder (nn.Transformer layout), cached decoding.
 //! - [`lstm_seq2seq`]: the LSTM encoder–decoder with optional Bahdanau attention.
+//! - [`seq2seq`]: decoding both of them: greedy and beam search.
 
 pub mod bert;
 pub mod bert_hf;
@@ -23,5 +24,6 @@ pub mod lora;
 pub mod loss;
 pub mod lstm_seq2seq;
 pub mod sampling;
+pub mod seq2seq;
 pub mod transformer_seq2seq;
 pub mod weights;

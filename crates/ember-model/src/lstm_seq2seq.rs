@@ -175,6 +175,28 @@ pub struct LstmState {
     pub last_attention: Option<Tensor<2>>,
 }
 
+impl LstmState {
+    /// The state of rows `rows: [n]` (beam search).
+    pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
+        let pick = |t: &Tensor<2>| t.clone().select(0, rows.clone());
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|(h, c)| (pick(h), pick(c)))
+                .collect(),
+            memory: self.memory.as_ref().map(|(outputs, keys, hide)| {
+                (
+                    outputs.clone().select(0, rows.clone()),
+                    keys.clone().select(0, rows.clone()),
+                    hide.clone().select(0, rows.clone()),
+                )
+            }),
+            last_attention: self.last_attention.as_ref().map(pick),
+        }
+    }
+}
+
 impl LstmSeq2SeqConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         load_config(path)

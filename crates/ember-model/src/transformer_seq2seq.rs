@@ -180,7 +180,7 @@ impl DecoderLayer {
         self_hide: Tensor<4, Bool>,
         cross_kv: (Tensor<4>, Tensor<4>),
         memory_hide: Tensor<4, Bool>,
-    ) -> Tensor<3> {
+    ) -> (Tensor<3>, Tensor<3>) {
         let a = self
             .self_attn
             .attend(x.clone(), self_kv.0, self_kv.1, self_hide);
@@ -188,8 +188,25 @@ impl DecoderLayer {
         let c = self
             .cross_attn
             .attend(x.clone(), cross_kv.0, cross_kv.1, memory_hide);
+        let query = x.clone();
         let x = self.norm2.forward(x + self.drop.forward(c));
-        self.ff.forward(x)
+        (self.ff.forward(x), query)
+    }
+
+    /// Cross-attention weights `[batch, tgt, src]` (mean over heads) of the queries `x`
+    /// (the input of the cross-attention) over keys `k: [batch, heads, src, head_dim]`.
+    fn cross_weights(&self, x: Tensor<3>, k: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
+        let heads = self.cross_attn.n_heads;
+        let q = split_heads(self.cross_attn.query.forward(x), heads);
+        let [batch, heads, queries, head_dim] = q.dims();
+        let keys = k.dims()[2];
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((head_dim as f32).sqrt())
+            .mask_fill(hide.expand([batch, heads, queries, keys]), f32::MIN);
+        burn::tensor::activation::softmax(scores, 3)
+            .mean_dim(1)
+            .reshape([batch, queries, keys])
     }
 }
 
@@ -223,6 +240,27 @@ pub struct DecoderCache {
     memory_hide: Tensor<4, Bool>,
     /// Target positions already decoded.
     pub len: usize,
+    /// The last layer's cross-attention weights `[batch, src]` (mean over heads) of the last
+    /// step.
+    pub last_attention: Option<Tensor<2>>,
+}
+
+impl DecoderCache {
+    /// The cache of rows `rows: [n]` (beam search).
+    pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
+        let pick4 = |t: &Tensor<4>| t.clone().select(0, rows.clone());
+        let pair = |(k, v): &(Tensor<4>, Tensor<4>)| (pick4(k), pick4(v));
+        Self {
+            self_kv: self.self_kv.iter().map(pair).collect(),
+            cross_kv: self.cross_kv.iter().map(pair).collect(),
+            memory_hide: self.memory_hide.clone().select(0, rows.clone()),
+            len: self.len,
+            last_attention: self
+                .last_attention
+                .clone()
+                .map(|a| a.select(0, rows.clone())),
+        }
+    }
 }
 
 /// `linear` with its bias set to zero (PyTorch's `nn.MultiheadAttention` and `nn.Transformer`
@@ -438,6 +476,7 @@ impl TransformerSeq2Seq {
             cross_kv,
             memory_hide: self.source_hide(src),
             len: 0,
+            last_attention: None,
         }
     }
 
@@ -466,13 +505,24 @@ impl TransformerSeq2Seq {
             } else {
                 cache.self_kv.push((k.clone(), v.clone()));
             }
-            x = layer.forward(
+            let (out, query) = layer.forward(
                 x,
                 (k, v),
                 self_hide.clone(),
                 cache.cross_kv[i].clone(),
                 cache.memory_hide.clone(),
             );
+            if i + 1 == self.decoder.len() && len == 1 {
+                let batch = cache.memory_hide.dims()[0];
+                let weights = layer.cross_weights(
+                    query,
+                    cache.cross_kv[i].0.clone(),
+                    cache.memory_hide.clone(),
+                );
+                let keys = weights.dims()[2];
+                cache.last_attention = Some(weights.reshape([batch, keys]));
+            }
+            x = out;
         }
         cache.len += len;
         self.decoder_norm.forward(x)

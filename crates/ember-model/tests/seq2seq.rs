@@ -6,6 +6,7 @@ mod common;
 use burn::prelude::*;
 use ember_model::loss::lm_loss;
 use ember_model::lstm_seq2seq::{LstmSeq2Seq, LstmSeq2SeqConfig};
+use ember_model::seq2seq::{DecodeOptions, beam_search, greedy};
 use ember_model::transformer_seq2seq::{Positions, TransformerSeq2Seq, TransformerSeq2SeqConfig};
 use serde_json::Value;
 
@@ -190,4 +191,57 @@ fn lstm_padding_and_attention_ignore_padded_source_positions() {
     let weights = values(state.last_attention.unwrap());
     assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     assert!(weights[5] == 0.0 && weights[6] == 0.0, "{weights:?}");
+}
+
+#[test]
+fn beam_of_one_is_greedy_and_wider_beams_score_at_least_as_well() {
+    let device = Device::flex();
+    let reference = &reference()["transformer"]["greedy"];
+    let transformer = load(&device);
+    let src = ids_tensor(&int_rows(&reference["src"]), &device);
+    let mut options = DecodeOptions {
+        bos_id: 1,
+        eos_id: 2,
+        max_len: 10,
+        beam: 1,
+        length_penalty: 0.0,
+    };
+    let greedy_out = greedy(&transformer, src.clone(), &options);
+    let want: Vec<u32> = int_rows(&reference["output_ids"])[0][1..]
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    assert_eq!(greedy_out[0].tokens, want, "PyTorch's greedy tokens");
+    assert_eq!(greedy_out[0].attention.len(), 10);
+    let row = &greedy_out[0].attention[0];
+    assert_eq!(row.len(), 7);
+    assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert_eq!(
+        beam_search(&transformer, src.clone(), &options),
+        greedy_out[0]
+    );
+    options.beam = 4;
+    let wide = beam_search(&transformer, src.clone(), &options);
+    assert!(
+        wide.log_prob >= greedy_out[0].log_prob - 1e-9,
+        "{} < {}",
+        wide.log_prob,
+        greedy_out[0].log_prob
+    );
+
+    // The same for the LSTM with attention, over a padded batch row by row.
+    device.seed(9);
+    let mut config = lstm_config(true);
+    config.bidirectional = true;
+    let lstm = config.init(&device);
+    let batch = ids_tensor(&[vec![1, 10, 11, 12, 2], vec![1, 40, 2, 0, 0]], &device);
+    options.beam = 1;
+    let rows = greedy(&lstm, batch.clone(), &options);
+    for (r, decoded) in rows.iter().enumerate() {
+        let len = if r == 0 { 5 } else { 3 };
+        let alone = batch.clone().slice(s![r..r + 1, 0..len]);
+        let beam1 = beam_search(&lstm, alone, &options);
+        assert_eq!(beam1.tokens, decoded.tokens, "row {r}");
+        assert!((beam1.log_prob - decoded.log_prob).abs() < 1e-4, "row {r}");
+    }
 }
