@@ -15,6 +15,7 @@ mod pretrain;
 mod progress;
 mod runs;
 mod score;
+mod seq2seq;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -49,6 +50,11 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Generate text from a trained run or pretrained weights.
     Generate(generate::GenerateArgs),
+    /// Train an encoder–decoder (transformer or LSTM with attention) from a recipe.
+    #[command(subcommand)]
+    Train(seq2seq::TrainCommand),
+    /// Translate texts with a trained encoder–decoder (greedy or --beam N).
+    Translate(seq2seq::TranslateArgs),
     /// Fine-tune a GPT for a task.
     #[command(subcommand)]
     Finetune(classify::FinetuneCommand),
@@ -87,6 +93,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenizer(cmd) => tokenize::run_tokenizer(cmd),
         Command::Pretrain(args) => pretrain::run(args, &cli.device),
         Command::Generate(args) => generate::run(args, &cli.device),
+        Command::Train(cmd) => seq2seq::run_train(cmd, &cli.device),
+        Command::Translate(args) => seq2seq::run_translate(args, &cli.device),
         Command::Finetune(cmd) => classify::run_finetune(cmd, &cli.device),
         Command::Respond(args) => instruct::run_respond(args, &cli.device),
         Command::Judge(args) => instruct::run_judge(args),

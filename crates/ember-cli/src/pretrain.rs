@@ -275,10 +275,10 @@ pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
     run_dir: &Path,
     state: Option<TrainState>,
     observer: &mut dyn TrainObserver<M>,
-) -> Result<()> {
+) -> Result<M> {
     crate::interrupt::install();
     let started = std::time::Instant::now();
-    let (_, final_state) = train(model, optim, splits, options, run_dir, state, observer)?;
+    let (model, final_state) = train(model, optim, splits, options, run_dir, state, observer)?;
     let steps_per_epoch = splits.train.num_batches();
     let tokens_seen = final_state.tokens_seen;
     let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))
@@ -297,7 +297,7 @@ pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(())
+    Ok(model)
 }
 
 /// Refuses to train into a directory that already holds a run, unless `overwrite`, in which

@@ -1359,3 +1359,102 @@ fn bert_pretrain_fill_mask_resume_and_classify() {
         "--trainable lora is supported for GPT classifiers",
     );
 }
+
+#[test]
+fn train_seq2seq_then_translate_with_beam_and_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dates");
+    let recipe = dir.path().join("tiny.toml");
+    for (arch, model) in [
+        (
+            "transformer",
+            "arch = \"transformer\"\nd_model = 32\nn_heads = 2\nn_encoder_layers = 1\n\
+             n_decoder_layers = 1\nff_dim = 64\nmax_len = 48\nshared_embeddings = true\n",
+        ),
+        (
+            "lstm",
+            "arch = \"lstm\"\nemb_dim = 16\nhidden = 32\nn_layers = 1\nbidirectional = true\n\
+             attention = true\n",
+        ),
+    ] {
+        std::fs::write(
+            &recipe,
+            format!(
+                "data = \"{}\"\ngenerate_dates = {{ n = 400, seed = 5 }}\n\n[model]\n{model}\n\
+                 [train]\nepochs = 2\nbatch_size = 32\nlr = 3e-3\nweight_decay = 0.0\n\
+                 eval_freq = 5\neval_iter = 2\nseed = 1\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let run = dir.path().join(arch);
+        let out = ember(&[
+            "train",
+            "seq2seq",
+            "--config",
+            recipe.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{arch}: {stderr}");
+        let text = stdout(&out);
+        assert!(text.contains("test exact match: "), "{text}");
+        for file in ["seq2seq.toml", "metrics.jsonl", "loss.png", "test.json"] {
+            assert!(run.join(file).is_file(), "{arch}: {file} missing");
+        }
+        // Training lowers the loss from the uniform guess over the characters.
+        let first = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = first
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            losses.last().unwrap() < &(losses[0] - 0.3),
+            "{arch}: {losses:?}"
+        );
+
+        let png = dir.path().join(format!("{arch}.png"));
+        for beam in ["1", "3"] {
+            let out = ember(&[
+                "translate",
+                "--checkpoint",
+                run.to_str().unwrap(),
+                "--beam",
+                beam,
+                "--attention-png",
+                png.to_str().unwrap(),
+                "3rd of March 1998",
+            ]);
+            assert!(
+                out.status.success(),
+                "{arch}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(stdout(&out).lines().count(), 1);
+            assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+        }
+        assert_one_line_error(
+            &ember(&[
+                "translate",
+                "--checkpoint",
+                run.to_str().unwrap(),
+                "a",
+                "b",
+                "--attention-png",
+                "x.png",
+            ]),
+            "give exactly one text",
+        );
+    }
+    // The data was generated once, into the recipe's directory.
+    assert!(data.join("train.tsv").is_file() && data.join("test.tsv").is_file());
+    assert_one_line_error(
+        &ember(&["translate", "--checkpoint", data.to_str().unwrap(), "x"]),
+        "is not a seq2seq run directory",
+    );
+}

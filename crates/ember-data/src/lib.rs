@@ -7,6 +7,7 @@
 //! - [`instruct`]: Alpaca-style instruction data, prompt templates and the instruction collate.
 //! - [`tokenizer`]: one type over GPT-2's BPE and HuggingFace tokenizers (tokenizer.json, WordPiece).
 //! - [`dates`]: the date-normalisation task for seq2seq models (generated, reproducible).
+//! - [`seq2seq`]: parallel TSV pairs, a character vocabulary and teacher-forcing batches.
 //! - [`mlm`]: BERT pretraining inputs: masked-LM corruption and next-sentence pairs.
 //! - [`classification`]: labelled texts (SMS spam, CSV/TSV), balanced splits, padded batches.
 
@@ -20,6 +21,7 @@ pub mod loader;
 pub mod mlm;
 mod pretokenize;
 pub mod rng;
+pub mod seq2seq;
 pub mod tokenizer;
 
 use std::io::Write;

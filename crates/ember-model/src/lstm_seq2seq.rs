@@ -24,7 +24,11 @@ use crate::weights::TensorSet;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LstmSeq2SeqConfig {
+    /// Source and target vocabulary sizes; 0 (or absent) in a training config: taken from the
+    /// training data's vocabulary.
+    #[serde(default)]
     pub src_vocab_size: usize,
+    #[serde(default)]
     pub tgt_vocab_size: usize,
     /// Width of the token embeddings.
     pub emb_dim: usize,

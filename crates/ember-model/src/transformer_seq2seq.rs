@@ -40,7 +40,11 @@ pub enum Positions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerSeq2SeqConfig {
+    /// Source and target vocabulary sizes; 0 (or absent) in a training config: taken from the
+    /// training data's vocabulary.
+    #[serde(default)]
     pub src_vocab_size: usize,
+    #[serde(default)]
     pub tgt_vocab_size: usize,
     /// Width of every hidden state.
     pub d_model: usize,

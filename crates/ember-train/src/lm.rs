@@ -13,9 +13,12 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use ember_data::loader::{Batch, Batches, TokenBatch};
 use ember_data::mlm::MlmBatch;
+use ember_data::seq2seq::Seq2SeqBatch;
 use ember_model::bert::{Bert, PretrainingInputs};
 use ember_model::gpt::Gpt;
 use ember_model::loss::lm_loss;
+use ember_model::lstm_seq2seq::LstmSeq2Seq;
+use ember_model::transformer_seq2seq::TransformerSeq2Seq;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
@@ -184,6 +187,46 @@ impl LossModel<MlmBatch> for Bert {
 
     fn device(&self) -> Device {
         Bert::device(self)
+    }
+}
+
+/// Teacher-forced cross-entropy of an encoder–decoder over the real target positions.
+fn seq2seq_loss(
+    batch: &Seq2SeqBatch,
+    device: &Device,
+    forward: impl Fn(Tensor<2, Int>, Tensor<2, Int>) -> Tensor<3>,
+) -> Tensor<1> {
+    let int = |v: &[i64], len: usize| {
+        Tensor::<2, Int>::from_data(TensorData::new(v.to_vec(), [batch.batch, len]), device)
+    };
+    let logits = forward(
+        int(&batch.src, batch.src_len),
+        int(&batch.tgt_in, batch.tgt_len),
+    );
+    lm_loss(logits, int(&batch.tgt_out, batch.tgt_len))
+}
+
+impl LossModel<Seq2SeqBatch> for TransformerSeq2Seq {
+    fn batch_loss(&self, batch: &Seq2SeqBatch) -> Tensor<1> {
+        seq2seq_loss(batch, &TransformerSeq2Seq::device(self), |src, tgt| {
+            self.forward(src, tgt)
+        })
+    }
+
+    fn device(&self) -> Device {
+        TransformerSeq2Seq::device(self)
+    }
+}
+
+impl LossModel<Seq2SeqBatch> for LstmSeq2Seq {
+    fn batch_loss(&self, batch: &Seq2SeqBatch) -> Tensor<1> {
+        seq2seq_loss(batch, &LstmSeq2Seq::device(self), |src, tgt| {
+            self.forward(src, tgt)
+        })
+    }
+
+    fn device(&self) -> Device {
+        LstmSeq2Seq::device(self)
     }
 }
 

@@ -133,3 +133,62 @@ pub fn plot_curves(curves: &[Curve], axes: &Axes, path: &Path) -> Result<(), Str
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// Draws attention weights `weights[row][col]` (each output token's weights over the source
+/// tokens) as a heatmap PNG at `path` (atomically): rows labelled `row_labels` top to bottom,
+/// columns `col_labels` left to right, darker = more weight (relative to the row's largest).
+pub fn plot_attention(
+    weights: &[Vec<f32>],
+    row_labels: &[String],
+    col_labels: &[String],
+    path: &Path,
+) -> Result<(), String> {
+    let rows = weights.len();
+    let cols = weights.first().map_or(0, Vec::len);
+    if rows == 0 || cols == 0 || row_labels.len() != rows || col_labels.len() != cols {
+        return Err(format!(
+            "{}: attention of {rows}×{cols} with {}×{} labels",
+            path.display(),
+            row_labels.len(),
+            col_labels.len()
+        ));
+    }
+    register_fonts();
+    let cell = 28u32;
+    let (width, height) = (120 + cell * cols as u32, 90 + cell * rows as u32);
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (x0, y0) = (100i32, 70i32);
+        let font = ("sans-serif", 15).into_font();
+        for (c, label) in col_labels.iter().enumerate() {
+            let x = x0 + (c as i32) * cell as i32 + cell as i32 / 3;
+            root.draw(&Text::new(label.clone(), (x, y0 - 24), font.clone()))
+                .map_err(|e| err(&e))?;
+        }
+        for (r, row) in weights.iter().enumerate() {
+            let y = y0 + (r as i32) * cell as i32;
+            root.draw(&Text::new(
+                row_labels[r].clone(),
+                (10, y + cell as i32 / 4),
+                font.clone(),
+            ))
+            .map_err(|e| err(&e))?;
+            // Scaled to the row's largest weight, so diffuse rows still show their shape.
+            let top = row.iter().fold(f32::MIN_POSITIVE, |m, &w| m.max(w));
+            for (c, &w) in row.iter().enumerate() {
+                let x = x0 + (c as i32) * cell as i32;
+                let shade = (255.0 * (1.0 - (w / top).clamp(0.0, 1.0))) as u8;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell as i32, y + cell as i32)],
+                    RGBColor(shade, shade, 255).filled(),
+                ))
+                .map_err(|e| err(&e))?;
+            }
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,471 @@
+//! `ember train seq2seq` and `ember translate`: encoder–decoders (transformer or LSTM with
+//! attention) on `source<TAB>target` pairs, character-level.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use clap::{Args, Subcommand};
+use ember_data::seq2seq::{
+    BOS, CharVocab, EOS, Pair, Seq2SeqBatch, Seq2SeqLoader, read_pairs, split_files,
+};
+use ember_model::config::parse_toml;
+use ember_model::lstm_seq2seq::LstmSeq2SeqConfig;
+use ember_model::seq2seq::{DecodeOptions, Decoded, Seq2SeqModel, beam_search, greedy};
+use ember_model::transformer_seq2seq::TransformerSeq2SeqConfig;
+use ember_train::checkpoint;
+use ember_train::lm::{EvalRecord, LossModel, Splits, TrainObserver, TrainOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::device;
+use crate::pretrain::{prepare_new_run_dir, train_and_report};
+use crate::progress::TrainBar;
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Train an encoder–decoder on source<TAB>target pairs (default task: date normalisation).
+    Seq2seq(TrainSeq2SeqArgs),
+}
+
+#[derive(Args)]
+pub struct TrainSeq2SeqArgs {
+    /// Recipe TOML (e.g. configs/seq2seq/dates-transformer.toml or dates-lstm.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Data directory with train.tsv, val.tsv and test.tsv [default: the recipe's].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Run directory for checkpoints, metrics and plots.
+    #[arg(long, default_value = "runs/seq2seq")]
+    out: PathBuf,
+    /// Replace the run already in --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Args)]
+pub struct TranslateArgs {
+    /// Run directory written by `ember train seq2seq`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Texts to translate.
+    #[arg(required = true)]
+    texts: Vec<String>,
+    /// Beam width (1: greedy).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    beam: u32,
+    /// Rank finished beams by log p / length^P.
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    /// Draw the attention over the source of the (single) text as a heatmap PNG.
+    #[arg(long)]
+    attention_png: Option<PathBuf>,
+}
+
+/// The model part of a recipe: `arch = "transformer"` or `"lstm"` with that model's fields.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "lowercase")]
+pub enum Seq2SeqConfig {
+    Transformer(TransformerSeq2SeqConfig),
+    Lstm(LstmSeq2SeqConfig),
+}
+
+impl Seq2SeqConfig {
+    /// Longest sequence the model takes (the transformer's positions; the LSTM has no limit).
+    fn max_len(&self) -> usize {
+        match self {
+            Self::Transformer(c) => c.max_len,
+            Self::Lstm(_) => usize::MAX,
+        }
+    }
+
+    fn set_vocab(&mut self, size: usize) -> Result<()> {
+        let (src, tgt) = match self {
+            Self::Transformer(c) => (&mut c.src_vocab_size, &mut c.tgt_vocab_size),
+            Self::Lstm(c) => (&mut c.src_vocab_size, &mut c.tgt_vocab_size),
+        };
+        for (name, field) in [("src_vocab_size", src), ("tgt_vocab_size", tgt)] {
+            if *field == 0 {
+                *field = size;
+            } else if *field < size {
+                bail!("{name} = {} is below the data's {size} characters", *field);
+            }
+        }
+        match self {
+            Self::Transformer(c) => c.validate()?,
+            Self::Lstm(c) => c.validate()?,
+        }
+        Ok(())
+    }
+}
+
+/// When the data directory lacks its files, generate the date task there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateDates {
+    pub n: usize,
+    pub seed: u64,
+}
+
+/// A seq2seq recipe (`configs/seq2seq/*.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2SeqRecipe {
+    /// Directory with train.tsv, val.tsv and test.tsv (relative to the working directory).
+    pub data: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_dates: Option<GenerateDates>,
+    pub model: Seq2SeqConfig,
+    pub train: TrainOptions,
+}
+
+/// What a seq2seq run directory records (`seq2seq.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2SeqRun {
+    pub recipe: Seq2SeqRecipe,
+    /// The characters of the vocabulary after the four specials, in id order.
+    pub vocab: String,
+    /// Most tokens decoded per output.
+    pub decode_max_len: usize,
+}
+
+const RUN_FILE: &str = "seq2seq.toml";
+
+pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
+    let TrainCommand::Seq2seq(args) = command;
+    let device = device::parse_device(device_spec)?.autodiff();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading the recipe {}", args.config.display()))?;
+    let mut recipe: Seq2SeqRecipe =
+        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if let Some(data) = &args.data {
+        recipe.data = data.clone();
+    }
+    if let Some(epochs) = args.epochs {
+        recipe.train.epochs = epochs;
+    }
+    if let Some(lr) = args.lr {
+        recipe.train.lr = lr;
+    }
+    if let Some(batch_size) = args.batch_size {
+        recipe.train.batch_size = batch_size;
+    }
+    recipe.train.validate().map_err(anyhow::Error::msg)?;
+    if args.out.join(RUN_FILE).exists() && !args.overwrite {
+        bail!(
+            "{} already holds a seq2seq run; replace it with --overwrite or choose another --out",
+            args.out.display()
+        );
+    }
+
+    let [train_path, val_path, test_path] = split_files(&recipe.data);
+    if !train_path.is_file() {
+        match &recipe.generate_dates {
+            Some(generate) => {
+                let examples = ember_data::dates::generate(generate.n, generate.seed);
+                ember_data::dates::write_splits(&recipe.data, &examples)
+                    .with_context(|| format!("{}: cannot write", recipe.data.display()))?;
+                eprintln!(
+                    "generated {} date pairs (seed {}) into {}",
+                    generate.n,
+                    generate.seed,
+                    recipe.data.display()
+                );
+            }
+            None => bail!(
+                "{}: no such file (the data directory needs train.tsv, val.tsv and test.tsv)",
+                train_path.display()
+            ),
+        }
+    }
+    let train_pairs = read_pairs(&train_path)?;
+    let val_pairs = read_pairs(&val_path)?;
+    let test_pairs = read_pairs(&test_path)?;
+    let vocab = CharVocab::build(&train_pairs);
+    recipe.model.set_vocab(vocab.len())?;
+    let max_len = recipe.model.max_len();
+    let decode_max_len = train_pairs
+        .iter()
+        .map(|p| p.target.chars().count() + 1)
+        .max()
+        .unwrap_or(1)
+        .saturating_mul(2)
+        .min(max_len);
+    let batch_size = recipe.train.batch_size;
+    let seed = recipe.train.seed;
+    let loader = |pairs: &[Pair], shuffle: Option<u64>, what: &Path| {
+        Seq2SeqLoader::new(
+            pairs,
+            &vocab,
+            max_len,
+            batch_size,
+            shuffle,
+            &what.display().to_string(),
+        )
+    };
+    let train_loader = loader(&train_pairs, Some(seed), &train_path)?;
+    let val_loader = loader(&val_pairs, None, &val_path)?;
+    let test_loader = loader(&test_pairs, None, &test_path)?;
+
+    prepare_new_run_dir(&args.out, args.overwrite)?;
+    let _ = std::fs::remove_file(args.out.join(RUN_FILE));
+    let run = Seq2SeqRun {
+        recipe: recipe.clone(),
+        vocab: vocab.chars().iter().collect(),
+        decode_max_len,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let text = toml::to_string(&run).context("serializing seq2seq.toml")?;
+    ember_data::write_atomically(&args.out.join(RUN_FILE), text.as_bytes())
+        .with_context(|| format!("writing {}", args.out.join(RUN_FILE).display()))?;
+
+    eprintln!(
+        "data: {} / {} / {} pairs, {} characters; {} batches of {batch_size} per epoch",
+        train_pairs.len(),
+        val_pairs.len(),
+        test_pairs.len(),
+        vocab.len(),
+        ember_data::loader::Batches::num_batches(&train_loader)
+    );
+    device.seed(seed);
+    let context = TrainContext {
+        run: &run,
+        vocab: &vocab,
+        train: &train_loader,
+        val: &val_loader,
+        test: &test_loader,
+        val_pairs: &val_pairs,
+        out: &args.out,
+    };
+    match &recipe.model {
+        Seq2SeqConfig::Transformer(config) => train_and_test(config.init(&device), context),
+        Seq2SeqConfig::Lstm(config) => train_and_test(config.init(&device), context),
+    }
+}
+
+struct TrainContext<'a> {
+    run: &'a Seq2SeqRun,
+    vocab: &'a CharVocab,
+    train: &'a Seq2SeqLoader,
+    val: &'a Seq2SeqLoader,
+    test: &'a Seq2SeqLoader,
+    val_pairs: &'a [Pair],
+    out: &'a Path,
+}
+
+fn train_and_test<M>(model: M, cx: TrainContext<'_>) -> Result<()>
+where
+    M: LossModel<Seq2SeqBatch> + Seq2SeqModel,
+{
+    let options = &cx.run.recipe.train;
+    eprintln!("model: {} parameters", model.num_params());
+    let mut observer = Progress {
+        bar: TrainBar::default(),
+        vocab: cx.vocab,
+        sample: cx.val_pairs.first().cloned(),
+        decode_max_len: cx.run.decode_max_len,
+    };
+    let model = train_and_report(
+        model,
+        options.optimizer(),
+        Splits {
+            train: cx.train,
+            val: cx.val,
+        },
+        options,
+        cx.out,
+        None,
+        &mut observer,
+    )?;
+    let model = model.valid();
+    let started = std::time::Instant::now();
+    let (hits, n) = exact_match(&model, cx.test, cx.run.decode_max_len);
+    let accuracy = hits as f64 / n.max(1) as f64;
+    println!(
+        "test exact match: {:.2}% ({hits}/{n}), greedy, {:.0} s",
+        100.0 * accuracy,
+        started.elapsed().as_secs_f64()
+    );
+    let summary =
+        serde_json::json!({"split": "test", "exact_match": accuracy, "correct": hits, "total": n});
+    ember_data::write_atomically(
+        &cx.out.join("test.json"),
+        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+    )?;
+    println!(
+        "run directory: {} (seq2seq.toml, metrics.jsonl, loss.png, checkpoints/, test.json)",
+        cx.out.display()
+    );
+    Ok(())
+}
+
+fn decode_options(max_len: usize, beam: usize, length_penalty: f64) -> DecodeOptions {
+    DecodeOptions {
+        bos_id: BOS,
+        eos_id: EOS,
+        max_len,
+        beam,
+        length_penalty,
+    }
+}
+
+/// Greedy outputs equal to the targets, over every example of `data`.
+fn exact_match<M: Seq2SeqModel>(model: &M, data: &Seq2SeqLoader, max_len: usize) -> (usize, usize) {
+    let device = model.device();
+    let options = decode_options(max_len, 1, 0.0);
+    let mut hits = 0;
+    let rows: Vec<usize> = (0..data.len()).collect();
+    for chunk in rows.chunks(256) {
+        let batch = data.collate(chunk);
+        let src = Tensor::<2, Int>::from_data(
+            TensorData::new(batch.src.clone(), [batch.batch, batch.src_len]),
+            &device,
+        );
+        for (decoded, &row) in greedy(model, src, &options).iter().zip(chunk) {
+            if decoded.tokens == data.target(row) {
+                hits += 1;
+            }
+        }
+    }
+    (hits, data.len())
+}
+
+/// Progress bar + a translation of the first validation source after each epoch.
+struct Progress<'a> {
+    bar: TrainBar,
+    vocab: &'a CharVocab,
+    sample: Option<Pair>,
+    decode_max_len: usize,
+}
+
+impl<M: Seq2SeqModel + Module> TrainObserver<M> for Progress<'_> {
+    fn on_start(&mut self, total_steps: usize, first_step: usize) {
+        self.bar.start(total_steps, first_step);
+    }
+
+    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
+        self.bar.step(step, loss, lr, tokens_per_s);
+    }
+
+    fn on_eval(&mut self, record: &EvalRecord) {
+        self.bar.eval(record);
+    }
+
+    fn stop_requested(&self) -> bool {
+        crate::interrupt::requested()
+    }
+
+    fn on_finish(&mut self) {
+        self.bar.finish();
+    }
+
+    fn on_epoch_end(&mut self, epoch: usize, model: &M) {
+        let Some(pair) = &self.sample else { return };
+        let output = translate_one(
+            model,
+            self.vocab,
+            &pair.source,
+            &decode_options(self.decode_max_len, 1, 0.0),
+        );
+        self.bar.say(&format!(
+            "ep {} sample: {} → {} (target {})",
+            epoch + 1,
+            pair.source,
+            self.vocab.decode(&output.tokens),
+            pair.target
+        ));
+    }
+}
+
+fn translate_one<M: Seq2SeqModel>(
+    model: &M,
+    vocab: &CharVocab,
+    text: &str,
+    options: &DecodeOptions,
+) -> Decoded {
+    let ids: Vec<i64> = vocab.encode(text).into_iter().map(i64::from).collect();
+    let len = ids.len();
+    let src = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &model.device());
+    if options.beam > 1 {
+        beam_search(model, src, options)
+    } else {
+        greedy(model, src, options).remove(0)
+    }
+}
+
+pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
+    let device = device::parse_device(device_spec)?;
+    let path = args.checkpoint.join(RUN_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a seq2seq run directory (no {RUN_FILE}; train one with `ember train seq2seq`)",
+            args.checkpoint.display()
+        )
+    })?;
+    let run: Seq2SeqRun =
+        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if args.attention_png.is_some() && args.texts.len() != 1 {
+        bail!("--attention-png draws one text's attention; give exactly one text");
+    }
+    let vocab = CharVocab::from_chars(run.vocab.chars().collect());
+    let dir = checkpoint::latest(&args.checkpoint)?;
+    match &run.recipe.model {
+        Seq2SeqConfig::Transformer(config) => {
+            let model = checkpoint::load_model(&dir, config.init(&device))?;
+            translate_texts(&model, &vocab, &run, &args)
+        }
+        Seq2SeqConfig::Lstm(config) => {
+            let model = checkpoint::load_model(&dir, config.init(&device))?;
+            translate_texts(&model, &vocab, &run, &args)
+        }
+    }
+}
+
+fn translate_texts<M: Seq2SeqModel>(
+    model: &M,
+    vocab: &CharVocab,
+    run: &Seq2SeqRun,
+    args: &TranslateArgs,
+) -> Result<()> {
+    let options = decode_options(run.decode_max_len, args.beam as usize, args.length_penalty);
+    let max_len = run.recipe.model.max_len();
+    for text in &args.texts {
+        let len = text.chars().count();
+        if len == 0 {
+            bail!("an empty text has nothing to translate");
+        }
+        if len > max_len {
+            bail!("text of {len} characters exceeds the model's max_len {max_len}: {text}");
+        }
+        let decoded = translate_one(model, vocab, text, &options);
+        let output = vocab.decode(&decoded.tokens);
+        println!("{output}");
+        if let Some(png) = &args.attention_png {
+            if decoded.attention.is_empty() {
+                bail!("this model keeps no attention weights to draw (an LSTM without attention)");
+            }
+            let mut rows: Vec<String> = decoded.tokens.iter().map(|&t| vocab.token(t)).collect();
+            if rows.len() < decoded.attention.len() {
+                rows.push("<eos>".into());
+            }
+            let cols: Vec<String> = vocab
+                .encode(text)
+                .into_iter()
+                .map(|t| vocab.token(t))
+                .collect();
+            ember_train::plot::plot_attention(&decoded.attention, &rows, &cols, png)
+                .map_err(anyhow::Error::msg)?;
+            eprintln!("attention: {}", png.display());
+        }
+    }
+    Ok(())
+}
