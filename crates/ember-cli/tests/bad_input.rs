@@ -849,6 +849,77 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         "--trainable lora is supported for GPT classifiers",
     );
 
+    // Seq2seq: malformed pairs, missing data, a text too long for the model.
+    let recipe = |name: &str, data: &str| {
+        c.write(
+            name,
+            format!(
+                "data = \"{data}\"\n[model]\narch = \"transformer\"\nd_model = 8\nn_heads = 2\n\
+                 n_encoder_layers = 1\nn_decoder_layers = 1\nff_dim = 8\nmax_len = 16\n\
+                 [train]\nepochs = 1\nbatch_size = 2\nlr = 1e-3\nweight_decay = 0.0\n\
+                 eval_freq = 0\nseed = 1\n"
+            ),
+        )
+    };
+    let bad_recipe = recipe("s2s-bad.toml", &c.p("pairs"));
+    let missing_recipe = recipe("s2s-missing.toml", &c.p("no-pairs"));
+    let long_recipe = recipe("s2s-long.toml", &c.p("long"));
+    c.write("pairs/train.tsv", "a\tb\nno tab\n");
+    c.write("pairs/val.tsv", "a\tb\n");
+    c.write("pairs/test.tsv", "a\tb\n");
+    c.fails(
+        "seq2seq pair without a tab",
+        &[
+            "train",
+            "seq2seq",
+            "--config",
+            &bad_recipe,
+            "--out",
+            &c.p("s2s-run-1"),
+        ],
+        "train.tsv: line 2: expected `source<TAB>target`",
+    );
+    c.fails(
+        "seq2seq data directory without files",
+        &[
+            "train",
+            "seq2seq",
+            "--config",
+            &missing_recipe,
+            "--out",
+            &c.p("s2s-run-2"),
+        ],
+        "no-pairs/train.tsv: no such file",
+    );
+    c.write("long/train.tsv", "ab\tc\n");
+    c.write("long/val.tsv", "ab\tc\n");
+    c.write("long/test.tsv", "abababababababababab\tc\n");
+    c.fails(
+        "seq2seq pair longer than max_len",
+        &[
+            "train",
+            "seq2seq",
+            "--config",
+            &long_recipe,
+            "--out",
+            &c.p("s2s-run-3"),
+        ],
+        "test.tsv: pair 1 is 20 tokens long",
+    );
+    c.fails(
+        "translate with a broken recipe",
+        &[
+            "train",
+            "seq2seq",
+            "--config",
+            &c.write(
+                "s2s-arch.toml",
+                "data = \"x\"\n[model]\narch = \"gru\"\n[train]\n",
+            ),
+        ],
+        "s2s-arch.toml",
+    );
+
     // Datasets: unknown names and checksum mismatches in the mirror.
     c.fails(
         "unknown dataset",
