@@ -13,11 +13,11 @@ use ember_data::tokenizer::Tokenizer;
 use ember_model::bert::{Bert, BertConfig, BertHeads};
 use ember_model::config::parse_toml;
 use ember_train::checkpoint;
-use ember_train::lm::{EvalRecord, Splits, TrainObserver, TrainOptions};
+use ember_train::lm::{Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::pretrain::{PretrainArgs, prepare_new_run_dir, resume_from, train_and_report};
-use crate::progress::TrainBar;
+use crate::progress::{EpochSample, TrainProgress};
 use crate::{data, device, models};
 
 /// The default BERT recipe, compiled in.
@@ -379,14 +379,12 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         recipe.max_length,
         val_loader.num_batches()
     );
-    let mut observer = BertProgress {
-        bar: TrainBar::default(),
+    let mut observer = TrainProgress::new(MaskSample {
         tokenizer: &tokenizer,
         sample: recipe.sample.clone(),
         specials,
         max_len: recipe.max_length,
-        last_sample: String::new(),
-    };
+    });
     train_and_report(
         model,
         optim,
@@ -410,25 +408,21 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
-/// Progress bar + the top predictions for the sample's `[MASK]` after each epoch.
-struct BertProgress<'a> {
-    bar: TrainBar,
+/// The top predictions for the sample's first `[MASK]`.
+struct MaskSample<'a> {
     tokenizer: &'a Tokenizer,
     sample: String,
     specials: SpecialIds,
     max_len: usize,
-    last_sample: String,
 }
 
-impl BertProgress<'_> {
-    /// "text → a 0.31 · b 0.12 · c 0.05" for the first `[MASK]` of the sample.
-    fn predict(&self, model: &Bert) -> Result<Option<String>> {
-        if self.sample.is_empty() {
-            return Ok(None);
-        }
+impl EpochSample<Bert> for MaskSample<'_> {
+    /// "text → a 0.31 · b 0.12 · c 0.05".
+    fn sample(&mut self, model: &Bert) -> Result<String, String> {
         let input = self
             .tokenizer
-            .encode_for_encoder(&self.sample, None, self.max_len)?;
+            .encode_for_encoder(&self.sample, None, self.max_len)
+            .map_err(|e| e.to_string())?;
         let predictions = crate::bert::mask_predictions(
             model,
             std::slice::from_ref(&input),
@@ -436,9 +430,10 @@ impl BertProgress<'_> {
             self.specials.mask,
             3,
             &model.device(),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let Some((_, ranked)) = predictions[0].first() else {
-            return Ok(None);
+            return Err("the sample has no [MASK]".into());
         };
         let words: Vec<String> = ranked
             .iter()
@@ -447,41 +442,6 @@ impl BertProgress<'_> {
                 format!("{token} {p:.2}")
             })
             .collect();
-        Ok(Some(format!("{} → {}", self.sample, words.join(" · "))))
-    }
-}
-
-impl TrainObserver<Bert> for BertProgress<'_> {
-    fn on_start(&mut self, total_steps: usize, first_step: usize) {
-        self.bar.start(total_steps, first_step);
-    }
-
-    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
-        self.bar.step(step, loss, lr, tokens_per_s);
-    }
-
-    fn on_eval(&mut self, record: &EvalRecord) {
-        self.bar.eval(record);
-    }
-
-    fn stop_requested(&self) -> bool {
-        crate::interrupt::requested()
-    }
-
-    fn on_finish(&mut self) {
-        self.bar.finish();
-    }
-
-    fn on_epoch_end(&mut self, epoch: usize, model: &Bert) {
-        match self.predict(model) {
-            Ok(Some(line)) => {
-                self.bar.say(&format!("ep {} sample: {line}", epoch + 1));
-                self.last_sample = line;
-            }
-            Ok(None) => {}
-            Err(e) => self
-                .bar
-                .say(&format!("ep {} sample: <none: {e}>", epoch + 1)),
-        }
+        Ok(format!("{} → {}", self.sample, words.join(" · ")))
     }
 }

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::classify::LoraArgs;
-use crate::pretrain::{Progress, prepare_new_run_dir, resume_from, train_and_report};
+use crate::pretrain::{GptSample, prepare_new_run_dir, resume_from, train_and_report};
+use crate::progress::TrainProgress;
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{device, models};
 
@@ -353,14 +354,14 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         batch_size
     );
     let first_val = &splits.validation[0];
-    let mut observer = Progress::new(
-        &tokenizer,
-        recipe
+    let mut observer = TrainProgress::new(GptSample {
+        tokenizer: &tokenizer,
+        start_context: recipe
             .template
             .query(&first_val.instruction, &first_val.input),
-        recipe.sample_tokens,
-        Some(pad_id),
-    );
+        sample_tokens: recipe.sample_tokens,
+        eos_id: Some(pad_id),
+    });
     train_and_report(
         model,
         optim,

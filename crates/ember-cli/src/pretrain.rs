@@ -14,10 +14,10 @@ use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
 use ember_model::sampling::SamplingConfig;
 use ember_train::checkpoint::{self, TrainState};
-use ember_train::lm::{EvalRecord, LossModel, Splits, TrainObserver, TrainOptions, train};
+use ember_train::lm::{LossModel, Splits, TrainObserver, TrainOptions, train};
 use serde::{Deserialize, Serialize};
 
-use crate::progress::TrainBar;
+use crate::progress::{EpochSample, TrainProgress};
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{data, device, models};
 
@@ -222,12 +222,12 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         window,
         val_loader.num_batches()
     );
-    let mut observer = Progress::new(
-        &tokenizer,
-        recipe.start_context.clone(),
-        recipe.sample_tokens,
-        None,
-    );
+    let mut observer = TrainProgress::new(GptSample {
+        tokenizer: &tokenizer,
+        start_context: recipe.start_context.clone(),
+        sample_tokens: recipe.sample_tokens,
+        eos_id: None,
+    });
     train_and_report(
         model,
         optim,
@@ -408,58 +408,17 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
     ))
 }
 
-/// Progress bar + the per-epoch sample.
-pub(crate) struct Progress<'a> {
-    bar: TrainBar,
-    tokenizer: &'a BpeTokenizer,
-    start_context: String,
-    sample_tokens: usize,
+/// The GPT's per-epoch sample: the prompt and its greedy continuation.
+pub(crate) struct GptSample<'a> {
+    pub(crate) tokenizer: &'a BpeTokenizer,
+    pub(crate) start_context: String,
+    pub(crate) sample_tokens: usize,
     /// Samples stop at this token (instruction runs stop at end-of-text).
-    eos_id: Option<u32>,
-    /// The prompt and its continuation after the last epoch.
-    pub(crate) last_sample: String,
+    pub(crate) eos_id: Option<u32>,
 }
 
-impl<'a> Progress<'a> {
-    pub(crate) fn new(
-        tokenizer: &'a BpeTokenizer,
-        start_context: String,
-        sample_tokens: usize,
-        eos_id: Option<u32>,
-    ) -> Self {
-        Self {
-            bar: TrainBar::default(),
-            tokenizer,
-            start_context,
-            sample_tokens,
-            eos_id,
-            last_sample: String::new(),
-        }
-    }
-}
-
-impl TrainObserver<Gpt> for Progress<'_> {
-    fn on_start(&mut self, total_steps: usize, first_step: usize) {
-        self.bar.start(total_steps, first_step);
-    }
-
-    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
-        self.bar.step(step, loss, lr, tokens_per_s);
-    }
-
-    fn on_eval(&mut self, r: &EvalRecord) {
-        self.bar.eval(r);
-    }
-
-    fn stop_requested(&self) -> bool {
-        crate::interrupt::requested()
-    }
-
-    fn on_finish(&mut self) {
-        self.bar.finish();
-    }
-
-    fn on_epoch_end(&mut self, epoch: usize, model: &Gpt) {
+impl EpochSample<Gpt> for GptSample<'_> {
+    fn sample(&mut self, model: &Gpt) -> Result<String, String> {
         let text = sample(
             model,
             self.tokenizer,
@@ -467,9 +426,7 @@ impl TrainObserver<Gpt> for Progress<'_> {
             self.sample_tokens,
             self.eos_id,
         );
-        let line = format!("ep {} sample: {}", epoch + 1, text.replace('\n', " "));
-        self.bar.say(&line);
-        self.last_sample = format!("{}{}", self.start_context, text);
+        Ok(format!("{}{}", self.start_context, text))
     }
 }
 

@@ -106,3 +106,66 @@ impl TrainBar {
         }
     }
 }
+
+/// What a run shows after each epoch with the model in evaluation mode: a generated text,
+/// fill-mask predictions, a translation.
+pub trait EpochSample<M> {
+    fn sample(&mut self, model: &M) -> Result<String, String>;
+}
+
+/// The observer of every training command: the bar, the evaluation lines, the per-epoch sample
+/// and Ctrl-C.
+pub struct TrainProgress<S> {
+    bar: TrainBar,
+    sampler: S,
+    /// The sample after the last epoch.
+    pub last_sample: String,
+}
+
+impl<S> TrainProgress<S> {
+    pub fn new(sampler: S) -> Self {
+        Self {
+            bar: TrainBar::default(),
+            sampler,
+            last_sample: String::new(),
+        }
+    }
+}
+
+impl<M, S: EpochSample<M>> ember_train::lm::TrainObserver<M> for TrainProgress<S> {
+    fn on_start(&mut self, total_steps: usize, first_step: usize) {
+        self.bar.start(total_steps, first_step);
+    }
+
+    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
+        self.bar.step(step, loss, lr, tokens_per_s);
+    }
+
+    fn on_eval(&mut self, record: &ember_train::lm::EvalRecord) {
+        self.bar.eval(record);
+    }
+
+    fn stop_requested(&self) -> bool {
+        crate::interrupt::requested()
+    }
+
+    fn on_finish(&mut self) {
+        self.bar.finish();
+    }
+
+    fn on_epoch_end(&mut self, epoch: usize, model: &M) {
+        match self.sampler.sample(model) {
+            Ok(text) => {
+                self.bar.say(&format!(
+                    "ep {} sample: {}",
+                    epoch + 1,
+                    text.replace('\n', " ")
+                ));
+                self.last_sample = text;
+            }
+            Err(e) => self
+                .bar
+                .say(&format!("ep {} sample: <none: {e}>", epoch + 1)),
+        }
+    }
+}

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::prelude::*;
 use clap::{Args, Subcommand};
 use ember_data::seq2seq::{
@@ -15,12 +14,12 @@ use ember_model::lstm_seq2seq::LstmSeq2SeqConfig;
 use ember_model::seq2seq::{DecodeOptions, Decoded, Seq2SeqModel, beam_search, greedy};
 use ember_model::transformer_seq2seq::TransformerSeq2SeqConfig;
 use ember_train::checkpoint;
-use ember_train::lm::{EvalRecord, LossModel, Splits, TrainObserver, TrainOptions};
+use ember_train::lm::{LossModel, Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::device;
 use crate::pretrain::{prepare_new_run_dir, train_and_report};
-use crate::progress::TrainBar;
+use crate::progress::{EpochSample, TrainProgress};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
@@ -268,12 +267,11 @@ where
 {
     let options = &cx.run.recipe.train;
     eprintln!("model: {} parameters", model.num_params());
-    let mut observer = Progress {
-        bar: TrainBar::default(),
+    let mut observer = TrainProgress::new(TranslationSample {
         vocab: cx.vocab,
-        sample: cx.val_pairs.first().cloned(),
+        pair: cx.val_pairs.first().cloned(),
         decode_max_len: cx.run.decode_max_len,
-    };
+    });
     let model = train_and_report(
         model,
         options.optimizer(),
@@ -339,50 +337,24 @@ fn exact_match<M: Seq2SeqModel>(model: &M, data: &Seq2SeqLoader, max_len: usize)
     (hits, data.len())
 }
 
-/// Progress bar + a translation of the first validation source after each epoch.
-struct Progress<'a> {
-    bar: TrainBar,
+/// A translation of the first validation source.
+struct TranslationSample<'a> {
     vocab: &'a CharVocab,
-    sample: Option<Pair>,
+    pair: Option<Pair>,
     decode_max_len: usize,
 }
 
-impl<M: Seq2SeqModel + Module> TrainObserver<M> for Progress<'_> {
-    fn on_start(&mut self, total_steps: usize, first_step: usize) {
-        self.bar.start(total_steps, first_step);
-    }
-
-    fn on_step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64) {
-        self.bar.step(step, loss, lr, tokens_per_s);
-    }
-
-    fn on_eval(&mut self, record: &EvalRecord) {
-        self.bar.eval(record);
-    }
-
-    fn stop_requested(&self) -> bool {
-        crate::interrupt::requested()
-    }
-
-    fn on_finish(&mut self) {
-        self.bar.finish();
-    }
-
-    fn on_epoch_end(&mut self, epoch: usize, model: &M) {
-        let Some(pair) = &self.sample else { return };
-        let output = translate_one(
-            model,
-            self.vocab,
-            &pair.source,
-            &decode_options(self.decode_max_len, 1, 0.0),
-        );
-        self.bar.say(&format!(
-            "ep {} sample: {} → {} (target {})",
-            epoch + 1,
+impl<M: Seq2SeqModel> EpochSample<M> for TranslationSample<'_> {
+    fn sample(&mut self, model: &M) -> Result<String, String> {
+        let pair = self.pair.as_ref().ok_or("no validation pair")?;
+        let options = decode_options(self.decode_max_len, 1, 0.0);
+        let output = translate_one(model, self.vocab, &pair.source, &options);
+        Ok(format!(
+            "{} → {} (target {})",
             pair.source,
             self.vocab.decode(&output.tokens),
             pair.target
-        ));
+        ))
     }
 }
 
