@@ -33,7 +33,9 @@ pub struct BertRecipe {
     /// Model config: a built-in name (`bert-mini`, `bert-tiny`, `bert-base`) or a TOML path.
     pub model: String,
     /// Corpus: dataset names or text files (documents separated by blank lines); each is
-    /// split into training and validation text by `train_ratio`.
+    /// split into training and validation text by `train_ratio`. One name may be written
+    /// without the list.
+    #[serde(deserialize_with = "one_or_many")]
     pub corpus: Vec<String>,
     pub train_ratio: f64,
     /// Longest sequence in tokens, `[CLS]` and `[SEP]` included.
@@ -50,6 +52,20 @@ pub struct BertRecipe {
     /// A text with `[MASK]` whose top predictions are printed after each epoch.
     pub sample: String,
     pub train: TrainOptions,
+}
+
+/// `"a"` or `["a", "b"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(name) => vec![name],
+        OneOrMany::Many(names) => names,
+    })
 }
 
 fn default_true() -> bool {
