@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::{Args, Subcommand};
+use ember_data::bpe::BpeTokenizer;
 use ember_data::seq2seq::{
-    BOS, CharVocab, EOS, Pair, Seq2SeqBatch, Seq2SeqLoader, read_pairs, split_files,
+    BOS, CharVocab, EOS, Pair, Seq2SeqBatch, Seq2SeqLoader, Seq2SeqVocab, read_pairs, split_files,
 };
 use ember_model::config::parse_toml;
 use ember_model::lstm_seq2seq::LstmSeq2SeqConfig;
@@ -113,6 +114,21 @@ pub struct GenerateDates {
     pub seed: u64,
 }
 
+/// What the model reads and writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// One token per character of the training pairs.
+    #[default]
+    Char,
+    /// A byte-level BPE of `bpe_vocab_size` trained on the training pairs.
+    Bpe,
+}
+
+fn default_bpe_vocab_size() -> usize {
+    1000
+}
+
 /// A seq2seq recipe (`configs/seq2seq/*.toml`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +137,11 @@ pub struct Seq2SeqRecipe {
     pub data: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate_dates: Option<GenerateDates>,
+    /// `char` (default) or `bpe`.
+    #[serde(default)]
+    pub tokens: TokenKind,
+    #[serde(default = "default_bpe_vocab_size")]
+    pub bpe_vocab_size: usize,
     pub model: Seq2SeqConfig,
     pub train: TrainOptions,
 }
@@ -130,7 +151,8 @@ pub struct Seq2SeqRecipe {
 #[serde(deny_unknown_fields)]
 pub struct Seq2SeqRun {
     pub recipe: Seq2SeqRecipe,
-    /// The characters of the vocabulary after the four specials, in id order.
+    /// The characters of the vocabulary after the four specials, in id order (empty for a
+    /// BPE run, whose vocabulary is the run's encoder.json + vocab.bpe).
     pub vocab: String,
     /// Most tokens decoded per output.
     pub decode_max_len: usize,
@@ -188,12 +210,19 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let train_pairs = read_pairs(&train_path)?;
     let val_pairs = read_pairs(&val_path)?;
     let test_pairs = read_pairs(&test_path)?;
-    let vocab = CharVocab::build(&train_pairs);
+    let (vocab, trained_bpe) = match recipe.tokens {
+        TokenKind::Char => (Seq2SeqVocab::Chars(CharVocab::build(&train_pairs)), None),
+        TokenKind::Bpe => {
+            let (vocab, trained) = Seq2SeqVocab::train_bpe(&train_pairs, recipe.bpe_vocab_size)
+                .map_err(|e| anyhow::anyhow!("bpe_vocab_size: {e}"))?;
+            (vocab, Some(trained))
+        }
+    };
     recipe.model.set_vocab(vocab.len())?;
     let max_len = recipe.model.max_len();
     let decode_max_len = train_pairs
         .iter()
-        .map(|p| p.target.chars().count() + 1)
+        .map(|p| vocab.encode(&p.target).len() + 1)
         .max()
         .unwrap_or(1)
         .saturating_mul(2)
@@ -203,7 +232,7 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let loader = |pairs: &[Pair], shuffle: Option<u64>, what: &Path| {
         Seq2SeqLoader::new(
             pairs,
-            &vocab,
+            |t| vocab.encode(t),
             max_len,
             batch_size,
             shuffle,
@@ -218,9 +247,17 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let _ = std::fs::remove_file(args.out.join(RUN_FILE));
     let run = Seq2SeqRun {
         recipe: recipe.clone(),
-        vocab: vocab.chars().iter().collect(),
+        vocab: match &vocab {
+            Seq2SeqVocab::Chars(chars) => chars.chars().iter().collect(),
+            Seq2SeqVocab::Bpe(_) => String::new(),
+        },
         decode_max_len,
     };
+    if let Some(trained) = &trained_bpe {
+        trained
+            .save(&args.out)
+            .with_context(|| format!("writing the BPE vocabulary into {}", args.out.display()))?;
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let text = toml::to_string(&run).context("serializing seq2seq.toml")?;
@@ -228,7 +265,7 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         .with_context(|| format!("writing {}", args.out.join(RUN_FILE).display()))?;
 
     eprintln!(
-        "data: {} / {} / {} pairs, {} characters; {} batches of {batch_size} per epoch",
+        "data: {} / {} / {} pairs, {} tokens in the vocabulary; {} batches of {batch_size} per epoch",
         train_pairs.len(),
         val_pairs.len(),
         test_pairs.len(),
@@ -253,7 +290,7 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
 
 struct TrainContext<'a> {
     run: &'a Seq2SeqRun,
-    vocab: &'a CharVocab,
+    vocab: &'a Seq2SeqVocab,
     train: &'a Seq2SeqLoader,
     val: &'a Seq2SeqLoader,
     test: &'a Seq2SeqLoader,
@@ -339,7 +376,7 @@ fn exact_match<M: Seq2SeqModel>(model: &M, data: &Seq2SeqLoader, max_len: usize)
 
 /// A translation of the first validation source.
 struct TranslationSample<'a> {
-    vocab: &'a CharVocab,
+    vocab: &'a Seq2SeqVocab,
     pair: Option<Pair>,
     decode_max_len: usize,
 }
@@ -360,7 +397,7 @@ impl<M: Seq2SeqModel> EpochSample<M> for TranslationSample<'_> {
 
 fn translate_one<M: Seq2SeqModel>(
     model: &M,
-    vocab: &CharVocab,
+    vocab: &Seq2SeqVocab,
     text: &str,
     options: &DecodeOptions,
 ) -> Decoded {
@@ -388,7 +425,10 @@ pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
     if args.attention_png.is_some() && args.texts.len() != 1 {
         bail!("--attention-png draws one text's attention; give exactly one text");
     }
-    let vocab = CharVocab::from_chars(run.vocab.chars().collect());
+    let vocab = match run.recipe.tokens {
+        TokenKind::Char => Seq2SeqVocab::Chars(CharVocab::from_chars(run.vocab.chars().collect())),
+        TokenKind::Bpe => Seq2SeqVocab::Bpe(BpeTokenizer::from_dir(&args.checkpoint)?),
+    };
     let dir = checkpoint::latest(&args.checkpoint)?;
     match &run.recipe.model {
         Seq2SeqConfig::Transformer(config) => {
@@ -404,19 +444,19 @@ pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
 
 fn translate_texts<M: Seq2SeqModel>(
     model: &M,
-    vocab: &CharVocab,
+    vocab: &Seq2SeqVocab,
     run: &Seq2SeqRun,
     args: &TranslateArgs,
 ) -> Result<()> {
     let options = decode_options(run.decode_max_len, args.beam as usize, args.length_penalty);
     let max_len = run.recipe.model.max_len();
     for text in &args.texts {
-        let len = text.chars().count();
+        let len = vocab.encode(text).len();
         if len == 0 {
             bail!("an empty text has nothing to translate");
         }
         if len > max_len {
-            bail!("text of {len} characters exceeds the model's max_len {max_len}: {text}");
+            bail!("text of {len} tokens exceeds the model's max_len {max_len}: {text}");
         }
         let decoded = translate_one(model, vocab, text, &options);
         let output = vocab.decode(&decoded.tokens);

@@ -1372,6 +1372,11 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
              n_decoder_layers = 1\nff_dim = 64\nmax_len = 48\nshared_embeddings = true\n",
         ),
         (
+            "transformer-bpe",
+            "arch = \"transformer\"\nd_model = 32\nn_heads = 2\nn_encoder_layers = 1\n\
+             n_decoder_layers = 1\nff_dim = 64\nmax_len = 48\n",
+        ),
+        (
             "lstm",
             "arch = \"lstm\"\nemb_dim = 16\nhidden = 32\nn_layers = 1\nbidirectional = true\n\
              attention = true\n",
@@ -1380,10 +1385,15 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
         std::fs::write(
             &recipe,
             format!(
-                "data = \"{}\"\ngenerate_dates = {{ n = 400, seed = 5 }}\n\n[model]\n{model}\n\
+                "data = \"{}\"\ngenerate_dates = {{ n = 400, seed = 5 }}\n{}\n[model]\n{model}\n\
                  [train]\nepochs = 2\nbatch_size = 32\nlr = 3e-3\nweight_decay = 0.0\n\
                  eval_freq = 5\neval_iter = 2\nseed = 1\n",
-                data.display()
+                data.display(),
+                if arch.ends_with("bpe") {
+                    "tokens = \"bpe\"\nbpe_vocab_size = 320\n"
+                } else {
+                    ""
+                }
             ),
         )
         .unwrap();
@@ -1403,6 +1413,11 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
         for file in ["seq2seq.toml", "metrics.jsonl", "loss.png", "test.json"] {
             assert!(run.join(file).is_file(), "{arch}: {file} missing");
         }
+        assert_eq!(
+            run.join("encoder.json").is_file(),
+            arch.ends_with("bpe"),
+            "{arch}: the BPE vocabulary is kept in the run"
+        );
         // Training lowers the loss from the uniform guess over the characters.
         let first = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         let losses: Vec<f64> = first

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::bpe::BpeTokenizer;
+use crate::bpe_train::TrainedBpe;
 use crate::classification::TableError;
 use crate::loader::{Batch, Batches};
 use crate::rng::SplitMix64;
@@ -135,6 +137,74 @@ impl CharVocab {
     }
 }
 
+/// The vocabulary of a seq2seq run: characters, or a byte-level BPE trained on the training
+/// pairs whose ids follow the four specials (BPE id `i` is id `4 + i`).
+#[derive(Clone, Debug)]
+pub enum Seq2SeqVocab {
+    Chars(CharVocab),
+    Bpe(BpeTokenizer),
+}
+
+impl Seq2SeqVocab {
+    /// A BPE of at most `vocab_size` tokens trained on both sides of `pairs`.
+    pub fn train_bpe(pairs: &[Pair], vocab_size: usize) -> Result<(Self, TrainedBpe), String> {
+        let texts = pairs
+            .iter()
+            .flat_map(|p| [p.source.as_str(), p.target.as_str()]);
+        let trained = crate::bpe_train::train(texts, vocab_size, 2, |_, _| {})?;
+        Ok((Self::Bpe(trained.tokenizer()), trained))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Chars(chars) => chars.len(),
+            Self::Bpe(bpe) => SPECIALS.len() + bpe.vocab_size(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match self {
+            Self::Chars(chars) => chars.encode(text),
+            Self::Bpe(bpe) => bpe
+                .encode_ordinary(text)
+                .into_iter()
+                .map(|id| id + SPECIALS.len() as u32)
+                .collect(),
+        }
+    }
+
+    /// The text of `ids`, specials dropped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            Self::Chars(chars) => chars.decode(ids),
+            Self::Bpe(bpe) => {
+                let inner: Vec<u32> = ids
+                    .iter()
+                    .filter(|&&id| id as usize >= SPECIALS.len())
+                    .map(|&id| id - SPECIALS.len() as u32)
+                    .collect();
+                String::from_utf8_lossy(&bpe.decode_bytes(&inner).unwrap_or_default()).into_owned()
+            }
+        }
+    }
+
+    /// The printable token of `id`.
+    pub fn token(&self, id: u32) -> String {
+        match (self, SPECIALS.get(id as usize)) {
+            (_, Some(special)) => special.to_string(),
+            (Self::Chars(chars), None) => chars.token(id),
+            (Self::Bpe(bpe), None) => bpe.token_bytes(id - SPECIALS.len() as u32).map_or_else(
+                || format!("<{id}>"),
+                |b| String::from_utf8_lossy(b).into_owned(),
+            ),
+        }
+    }
+}
+
 /// A padded teacher-forcing batch, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seq2SeqBatch {
@@ -183,11 +253,11 @@ pub enum Seq2SeqDataError {
 }
 
 impl Seq2SeqLoader {
-    /// Encodes `pairs` with `vocab`; sources and targets (with `<bos>`/`<eos>`) must fit in
-    /// `max_len` positions.
+    /// Encodes `pairs` with `encode` (ids above the four specials); sources and targets (with
+    /// `<bos>`/`<eos>`) must fit in `max_len` positions.
     pub fn new(
         pairs: &[Pair],
-        vocab: &CharVocab,
+        encode: impl Fn(&str) -> Vec<u32>,
         max_len: usize,
         batch_size: usize,
         shuffle_seed: Option<u64>,
@@ -198,7 +268,7 @@ impl Seq2SeqLoader {
         }
         let mut examples = Vec::with_capacity(pairs.len());
         for (index, pair) in pairs.iter().enumerate() {
-            let (src, tgt) = (vocab.encode(&pair.source), vocab.encode(&pair.target));
+            let (src, tgt) = (encode(&pair.source), encode(&pair.target));
             let len = src.len().max(tgt.len() + 1);
             if len > max_len {
                 return Err(Seq2SeqDataError::TooLong {

@@ -1,7 +1,9 @@
 //! Parallel TSV pairs, the character vocabulary and teacher-forcing batches.
 
 use ember_data::loader::{Batch, Batches};
-use ember_data::seq2seq::{BOS, CharVocab, EOS, PAD, Pair, Seq2SeqLoader, UNK, read_pairs};
+use ember_data::seq2seq::{
+    BOS, CharVocab, EOS, PAD, Pair, Seq2SeqLoader, Seq2SeqVocab, UNK, read_pairs,
+};
 
 fn pair(source: &str, target: &str) -> Pair {
     Pair {
@@ -60,7 +62,7 @@ fn batches_pad_shift_and_label_like_the_book() {
     let pairs = [pair("ab", "c"), pair("abab", "cc")];
     let vocab = CharVocab::build(&pairs);
     let (a, b, c) = (4i64, 5i64, 6i64);
-    let loader = Seq2SeqLoader::new(&pairs, &vocab, 8, 2, None, "t").unwrap();
+    let loader = Seq2SeqLoader::new(&pairs, |t| vocab.encode(t), 8, 2, None, "t").unwrap();
     let batch = loader.collate(&[0, 1]);
     assert_eq!((batch.batch, batch.src_len, batch.tgt_len), (2, 4, 3));
     assert_eq!(batch.src, [a, b, 0, 0, a, b, a, b]);
@@ -70,7 +72,7 @@ fn batches_pad_shift_and_label_like_the_book() {
     assert_eq!(batch.num_tokens(), 11);
     assert_eq!(loader.num_batches(), 1);
     // Too long for the positions: an error naming the pair.
-    let err = Seq2SeqLoader::new(&pairs, &vocab, 3, 2, None, "train.tsv").unwrap_err();
+    let err = Seq2SeqLoader::new(&pairs, |t| vocab.encode(t), 3, 2, None, "train.tsv").unwrap_err();
     assert!(
         err.to_string()
             .contains("train.tsv: pair 2 is 4 tokens long"),
@@ -78,9 +80,34 @@ fn batches_pad_shift_and_label_like_the_book() {
     );
     // Shuffled epochs differ but repeat, and drop the short last batch.
     let many: Vec<Pair> = (0..10).map(|i| pair(&"a".repeat(i + 1), "b")).collect();
-    let shuffled = Seq2SeqLoader::new(&many, &vocab, 16, 3, Some(7), "t").unwrap();
+    let shuffled = Seq2SeqLoader::new(&many, |t| vocab.encode(t), 16, 3, Some(7), "t").unwrap();
     assert_eq!(shuffled.num_batches(), 3);
     let epoch = |e| shuffled.epoch_batches(e).collect::<Vec<_>>();
     assert_eq!(epoch(0), epoch(0));
     assert_ne!(epoch(0), epoch(1));
+}
+
+#[test]
+fn bpe_vocabulary_round_trips_above_the_specials() {
+    let pairs: Vec<Pair> = (1..60)
+        .map(|d| {
+            pair(
+                &format!("{d} March 1998"),
+                &format!("1998-03-{:02}", d % 28 + 1),
+            )
+        })
+        .collect();
+    let (vocab, trained) = Seq2SeqVocab::train_bpe(&pairs, 300).unwrap();
+    assert_eq!(vocab.len(), 4 + trained.vocab_size());
+    let ids = vocab.encode("17 March 1998");
+    assert!(ids.iter().all(|&id| id >= 4), "{ids:?}");
+    assert!(
+        ids.len() < "17 March 1998".len(),
+        "merges shorten the text: {ids:?}"
+    );
+    assert_eq!(
+        vocab.decode(&[&[BOS][..], &ids, &[EOS, PAD]].concat()),
+        "17 March 1998"
+    );
+    assert_eq!(vocab.token(EOS), "<eos>");
 }
