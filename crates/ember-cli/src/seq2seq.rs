@@ -64,6 +64,10 @@ pub struct TranslateArgs {
     /// Rank finished beams by log p / length^P.
     #[arg(long, default_value_t = 1.0)]
     length_penalty: f64,
+    /// Most tokens per output, the end token included [default: twice the longest training
+    /// target].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_len: Option<u32>,
     /// Draw the attention over the source of the (single) text as a heatmap PNG.
     #[arg(long)]
     attention_png: Option<PathBuf>,
@@ -448,7 +452,8 @@ fn translate_texts<M: Seq2SeqModel>(
     run: &Seq2SeqRun,
     args: &TranslateArgs,
 ) -> Result<()> {
-    let options = decode_options(run.decode_max_len, args.beam as usize, args.length_penalty);
+    let decode_max_len = args.max_len.map_or(run.decode_max_len, |n| n as usize);
+    let options = decode_options(decode_max_len, args.beam as usize, args.length_penalty);
     let max_len = run.recipe.model.max_len();
     for text in &args.texts {
         let len = vocab.encode(text).len();
