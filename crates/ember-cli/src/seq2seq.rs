@@ -19,7 +19,7 @@ use ember_train::lm::{LossModel, Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::device;
-use crate::pretrain::{prepare_new_run_dir, train_and_report};
+use crate::pretrain::{prepare_new_run_dir, resume_from, train_and_report};
 use crate::progress::{EpochSample, TrainProgress};
 
 #[derive(Subcommand)]
@@ -31,8 +31,11 @@ pub enum TrainCommand {
 #[derive(Args)]
 pub struct TrainSeq2SeqArgs {
     /// Recipe TOML (e.g. configs/seq2seq/dates-transformer.toml or dates-lstm.toml).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint (--epochs may grow).
+    #[arg(long, conflicts_with_all = ["config", "data", "lr", "batch_size", "overwrite", "out"])]
+    resume: Option<PathBuf>,
     /// Data directory with train.tsv, val.tsv and test.tsv [default: the recipe's].
     #[arg(long)]
     data: Option<PathBuf>,
@@ -167,10 +170,18 @@ const RUN_FILE: &str = "seq2seq.toml";
 pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let TrainCommand::Seq2seq(args) = command;
     let device = device::parse_device(device_spec)?.autodiff();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading the recipe {}", args.config.display()))?;
-    let mut recipe: Seq2SeqRecipe =
-        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let previous = args.resume.as_deref().map(read_run).transpose()?;
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    let mut recipe = match (&previous, &args.config) {
+        (Some(run), _) => run.recipe.clone(),
+        (None, Some(config)) => {
+            let text = std::fs::read_to_string(config)
+                .with_context(|| format!("reading the recipe {}", config.display()))?;
+            parse_toml::<Seq2SeqRecipe>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?
+        }
+        (None, None) => unreachable!("clap requires --config or --resume"),
+    };
     if let Some(data) = &args.data {
         recipe.data = data.clone();
     }
@@ -184,10 +195,11 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         recipe.train.batch_size = batch_size;
     }
     recipe.train.validate().map_err(anyhow::Error::msg)?;
-    if args.out.join(RUN_FILE).exists() && !args.overwrite {
+    if previous.is_none() && out.join(RUN_FILE).exists() && !args.overwrite {
         bail!(
-            "{} already holds a seq2seq run; replace it with --overwrite or choose another --out",
-            args.out.display()
+            "{} already holds a seq2seq run; continue it with --resume {}, replace it with --overwrite, or choose another --out",
+            out.display(),
+            out.display()
         );
     }
 
@@ -214,9 +226,10 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let train_pairs = read_pairs(&train_path)?;
     let val_pairs = read_pairs(&val_path)?;
     let test_pairs = read_pairs(&test_path)?;
-    let (vocab, trained_bpe) = match recipe.tokens {
-        TokenKind::Char => (Seq2SeqVocab::Chars(CharVocab::build(&train_pairs)), None),
-        TokenKind::Bpe => {
+    let (vocab, trained_bpe) = match (&previous, recipe.tokens) {
+        (Some(run), _) => (run_vocab(run, &out)?, None),
+        (None, TokenKind::Char) => (Seq2SeqVocab::Chars(CharVocab::build(&train_pairs)), None),
+        (None, TokenKind::Bpe) => {
             let (vocab, trained) = Seq2SeqVocab::train_bpe(&train_pairs, recipe.bpe_vocab_size)
                 .map_err(|e| anyhow::anyhow!("bpe_vocab_size: {e}"))?;
             (vocab, Some(trained))
@@ -224,13 +237,16 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     };
     recipe.model.set_vocab(vocab.len())?;
     let max_len = recipe.model.max_len();
-    let decode_max_len = train_pairs
-        .iter()
-        .map(|p| vocab.encode(&p.target).len() + 1)
-        .max()
-        .unwrap_or(1)
-        .saturating_mul(2)
-        .min(max_len);
+    let decode_max_len = match &previous {
+        Some(run) => run.decode_max_len,
+        None => train_pairs
+            .iter()
+            .map(|p| vocab.encode(&p.target).len() + 1)
+            .max()
+            .unwrap_or(1)
+            .saturating_mul(2)
+            .min(max_len),
+    };
     let batch_size = recipe.train.batch_size;
     let seed = recipe.train.seed;
     let loader = |pairs: &[Pair], shuffle: Option<u64>, what: &Path| {
@@ -247,8 +263,10 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let val_loader = loader(&val_pairs, None, &val_path)?;
     let test_loader = loader(&test_pairs, None, &test_path)?;
 
-    prepare_new_run_dir(&args.out, args.overwrite)?;
-    let _ = std::fs::remove_file(args.out.join(RUN_FILE));
+    if previous.is_none() {
+        prepare_new_run_dir(&out, args.overwrite)?;
+        let _ = std::fs::remove_file(out.join(RUN_FILE));
+    }
     let run = Seq2SeqRun {
         recipe: recipe.clone(),
         vocab: match &vocab {
@@ -259,14 +277,17 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     };
     if let Some(trained) = &trained_bpe {
         trained
-            .save(&args.out)
-            .with_context(|| format!("writing the BPE vocabulary into {}", args.out.display()))?;
+            .save(&out)
+            .with_context(|| format!("writing the BPE vocabulary into {}", out.display()))?;
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let text = toml::to_string(&run).context("serializing seq2seq.toml")?;
-    ember_data::write_atomically(&args.out.join(RUN_FILE), text.as_bytes())
-        .with_context(|| format!("writing {}", args.out.join(RUN_FILE).display()))?;
+    ember_data::write_atomically(&out.join(RUN_FILE), text.as_bytes())
+        .with_context(|| format!("writing {}", out.join(RUN_FILE).display()))?;
+    let resume_dir = match &previous {
+        Some(_) => Some(checkpoint::latest(&out)?),
+        None => None,
+    };
 
     eprintln!(
         "data: {} / {} / {} pairs, {} tokens in the vocabulary; {} batches of {batch_size} per epoch",
@@ -284,7 +305,8 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         val: &val_loader,
         test: &test_loader,
         val_pairs: &val_pairs,
-        out: &args.out,
+        out: &out,
+        resume_dir: resume_dir.as_deref(),
     };
     match &recipe.model {
         Seq2SeqConfig::Transformer(config) => train_and_test(config.init(&device), context),
@@ -300,6 +322,8 @@ struct TrainContext<'a> {
     test: &'a Seq2SeqLoader,
     val_pairs: &'a [Pair],
     out: &'a Path,
+    /// The checkpoint to continue from.
+    resume_dir: Option<&'a Path>,
 }
 
 fn train_and_test<M>(model: M, cx: TrainContext<'_>) -> Result<()>
@@ -313,16 +337,17 @@ where
         pair: cx.val_pairs.first().cloned(),
         decode_max_len: cx.run.decode_max_len,
     });
+    let (model, optim, state) = resume_from(cx.resume_dir, cx.out, model, options.optimizer())?;
     let model = train_and_report(
         model,
-        options.optimizer(),
+        optim,
         Splits {
             train: cx.train,
             val: cx.val,
         },
         options,
         cx.out,
-        None,
+        state,
         &mut observer,
     )?;
     let model = model.valid();
@@ -415,24 +440,33 @@ fn translate_one<M: Seq2SeqModel>(
     }
 }
 
-pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
-    let device = device::parse_device(device_spec)?;
-    let path = args.checkpoint.join(RUN_FILE);
+/// Reads `RUN_DIR/seq2seq.toml`.
+fn read_run(dir: &Path) -> Result<Seq2SeqRun> {
+    let path = dir.join(RUN_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "{} is not a seq2seq run directory (no {RUN_FILE}; train one with `ember train seq2seq`)",
-            args.checkpoint.display()
+            dir.display()
         )
     })?;
-    let run: Seq2SeqRun =
-        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The vocabulary a run was trained with.
+fn run_vocab(run: &Seq2SeqRun, dir: &Path) -> Result<Seq2SeqVocab> {
+    Ok(match run.recipe.tokens {
+        TokenKind::Char => Seq2SeqVocab::Chars(CharVocab::from_chars(run.vocab.chars().collect())),
+        TokenKind::Bpe => Seq2SeqVocab::Bpe(BpeTokenizer::from_dir(dir)?),
+    })
+}
+
+pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
+    let device = device::parse_device(device_spec)?;
+    let run = read_run(&args.checkpoint)?;
     if args.attention_png.is_some() && args.texts.len() != 1 {
         bail!("--attention-png draws one text's attention; give exactly one text");
     }
-    let vocab = match run.recipe.tokens {
-        TokenKind::Char => Seq2SeqVocab::Chars(CharVocab::from_chars(run.vocab.chars().collect())),
-        TokenKind::Bpe => Seq2SeqVocab::Bpe(BpeTokenizer::from_dir(&args.checkpoint)?),
-    };
+    let vocab = run_vocab(&run, &args.checkpoint)?;
     let dir = checkpoint::latest(&args.checkpoint)?;
     match &run.recipe.model {
         Seq2SeqConfig::Transformer(config) => {

@@ -1433,6 +1433,23 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
             "{arch}: {losses:?}"
         );
 
+        if arch == "transformer" {
+            // One more epoch from the last checkpoint.
+            let steps = |run: &std::path::Path| last_metrics(run).1;
+            let before = steps(&run);
+            let out = ember(&[
+                "train",
+                "seq2seq",
+                "--resume",
+                run.to_str().unwrap(),
+                "--epochs",
+                "3",
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(stderr.contains(&format!("from step {before}")), "{stderr}");
+            assert_eq!(steps(&run), before / 2 * 3);
+        }
         let png = dir.path().join(format!("{arch}.png"));
         for beam in ["1", "3"] {
             let out = ember(&[
