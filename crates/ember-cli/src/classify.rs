@@ -1,4 +1,4 @@
-//! `ember finetune classify`, `ember classify` and `ember lora merge`: GPT classifiers.
+//! `ember finetune classify`, `ember classify` and `ember lora merge`: GPT and BERT classifiers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ const RUN_FILE: &str = "classifier.toml";
 
 #[derive(Subcommand)]
 pub enum FinetuneCommand {
-    /// Fine-tune a GPT as a text classifier (the book's chapter 6: SMS spam).
+    /// Fine-tune a GPT (or with --arch bert a BERT) as a text classifier (the book's chapter 6: SMS spam).
     Classify(FinetuneClassifyArgs),
     /// Fine-tune a GPT to follow instructions (the book's chapter 7: Alpaca-style JSON).
     Instruct(crate::instruct::FinetuneInstructArgs),

@@ -55,7 +55,7 @@ enum Command {
     Train(seq2seq::TrainCommand),
     /// Translate texts with a trained encoder–decoder (greedy or --beam N).
     Translate(seq2seq::TranslateArgs),
-    /// Fine-tune a GPT for a task.
+    /// Fine-tune a GPT (or a BERT classifier) for a task.
     #[command(subcommand)]
     Finetune(classify::FinetuneCommand),
     /// Answer every entry of an instruction file with a fine-tuned model (adds model_response).

@@ -39,10 +39,13 @@ pub struct TrainSeq2SeqArgs {
     /// Data directory with train.tsv, val.tsv and test.tsv [default: the recipe's].
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Epochs [default: the recipe's]; with --resume, the new total.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Peak learning rate [default: the recipe's].
     #[arg(long)]
     lr: Option<f64>,
+    /// Pairs per batch [default: the recipe's].
     #[arg(long)]
     batch_size: Option<usize>,
     /// Run directory for checkpoints, metrics and plots.
