@@ -147,15 +147,6 @@ fn read_run(run_dir: &Path) -> Result<BertRunInfo> {
     parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn write_run(run_dir: &Path, info: &BertRunInfo) -> Result<()> {
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
-    let text = toml::to_string(info).context("serializing run.toml")?;
-    let path = run_dir.join("run.toml");
-    ember_data::write_atomically(&path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 /// The tokenizer file of the BERT run in `run_dir`.
 pub fn tokenizer_path(run_dir: &Path) -> Result<PathBuf> {
     Ok(read_run(run_dir)?.tokenizer_path(run_dir))
@@ -247,10 +238,11 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
             "--weights is for GPT runs; BERT pretraining starts from random weights (use `ember fill-mask`/`embed` for HuggingFace BERTs)"
         );
     }
-    let resuming = args.resume.is_some();
+    let previous = args.resume.as_deref().map(read_run).transpose()?;
+    let resuming = previous.is_some();
     let run_dir = args.resume.clone().unwrap_or_else(|| args.out.clone());
-    let mut recipe = match &args.resume {
-        Some(dir) => read_run(dir)?.recipe,
+    let mut recipe = match &previous {
+        Some(info) => info.recipe.clone(),
         None => new_recipe(args)?,
     };
     if let Some(epochs) = args.epochs {
@@ -277,8 +269,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     let (train_text, val_text) = (train_parts.join("\n\n"), val_parts.join("\n\n"));
     let corpus_name = recipe.corpus.join(" + ");
 
-    let (config, tokenizer, tokenizer_file) = if resuming {
-        let info = read_run(&run_dir)?;
+    let (config, tokenizer, tokenizer_file) = if let Some(info) = previous {
         let tokenizer = Tokenizer::open(&info.tokenizer_path(&run_dir))?;
         (info.model, tokenizer, info.tokenizer)
     } else {
@@ -370,7 +361,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         tokenizer: tokenizer_file,
         recipe: recipe.clone(),
     };
-    write_run(&run_dir, &info)?;
+    crate::runs::write_run_file(&run_dir, "run.toml", &info)?;
     let heads = info.heads()?;
     device.seed(recipe.train.seed);
     let model = config.init(heads, &device);

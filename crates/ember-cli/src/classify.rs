@@ -654,11 +654,7 @@ fn train_classifier<M: ClassifierModel>(
 }
 
 fn write_run(dir: &Path, run: &ClassifierRun) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let text = toml::to_string(run).context("serializing classifier.toml")?;
-    let path = dir.join(RUN_FILE);
-    ember_data::write_atomically(&path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    runs::write_run_file(dir, RUN_FILE, run)
 }
 
 fn read_run(dir: &Path) -> Result<ClassifierRun> {

@@ -68,10 +68,16 @@ pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
 
 /// Writes `RUN_DIR/run.toml` atomically (creating the directory).
 pub fn write_run_info(run_dir: &Path, info: &RunInfo) -> Result<()> {
+    write_run_file(run_dir, "run.toml", info)
+}
+
+/// Writes `value` as the TOML file `name` of a run directory, atomically (creating the
+/// directory): the run description of every kind of run.
+pub fn write_run_file<T: Serialize>(run_dir: &Path, name: &str, value: &T) -> Result<()> {
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
-    let text = toml::to_string(info).context("serializing run.toml")?;
-    let path = run_dir.join("run.toml");
+    let text = toml::to_string(value).with_context(|| format!("serializing {name}"))?;
+    let path = run_dir.join(name);
     ember_data::write_atomically(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -283,10 +283,7 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
             .save(&out)
             .with_context(|| format!("writing the BPE vocabulary into {}", out.display()))?;
     }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let text = toml::to_string(&run).context("serializing seq2seq.toml")?;
-    ember_data::write_atomically(&out.join(RUN_FILE), text.as_bytes())
-        .with_context(|| format!("writing {}", out.join(RUN_FILE).display()))?;
+    crate::runs::write_run_file(&out, RUN_FILE, &run)?;
     let resume_dir = match &previous {
         Some(_) => Some(checkpoint::latest(&out)?),
         None => None,

@@ -326,7 +326,7 @@ impl Seq2SeqLoader {
         batch
     }
 
-    /// Examples in order, in batches (for evaluation and decoding).
+    /// Number of pairs.
     pub fn len(&self) -> usize {
         self.examples.len()
     }
