@@ -1,39 +1,70 @@
-//! `ember bench …`: throughput figures printed next to a reference measured in the same run.
+//! `ember bench …`: throughput figures printed next to a reference measured in the same run,
+//! with the ratio and the target ratio of issue 10, and written as JSON.
+//!
+//! References are Python scripts in `scripts/` run with the environment that
+//! `scripts/setup-bench.sh` creates; without it each bench prints ember's figures alone and says
+//! how to enable them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ember_data::datasets::DataCache;
+use serde_json::{Value, json};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// GPT-2 BPE encode throughput (MB/s, one thread) on the-verdict and the SMS corpus,
-    /// next to Python tiktoken's when it is available.
-    Tokenizer(TokenizerBenchArgs),
-    /// Greedy decoding tokens/s with and without the key/value cache, on random weights of a
-    /// model config (default gpt2-small), and the speed-up.
+    /// Every bench below, one after the other, and one JSON file with all of them.
+    All(AllBenchArgs),
+    /// GPT-2 BPE encode throughput (MB/s, one thread) on the-verdict and the SMS corpus, next to
+    /// tiktoken's and HF tokenizers'.
+    #[command(alias = "tokenizer")]
+    Tokenize(TokenizeBenchArgs),
+    /// Greedy decoding tokens/s (random weights, default gpt2-small, 16-token prompt, 256 new
+    /// tokens) with and without the key/value cache, next to transformers' `generate`.
     Generate(GenerateBenchArgs),
     /// Tokens/s of a full training step (forward, backward, AdamW, global-norm clipping) for
     /// gpt-tiny (context 256, batch 8) and gpt2-small (context 256, batch 2 and 8), achieved
-    /// GFLOP/s against a matmul probe, peak memory, next to PyTorch eager when available.
+    /// GFLOP/s against a matmul probe, peak memory, next to PyTorch eager.
     Train(TrainBenchArgs),
+}
+
+/// Where the references come from and where the table goes.
+#[derive(Args, Clone)]
+pub struct ReferenceArgs {
+    /// Python of the reference environment [default: $EMBER_PYTHON, else
+    /// scripts/.venv-hf/bin/python, which `bash scripts/setup-bench.sh` creates].
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Measure ember alone, even when the reference environment exists.
+    #[arg(long)]
+    no_reference: bool,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct AllBenchArgs {
+    #[command(flatten)]
+    reference: ReferenceArgs,
+    /// Timed training steps per train case.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Skip ember's generation without the cache (about 100 s for gpt2-small on 2 cores).
+    #[arg(long)]
+    skip_no_cache: bool,
 }
 
 #[derive(Args)]
 pub struct TrainBenchArgs {
+    #[command(flatten)]
+    reference: ReferenceArgs,
     /// Timed steps per case (after one untimed warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Python with torch for the reference [default: $EMBER_PYTHON, else
-    /// scripts/.venv-hf/bin/python, created by scripts/setup_hf_venv.sh].
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// Write the table as JSON here too.
-    #[arg(long)]
-    json: Option<PathBuf>,
     /// Run only case N (0-based) and print its JSON line (the bench runs each case in its own
     /// process, so each peak memory is its own).
     #[arg(long, hide = true)]
@@ -47,8 +78,16 @@ const TRAIN_CASES: [(&str, &str, usize, usize); 3] = [
     ("gpt2-small ctx256 b8", "gpt2-small", 256, 8),
 ];
 
+/// Issue 10's target ratios (ember ÷ reference).
+const TARGET_TRAIN_SMALL: f64 = 1.5;
+const TARGET_TRAIN_GPT2: f64 = 1.2;
+const TARGET_GENERATE: f64 = 2.0;
+const TARGET_TOKENIZE: f64 = 2.0;
+
 #[derive(Args)]
 pub struct GenerateBenchArgs {
+    #[command(flatten)]
+    reference: ReferenceArgs,
     /// Model config: a built-in name or a TOML file.
     #[arg(long, default_value = "gpt2-small")]
     model: String,
@@ -56,32 +95,25 @@ pub struct GenerateBenchArgs {
     #[arg(long, default_value_t = 256)]
     new_tokens: usize,
     /// Prompt length in tokens.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
     /// Prompts decoded together.
     #[arg(long, default_value_t = 1)]
     batch: usize,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Skip ember's generation without the cache.
+    #[arg(long)]
+    skip_no_cache: bool,
 }
 
 #[derive(Args)]
-pub struct TokenizerBenchArgs {
+pub struct TokenizeBenchArgs {
+    #[command(flatten)]
+    reference: ReferenceArgs,
     /// Minimum measuring time per case, in seconds (the best repetition counts).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
-    /// Python with tiktoken for the reference [default: $EMBER_PYTHON, else scripts/.venv/bin/python].
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// The reference script.
-    #[arg(long, default_value = "scripts/bench_tiktoken.py")]
-    script: PathBuf,
-}
-
-/// One benchmark case: texts encoded one after the other.
-struct Case {
-    name: &'static str,
-    texts: Vec<String>,
 }
 
 /// Best wall time of `work` over repetitions that last at least `min_total` together.
@@ -99,11 +131,154 @@ fn best_time(min_total: Duration, mut work: impl FnMut()) -> Duration {
 }
 
 pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
-    match cmd {
-        BenchCommand::Tokenizer(args) => tokenizer_bench(args),
-        BenchCommand::Generate(args) => generate_bench(args, device_spec),
-        BenchCommand::Train(args) => train_bench(args, device_spec),
+    if let BenchCommand::Train(args) = &cmd
+        && let Some(case) = args.only
+    {
+        anyhow::ensure!(case < TRAIN_CASES.len(), "no case {case}");
+        println!("{}", train_case(case, args.steps, device_spec)?);
+        return Ok(());
     }
+    if cfg!(debug_assertions) {
+        println!(
+            "note: a debug build (ember's own code unoptimised); `cargo run --release -- bench …` gives the real figures"
+        );
+    }
+    let (report, json_path) = match cmd {
+        BenchCommand::All(args) => {
+            let mut report = machine(device_spec);
+            let reference = &args.reference;
+            report["tokenize"] = tokenize_bench(reference, 1.0)?;
+            println!();
+            let generate = GenerateBenchArgs {
+                reference: reference.clone(),
+                model: "gpt2-small".into(),
+                new_tokens: 256,
+                prompt_tokens: 16,
+                batch: 1,
+                seed: 7,
+                skip_no_cache: args.skip_no_cache,
+            };
+            report["generate"] = generate_bench(&generate, device_spec)?;
+            println!();
+            report["train"] = train_bench(reference, args.steps, device_spec)?;
+            println!();
+            print_summary(&report);
+            (report, args.reference.json)
+        }
+        BenchCommand::Tokenize(args) => {
+            let mut report = machine(device_spec);
+            report["tokenize"] = tokenize_bench(&args.reference, args.seconds)?;
+            (report, args.reference.json)
+        }
+        BenchCommand::Generate(args) => {
+            let mut report = machine(device_spec);
+            report["generate"] = generate_bench(&args, device_spec)?;
+            (report, args.reference.json)
+        }
+        BenchCommand::Train(args) => {
+            let mut report = machine(device_spec);
+            report["train"] = train_bench(&args.reference, args.steps, device_spec)?;
+            (report, args.reference.json)
+        }
+    };
+    if let Some(path) = json_path {
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        ember_data::write_atomically(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// What the figures were measured on, the head of every JSON report.
+fn machine(device_spec: &str) -> Value {
+    json!({
+        "ember_version": env!("CARGO_PKG_VERSION"),
+        "device": device_spec,
+        "threads": crate::device::cpu_threads(),
+        "release_build": !cfg!(debug_assertions),
+    })
+}
+
+/// The Python environment the references run in, when there is one.
+struct Reference {
+    python: PathBuf,
+    scripts: PathBuf,
+}
+
+impl ReferenceArgs {
+    /// The reference environment, or `None` after saying why and how to enable it.
+    fn reference(&self) -> Option<Reference> {
+        if self.no_reference {
+            return None;
+        }
+        let python = self
+            .python
+            .clone()
+            .or_else(|| std::env::var_os("EMBER_PYTHON").map(PathBuf::from))
+            .unwrap_or_else(|| scripts_dir().join(".venv-hf/bin/python"));
+        if python.exists() {
+            return Some(Reference {
+                python,
+                scripts: scripts_dir(),
+            });
+        }
+        println!(
+            "(references not measured: no Python at {}; run `bash scripts/setup-bench.sh` from the repository root to create it with PyTorch, transformers, tiktoken and HF tokenizers, or pass --python / set EMBER_PYTHON)",
+            python.display()
+        );
+        None
+    }
+}
+
+/// `scripts/` of the repository: the working directory's when run from the repository root,
+/// else the one this binary was built from.
+fn scripts_dir() -> PathBuf {
+    let local = Path::new("scripts");
+    if local.join("bench_train_torch.py").exists() {
+        local.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts")
+    }
+}
+
+impl Reference {
+    /// Runs `scripts/<script> args…` and parses the JSON object it prints; a failure is reported
+    /// on one line and gives `None`, so ember's figures still print.
+    fn run(&self, script: &str, args: &[String]) -> Option<Value> {
+        let result = (|| -> Result<Value> {
+            let output = Command::new(&self.python)
+                .arg(self.scripts.join(script))
+                .args(args)
+                .output()
+                .with_context(|| format!("running {}", self.python.display()))?;
+            anyhow::ensure!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("no message")
+            );
+            serde_json::from_slice(&output.stdout).context("reading its JSON output")
+        })();
+        result
+            .map_err(|why| println!("(reference {script} failed: {why:#})"))
+            .ok()
+    }
+}
+
+/// `a / b` as JSON, null when either side is missing.
+fn ratio(ours: f64, theirs: Option<f64>) -> Value {
+    theirs.map_or(Value::Null, |t| json!(ours / t))
+}
+
+fn fmt_ratio(value: &Value) -> String {
+    value.as_f64().map_or("-".into(), |r| format!("{r:.2}×"))
+}
+
+fn fmt_num(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("-".into(), |v| format!("{v:.decimals$}"))
 }
 
 /// Peak resident memory of this process (VmHWM), in MB.
@@ -119,7 +294,6 @@ fn peak_rss_mb() -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
-
 /// One case in this process: tokens/s of `steps` training steps after a warm-up.
 fn train_case(case: usize, steps: usize, device_spec: &str) -> Result<serde_json::Value> {
     use burn::optim::GradientsParams;
@@ -207,38 +381,25 @@ fn sgemm_probe(device_spec: &str) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / best.as_secs_f64() / 1e9)
 }
 
-fn train_bench(args: TrainBenchArgs, device_spec: &str) -> Result<()> {
-    anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
-    if let Some(case) = args.only {
-        anyhow::ensure!(case < TRAIN_CASES.len(), "no case {case}");
-        println!("{}", train_case(case, args.steps, device_spec)?);
-        return Ok(());
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// Runs each train case in its own process (its own peak memory) and PyTorch eager beside it.
+fn train_bench(reference: &ReferenceArgs, steps: usize, device_spec: &str) -> Result<Value> {
+    anyhow::ensure!(steps >= 1, "--steps must be at least 1");
+    let threads = crate::device::cpu_threads();
     let peak = sgemm_probe(device_spec)?;
-    println!("device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s");
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var_os("EMBER_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("scripts/.venv-hf/bin/python"));
-    let script = PathBuf::from("scripts/bench_train_torch.py");
-    let reference = python.exists() && script.exists();
-    if !reference {
-        println!(
-            "(no PyTorch reference: run `bash scripts/setup_hf_venv.sh` from the repository root, or set EMBER_PYTHON to a Python with torch)"
-        );
-    }
     println!(
-        "{:<22} {:>10} {:>8} {:>9} {:>10} {:>8} {:>7} {:>10}",
-        "case", "tokens/s", "GFLOP/s", "of SGEMM", "torch t/s", "ratio", "MB", "torch MB"
+        "train step (forward, backward, AdamW, clipping), device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s"
+    );
+    let reference = reference.reference();
+    println!(
+        "{:<22} {:>10} {:>8} {:>9} {:>10} {:>8} {:>7} {:>7} {:>10}",
+        "case", "tokens/s", "GFLOP/s", "of SGEMM", "torch t/s", "ratio", "target", "MB", "torch MB"
     );
     let exe = std::env::current_exe().context("locating the ember binary")?;
     let mut rows = Vec::new();
-    for (case, (name, ..)) in TRAIN_CASES.iter().enumerate() {
+    for (case, (name, model_name, ..)) in TRAIN_CASES.iter().enumerate() {
         let output = Command::new(&exe)
             .args(["--device", device_spec, "bench", "train", "--steps"])
-            .arg(args.steps.to_string())
+            .arg(steps.to_string())
             .args(["--only", &case.to_string()])
             .output()
             .context("running a bench case")?;
@@ -247,72 +408,59 @@ fn train_bench(args: TrainBenchArgs, device_spec: &str) -> Result<()> {
             "case {name}: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         );
-        let mut row: serde_json::Value =
+        let mut row: Value =
             serde_json::from_slice(&output.stdout).context("reading a bench case's JSON")?;
-        let torch = if reference {
-            let f = |k: &str| row[k].to_string();
-            let mut cmd = Command::new(&python);
-            cmd.arg(&script);
+        let torch = reference.as_ref().and_then(|r| {
+            let mut args = Vec::new();
             for key in ["emb", "layers", "heads", "vocab", "context", "batch"] {
-                cmd.arg(format!("--{key}")).arg(f(key));
+                args.push(format!("--{key}"));
+                args.push(row[key].to_string());
             }
-            cmd.args([
-                "--steps",
-                &args.steps.to_string(),
-                "--threads",
-                &threads.to_string(),
-            ]);
+            args.extend(["--steps".into(), steps.to_string()]);
+            args.extend(["--threads".into(), threads.to_string()]);
             if row["qkv_bias"].as_bool() == Some(true) {
-                cmd.arg("--qkv-bias");
+                args.push("--qkv-bias".into());
             }
             if row["tie"].as_bool() == Some(true) {
-                cmd.arg("--tie");
+                args.push("--tie".into());
             }
-            let out = cmd.output().context("running the PyTorch reference")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "PyTorch reference: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            );
-            Some(serde_json::from_slice::<serde_json::Value>(&out.stdout)?)
-        } else {
-            None
-        };
+            r.run("bench_train_torch.py", &args)
+        });
         let ours = row["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let gflops = row["gflops"].as_f64().unwrap_or(f64::NAN);
-        let (torch_rate, torch_mb) = torch.as_ref().map_or((f64::NAN, f64::NAN), |t| {
-            (
-                t["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
-                t["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-            )
+        let torch_rate = torch.as_ref().and_then(|t| t["tokens_per_s"].as_f64());
+        let torch_mb = torch.as_ref().and_then(|t| t["peak_rss_mb"].as_f64());
+        let target = if *model_name == "gpt2-small" {
+            TARGET_TRAIN_GPT2
+        } else {
+            TARGET_TRAIN_SMALL
+        };
+        row["ratio"] = ratio(ours, torch_rate);
+        row["target"] = json!(target);
+        row["memory_ratio"] = ratio(row["peak_rss_mb"].as_f64().unwrap_or(f64::NAN), torch_mb);
+        row["sgemm_gflops"] = json!(peak);
+        row["reference"] = torch.map_or(Value::Null, |mut t| {
+            t["name"] = json!("PyTorch eager (scripts/bench_train_torch.py)");
+            t
         });
         println!(
-            "{:<22} {:>10.1} {:>8.1} {:>8.0}% {:>10.1} {:>7.2}× {:>7.0} {:>10.0}",
+            "{:<22} {:>10.1} {:>8.1} {:>8.0}% {:>10} {:>8} {:>6.1}× {:>7.0} {:>10}",
             name,
             ours,
             gflops,
             100.0 * gflops / peak,
-            torch_rate,
-            ours / torch_rate,
+            fmt_num(torch_rate, 1),
+            fmt_ratio(&row["ratio"]),
+            target,
             row["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-            torch_mb
+            fmt_num(torch_mb, 0),
         );
-        row["sgemm_gflops"] = serde_json::json!(peak);
-        row["torch"] = torch.unwrap_or(serde_json::Value::Null);
         rows.push(row);
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({ "train": rows }))? + "\n";
-        ember_data::write_atomically(path, text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    Ok(Value::Array(rows))
 }
 
-fn generate_bench(args: GenerateBenchArgs, device_spec: &str) -> Result<()> {
+fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> {
     use burn::prelude::*;
     use ember_model::generate::{GenerateOptions, generate};
     use ember_model::sampling::SamplingConfig;
@@ -326,6 +474,7 @@ fn generate_bench(args: GenerateBenchArgs, device_spec: &str) -> Result<()> {
         args.new_tokens,
         config.context_length
     );
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     device.seed(args.seed);
     let model = config.init(&device);
     // Parameters are initialised lazily: a first forward pass materialises them untimed.
@@ -340,8 +489,9 @@ fn generate_bench(args: GenerateBenchArgs, device_spec: &str) -> Result<()> {
                 .collect()
         })
         .collect();
+    let threads = crate::device::cpu_threads();
     println!(
-        "{}: {} parameters, {} prompt(s) of {} tokens, {} new tokens each, greedy, device {device_spec}",
+        "generate: {} ({} parameters, random weights), {} prompt(s) of {} tokens, {} new tokens each, greedy, device {device_spec}, {threads} threads",
         args.model,
         config.num_params(),
         args.batch,
@@ -355,15 +505,14 @@ fn generate_bench(args: GenerateBenchArgs, device_spec: &str) -> Result<()> {
             eos_id: None,
             seed: 0,
             use_cache,
+            threads: crate::device::decode_threads(&device),
         };
-        let bar = crate::progress::count_bar(
-            (args.new_tokens * args.batch) as u64,
-            if use_cache {
-                "with cache"
-            } else {
-                "without cache"
-            },
-        );
+        let label = if use_cache {
+            "ember, KV cache"
+        } else {
+            "ember, no cache"
+        };
+        let bar = crate::progress::count_bar((args.new_tokens * args.batch) as u64, label);
         let started = Instant::now();
         let out =
             generate(&model, &prompts, &options, |_, _| bar.inc(1)).map_err(anyhow::Error::msg)?;
@@ -371,27 +520,149 @@ fn generate_bench(args: GenerateBenchArgs, device_spec: &str) -> Result<()> {
         bar.finish_and_clear();
         let tokens: Vec<Vec<u32>> = out.into_iter().map(|g| g.tokens).collect();
         let rate = (args.new_tokens * args.batch) as f64 / seconds;
-        println!(
-            "{:>14}: {rate:8.1} tokens/s ({seconds:.1} s)",
-            if use_cache { "KV cache" } else { "no cache" }
-        );
+        println!("{label:>24}: {rate:8.1} tokens/s ({seconds:.1} s)");
         Ok((tokens, rate))
     };
     let (cached_tokens, cached) = timed(true)?;
-    let (plain_tokens, plain) = timed(false)?;
+    let gemv = gemv_probe(device_spec, crate::device::decode_threads(&device))?;
     println!(
-        "speed-up: {:.1}× (same tokens: {})",
-        cached / plain,
-        if cached_tokens == plain_tokens {
-            "yes"
-        } else {
-            "NO"
-        }
+        "{:>24}: {:.1} GB/s as the backend runs it, {:.1} GB/s split over {} threads, {:.1} GB/s with the weight transposed ([1, 768]·[768, 3072], {} MB of weights)",
+        "GEMV probe",
+        gemv["backend_gb_s"].as_f64().unwrap_or(f64::NAN),
+        gemv["split_gb_s"].as_f64().unwrap_or(f64::NAN),
+        gemv["threads"],
+        gemv["transposed_gb_s"].as_f64().unwrap_or(f64::NAN),
+        gemv["megabytes"],
     );
-    Ok(())
+    let weight_bytes = 4.0 * config.num_params() as f64;
+    let mut row = json!({
+        "case": format!("{} prompt{} new{} b{}", args.model, args.prompt_tokens, args.new_tokens, args.batch),
+        "params": config.num_params(),
+        "tokens_per_s": cached,
+        // Every weight is read once per step (batch 1): the bandwidth decoding achieves.
+        "weight_gb_s": cached / args.batch as f64 * weight_bytes / 1e9,
+        "gemv_probe": gemv,
+    });
+    if !args.skip_no_cache {
+        let (plain_tokens, plain) = timed(false)?;
+        println!(
+            "{:>24}: {:.1}× (same tokens: {})",
+            "cache speed-up",
+            cached / plain,
+            if cached_tokens == plain_tokens {
+                "yes"
+            } else {
+                "NO"
+            }
+        );
+        row["no_cache_tokens_per_s"] = json!(plain);
+        row["cache_tokens_agree"] = json!(cached_tokens == plain_tokens);
+    }
+    let reference = args.reference.reference().and_then(|r| {
+        let mut list = Vec::new();
+        for (key, value) in [
+            ("emb", config.emb_dim),
+            ("layers", config.n_layers),
+            ("heads", config.n_heads),
+            ("vocab", config.vocab_size),
+            ("context", config.context_length),
+            ("prompt", args.prompt_tokens),
+            ("new-tokens", args.new_tokens),
+            ("threads", threads),
+            ("batch", args.batch),
+        ] {
+            list.push(format!("--{key}"));
+            list.push(value.to_string());
+        }
+        let bar = crate::progress::count_bar(1, "transformers generate");
+        let out = r.run("bench_generate_hf.py", &list);
+        bar.finish_and_clear();
+        out
+    });
+    let theirs = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
+    row["ratio"] = ratio(cached, theirs);
+    row["target"] = json!(TARGET_GENERATE);
+    println!(
+        "{:>24}: {:>8} tokens/s → ember with cache {} (target {TARGET_GENERATE:.1}×)",
+        "transformers generate",
+        fmt_num(theirs, 1),
+        fmt_ratio(&row["ratio"])
+    );
+    row["reference"] = reference.map_or(Value::Null, |mut r| {
+        r["name"] = json!("transformers GPT2LMHeadModel.generate, use_cache=True");
+        r
+    });
+    Ok(Value::Array(vec![row]))
 }
 
-fn tokenizer_bench(args: TokenizerBenchArgs) -> Result<()> {
+/// Read bandwidth of one-token matrix products, the whole cost of a decoding step: 32 weights
+/// `[768, 3072]` (302 MB, more than any cache) multiplied by one row, as the backend runs the
+/// product, split over `threads` ([`ember_model::layers::split_columns`]), and against the
+/// transposed weight `[3072, 768]·[768, 1]` (dot products along contiguous rows).
+fn gemv_probe(device_spec: &str, threads: usize) -> Result<Value> {
+    use burn::prelude::*;
+    use ember_model::layers::split_columns;
+    let device = crate::device::parse_device(device_spec)?;
+    let (d_in, d_out, count) = (768, 3072, 32);
+    device.seed(1);
+    let random = |shape: [usize; 2]| {
+        Tensor::<2>::random(shape, burn::tensor::Distribution::Default, &device)
+    };
+    let weights: Vec<Tensor<2>> = (0..count).map(|_| random([d_in, d_out])).collect();
+    let transposed: Vec<Tensor<2>> = (0..count).map(|_| random([d_out, d_in])).collect();
+    let x = random([1, d_in]);
+    let x_t = x.clone().transpose();
+    let bytes = (count * d_in * d_out * 4) as f64;
+    let rate = |work: &dyn Fn() -> Vec<Tensor<2>>| {
+        let finish = |outs: Vec<Tensor<2>>| {
+            let _ = Tensor::cat(outs, 1).sum().into_scalar::<f32>();
+        };
+        finish(work());
+        let best = best_time(Duration::from_millis(500), || finish(work()));
+        bytes / best.as_secs_f64() / 1e9
+    };
+    let backend = rate(&|| {
+        weights
+            .iter()
+            .map(|w| x.clone().matmul(w.clone()))
+            .collect()
+    });
+    let split = rate(&|| {
+        weights
+            .iter()
+            .map(|w| {
+                split_columns(d_out, threads.max(1), |start, len| {
+                    x.clone()
+                        .matmul(w.clone().narrow(1, start, len))
+                        .reshape([1, 1, len])
+                })
+                .reshape([1, d_out])
+            })
+            .collect()
+    });
+    let dot = rate(&|| {
+        transposed
+            .iter()
+            .map(|w| w.clone().matmul(x_t.clone()).transpose())
+            .collect()
+    });
+    Ok(json!({
+        "backend_gb_s": backend,
+        "split_gb_s": split,
+        "transposed_gb_s": dot,
+        "threads": threads,
+        "megabytes": (bytes / 1e6).round(),
+    }))
+}
+
+/// One tokenize case: texts encoded one after the other.
+struct Case {
+    name: &'static str,
+    texts: Vec<String>,
+}
+
+fn tokenize_bench(reference: &ReferenceArgs, seconds: f64) -> Result<Value> {
+    anyhow::ensure!(seconds > 0.0, "--seconds must be positive");
     let tokenizer = crate::data::gpt2_tokenizer()?;
     let cache = DataCache::from_env();
     let verdict = ember_data::read_text_file(&cache.file("the-verdict", "the-verdict.txt")?)?;
@@ -419,87 +690,108 @@ fn tokenizer_bench(args: TokenizerBenchArgs) -> Result<()> {
             texts: vec![messages.join("\n")],
         },
     ];
-
-    let reference = tiktoken_reference(&args, &cache);
+    println!("GPT-2 BPE encode, one thread, best of ≥{seconds:.1} s per case");
+    let reference = reference.reference().and_then(|r| {
+        let bar = crate::progress::count_bar(1, "tiktoken and HF tokenizers");
+        let out = r.run(
+            "bench_tokenize.py",
+            &[
+                "--data".into(),
+                cache.root().display().to_string(),
+                "--seconds".into(),
+                seconds.to_string(),
+            ],
+        );
+        bar.finish_and_clear();
+        out
+    });
     println!(
-        "GPT-2 BPE encode, one thread, best of ≥{:.1} s per case",
-        args.seconds
+        "{:<14} {:>8} {:>8} {:>10} {:>13} {:>8} {:>8} {:>8} {:>7}",
+        "corpus",
+        "bytes",
+        "tokens",
+        "ember MB/s",
+        "tiktoken MB/s",
+        "ratio",
+        "target",
+        "HF MB/s",
+        "ratio"
     );
-    println!(
-        "{:<14} {:>9} {:>8} {:>11} {:>13} {:>8}",
-        "corpus", "bytes", "tokens", "ember MB/s", "tiktoken MB/s", "ratio"
-    );
+    let mut rows = Vec::new();
     for case in &cases {
         let bytes: usize = case.texts.iter().map(String::len).sum();
         let tokens: usize = case.texts.iter().map(|t| tokenizer.encode(t).len()).sum();
-        let time = best_time(Duration::from_secs_f64(args.seconds), || {
+        let time = best_time(Duration::from_secs_f64(seconds), || {
             for text in &case.texts {
                 std::hint::black_box(tokenizer.encode(text));
             }
         });
         let ours = bytes as f64 / 1e6 / time.as_secs_f64();
-        let theirs = match &reference {
-            Ok(results) => results
+        let theirs = reference.as_ref().and_then(|r| {
+            r["results"]
+                .as_array()?
                 .iter()
-                .find(|r| r["corpus"] == case.name)
-                .and_then(|r| r["mb_per_s"].as_f64()),
-            Err(_) => None,
-        };
-        let (theirs_text, ratio_text) = match theirs {
-            Some(t) => (format!("{t:.2}"), format!("{:.2}×", ours / t)),
-            None => ("-".into(), "-".into()),
-        };
+                .find(|row| row["corpus"] == case.name)
+                .cloned()
+        });
+        let figure = |who: &str, key: &str| theirs.as_ref().and_then(|t| t[who][key].as_f64());
+        let tiktoken = figure("tiktoken", "mb_per_s");
+        let hf = figure("hf_tokenizers", "mb_per_s");
+        // Every encoder must produce the same number of tokens, or the speeds compare nothing.
+        for who in ["tiktoken", "hf_tokenizers"] {
+            if let Some(n) = figure(who, "tokens") {
+                anyhow::ensure!(
+                    n as usize == tokens,
+                    "{}: ember made {tokens} tokens, {who} {n}",
+                    case.name
+                );
+            }
+        }
+        let row = json!({
+            "corpus": case.name,
+            "bytes": bytes,
+            "tokens": tokens,
+            "mb_per_s": ours,
+            "ratio": ratio(ours, tiktoken),
+            "target": TARGET_TOKENIZE,
+            "ratio_hf_tokenizers": ratio(ours, hf),
+            "reference": theirs.unwrap_or(Value::Null),
+        });
         println!(
-            "{:<14} {bytes:>9} {tokens:>8} {ours:>11.2} {theirs_text:>13} {ratio_text:>8}",
-            case.name
+            "{:<14} {bytes:>8} {tokens:>8} {ours:>10.2} {:>13} {:>8} {:>7.1}× {:>8} {:>7}",
+            case.name,
+            fmt_num(tiktoken, 2),
+            fmt_ratio(&row["ratio"]),
+            TARGET_TOKENIZE,
+            fmt_num(hf, 2),
+            fmt_ratio(&row["ratio_hf_tokenizers"]),
         );
+        rows.push(row);
     }
-    if let Err(why) = reference {
-        println!("tiktoken reference not measured: {why:#}");
-        println!(
-            "  to enable it, run scripts/setup_venv.sh (makes scripts/.venv with tiktoken) from the repo root"
-        );
-    }
-    Ok(())
+    Ok(Value::Array(rows))
 }
 
-/// Runs the tiktoken script and returns its `results` array.
-fn tiktoken_reference(
-    args: &TokenizerBenchArgs,
-    cache: &DataCache,
-) -> Result<Vec<serde_json::Value>> {
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var_os("EMBER_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("scripts/.venv/bin/python"));
-    anyhow::ensure!(python.exists(), "no Python at {}", python.display());
-    anyhow::ensure!(
-        args.script.exists(),
-        "no script at {}",
-        args.script.display()
-    );
-    let output = Command::new(&python)
-        .arg(&args.script)
-        .arg("--data")
-        .arg(cache.root())
-        .arg("--seconds")
-        .arg(args.seconds.to_string())
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{} failed: {}",
-        args.script.display(),
-        String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .last()
-            .unwrap_or("")
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("reading the reference's JSON output")?;
-    json["results"]
-        .as_array()
-        .cloned()
-        .context("the reference printed no `results` array")
+/// The one-screen summary of `bench all`: every case's ratio against its target.
+fn print_summary(report: &Value) {
+    println!("summary (ember ÷ reference, same run)");
+    println!("{:<36} {:>8} {:>8} {:>6}", "case", "ratio", "target", "met");
+    let sections = [
+        ("tokenize", "corpus", "vs tiktoken"),
+        ("generate", "case", "vs transformers"),
+        ("train", "case", "vs PyTorch"),
+    ];
+    for (section, key, against) in sections {
+        for row in report[section].as_array().into_iter().flatten() {
+            let name = format!("{section} {} {against}", row[key].as_str().unwrap_or("?"));
+            let target = row["target"].as_f64().unwrap_or(f64::NAN);
+            let met = row["ratio"]
+                .as_f64()
+                .map_or("-", |r| if r >= target { "yes" } else { "no" });
+            println!(
+                "{name:<36} {:>8} {:>7.1}× {met:>6}",
+                fmt_ratio(&row["ratio"]),
+                target
+            );
+        }
+    }
 }

@@ -92,6 +92,28 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// Threads ember's CPU backends use: rayon's pool (RAYON_NUM_THREADS, else every core).
+pub fn cpu_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Threads a decoding step splits its matrix products over on `device` (see
+/// `ember_model::layers::linear_split`): every CPU thread on the CPU backends, 1 on GPUs, whose
+/// backends parallelise a product themselves.
+pub fn decode_threads(device: &Device) -> usize {
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        return cpu_threads();
+    }
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    if *device == Device::ndarray() {
+        return cpu_threads();
+    }
+    let _ = device;
+    1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

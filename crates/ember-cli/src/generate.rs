@@ -101,6 +101,7 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         eos_id,
         seed: args.seed,
         use_cache: !args.no_cache,
+        threads: crate::device::decode_threads(&device),
     };
     if let Some(instruction) = &args.instruction {
         let responder = Responder {

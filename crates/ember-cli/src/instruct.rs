@@ -529,13 +529,18 @@ pub fn load_responder_parts(
 }
 
 /// Greedy decoding that stops at end-of-text.
-pub fn response_options(max_new_tokens: usize, eos_id: Option<u32>) -> GenerateOptions {
+pub fn response_options(
+    max_new_tokens: usize,
+    eos_id: Option<u32>,
+    device: &burn::prelude::Device,
+) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens,
         sampling: SamplingConfig::default(),
         eos_id,
         seed: 123,
         use_cache: true,
+        threads: device::decode_threads(device),
     }
 }
 
@@ -557,7 +562,11 @@ pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
         model: &model,
         tokenizer: &tokenizer,
         template,
-        options: response_options(args.max_new_tokens, tokenizer.special_id(END_OF_TEXT)),
+        options: response_options(
+            args.max_new_tokens,
+            tokenizer.special_id(END_OF_TEXT),
+            &device,
+        ),
     };
     let queries: Vec<(String, String)> = entries
         .iter()

@@ -444,6 +444,7 @@ fn sample(
         eos_id,
         seed: 0,
         use_cache: true,
+        threads: crate::device::decode_threads(&model.device()),
     };
     let prompt_ids = tokenizer.encode(prompt);
     match generate(model, &[prompt_ids], &options, |_, _| {}) {

@@ -1490,3 +1490,64 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
         "is not a seq2seq run directory",
     );
 }
+
+#[test]
+fn bench_prints_and_writes_json_without_the_reference_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("tokenize.json");
+    let missing_python = dir.path().join("no-python");
+    let out = ember(&[
+        "bench",
+        "tokenize",
+        "--seconds",
+        "0.01",
+        "--python",
+        missing_python.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    // It says how to get the references, and measures ember alone.
+    assert!(text.contains("scripts/setup-bench.sh"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let rows = report["tokenize"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    // Token counts of tiktoken's GPT-2 encoding (crates/ember-data/tests/data).
+    assert_eq!(rows[0]["corpus"], "the-verdict");
+    assert_eq!(rows[0]["tokens"], 5145);
+    assert!(rows[0]["mb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["ratio"].is_null());
+
+    let json_path = dir.path().join("generate.json");
+    let out = ember(&[
+        "bench",
+        "generate",
+        "--model",
+        "gpt-tiny",
+        "--prompt-tokens",
+        "3",
+        "--new-tokens",
+        "6",
+        "--no-reference",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let row = &report["generate"][0];
+    // Split products (2+ threads on the CPU) and the cache-free loop give the same tokens.
+    assert_eq!(row["cache_tokens_agree"], true, "{row}");
+    assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(row["gemv_probe"]["split_gb_s"].as_f64().unwrap() > 0.0);
+
+    // One training case in its own process: its JSON line.
+    let out = ember(&["bench", "train", "--steps", "1", "--only", "0"]);
+    assert!(out.status.success());
+    let case: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(case["case"], "gpt-tiny ctx256 b8");
+    assert_eq!(case["params"], 28_953_600);
+    assert!(case["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}

@@ -26,6 +26,9 @@ pub struct GenerateOptions {
     /// Decode with a key/value cache (one position per step) instead of re-running the
     /// whole window every step. Both give the same tokens.
     pub use_cache: bool,
+    /// Threads that share each cached step's matrix products ([`crate::layers::linear_split`]):
+    /// the CPU thread count on CPU backends, 1 on GPUs (the backend parallelises itself).
+    pub threads: usize,
 }
 
 /// The new tokens of each prompt, and whether its prompt had to be cropped to the context.
@@ -65,7 +68,7 @@ pub fn generate(
     let mut width = sequences.iter().map(Vec::len).max().unwrap_or(0);
     // Original indices of the rows still generating, in batch order.
     let mut rows: Vec<usize> = (0..prompts.len()).collect();
-    let mut cache = KvCache::new();
+    let mut cache = KvCache::with_threads(options.threads);
     let mut rng = SplitMix64::new(options.seed);
 
     for _ in 0..options.max_new_tokens {
@@ -130,10 +133,11 @@ pub fn generate(
             )
         };
         let [_, new, emb] = hidden.dims();
-        let logits = model.head(
+        let logits = model.head_split(
             hidden
                 .slice(s![.., new - 1..new, ..])
                 .reshape([batch, 1, emb]),
+            options.threads,
         );
         let vocab = logits.dims()[2];
         let logits = logits

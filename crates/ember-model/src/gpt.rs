@@ -14,15 +14,15 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, Initializer, LayerNorm,
-    LayerNormConfig, Linear, LinearConfig,
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
 };
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
-use crate::layers::{attention, split_heads, tied_logits};
+use crate::layers::{attention, gelu_tanh, linear_split, split_heads, tied_logits_split};
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
 /// Hyper-parameters of a GPT model, loaded from `configs/models/*.toml`.
@@ -154,7 +154,6 @@ impl GptConfig {
                 mlp: FeedForward {
                     c_fc: linear(d, 4 * d, true),
                     c_proj: linear(4 * d, d, true),
-                    act: Gelu::new_approximate(),
                     lora_fc: None,
                     lora_proj: None,
                 },
@@ -197,24 +196,25 @@ impl CausalSelfAttention {
     /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let (q, k, v) = self.project(x);
+        let (q, k, v) = self.project(x, 1);
         // tril_mask is true strictly above the diagonal: the future positions to hide.
         let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &q.device())
             .reshape([1, 1, seq, seq])
             .expand([batch, 1, seq, seq]);
-        self.attend(q, k, v, future)
+        self.attend(q, k, v, future, 1)
     }
 
     /// Attention over the cached positions and `x`'s new ones, appending the new keys and
     /// values to `cache`. `x: [batch, new, emb]`; `hide: [batch, 1, new, past + new]` is true
-    /// where a query must not look (future or padding).
+    /// where a query must not look (future or padding). `threads`: see [`linear_split`].
     pub fn forward_cached(
         &self,
         x: Tensor<3>,
         hide: Tensor<4, Bool>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+        threads: usize,
     ) -> Tensor<3> {
-        let (q, k, v) = self.project(x);
+        let (q, k, v) = self.project(x, threads);
         let (k, v) = match cache.take() {
             Some((past_k, past_v)) => (
                 Tensor::cat(vec![past_k, k], 2),
@@ -223,13 +223,13 @@ impl CausalSelfAttention {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        self.attend(q, k, v, hide)
+        self.attend(q, k, v, hide, threads)
     }
 
     /// Queries, keys and values `[batch, heads, seq, head_dim]` of `x: [batch, seq, emb]`.
-    fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    fn project(&self, x: Tensor<3>, threads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let emb = x.dims()[2];
-        let qkv = self.c_attn.forward(x.clone()); // [batch, seq, 3·emb]
+        let qkv = linear_split(&self.c_attn, x.clone(), threads); // [batch, seq, 3·emb]
         let split = |i: usize, adapter: &Option<LoraAdapter>| {
             let part = with_adapter(qkv.clone().narrow(2, i * emb, emb), adapter, x.clone());
             split_heads(part, self.n_heads)
@@ -242,32 +242,49 @@ impl CausalSelfAttention {
     }
 
     /// [`attention`] with the heads projected back: `[batch, queries, emb]`.
-    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
+    fn attend(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        hide: Tensor<4, Bool>,
+        threads: usize,
+    ) -> Tensor<3> {
         let context = attention(q, k, v, hide, &self.attn_drop);
         with_adapter(
-            self.c_proj.forward(context.clone()),
+            linear_split(&self.c_proj, context.clone(), threads),
             &self.lora_out,
             context,
         )
     }
 }
 
-/// The position-wise feed-forward network: `emb → 4·emb → GELU(tanh) → emb`.
+/// The position-wise feed-forward network: `emb → 4·emb → GELU(tanh) → emb` ([`gelu_tanh`]).
 #[derive(Module, Debug)]
 pub struct FeedForward {
     pub c_fc: Linear,
     pub c_proj: Linear,
-    act: Gelu,
     pub lora_fc: Option<LoraAdapter>,
     pub lora_proj: Option<LoraAdapter>,
 }
 
 impl FeedForward {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self
-            .act
-            .forward(with_adapter(self.c_fc.forward(x.clone()), &self.lora_fc, x));
-        with_adapter(self.c_proj.forward(hidden.clone()), &self.lora_proj, hidden)
+        self.forward_split(x, 1)
+    }
+
+    /// [`FeedForward::forward`] with each product split over `threads` (see [`linear_split`]).
+    pub fn forward_split(&self, x: Tensor<3>, threads: usize) -> Tensor<3> {
+        let hidden = gelu_tanh(with_adapter(
+            linear_split(&self.c_fc, x.clone(), threads),
+            &self.lora_fc,
+            x,
+        ));
+        with_adapter(
+            linear_split(&self.c_proj, hidden.clone(), threads),
+            &self.lora_proj,
+            hidden,
+        )
     }
 }
 
@@ -293,21 +310,23 @@ impl GptBlock {
                 .forward(self.mlp.forward(self.ln_2.forward(x)))
     }
 
-    /// [`GptBlock::forward`] with attention through a key/value cache.
+    /// [`GptBlock::forward`] with attention through a key/value cache; `threads`: see
+    /// [`linear_split`].
     pub fn forward_cached(
         &self,
         x: Tensor<3>,
         hide: Tensor<4, Bool>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+        threads: usize,
     ) -> Tensor<3> {
         let attn = self
             .attn
-            .forward_cached(self.ln_1.forward(x.clone()), hide, cache);
+            .forward_cached(self.ln_1.forward(x.clone()), hide, cache, threads);
         let x = x + self.resid_drop.forward(attn);
         x.clone()
             + self
                 .resid_drop
-                .forward(self.mlp.forward(self.ln_2.forward(x)))
+                .forward(self.mlp.forward_split(self.ln_2.forward(x), threads))
     }
 }
 
@@ -323,11 +342,22 @@ pub fn merge_into(linear: &mut Linear, adapter: Option<LoraAdapter>) {
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Threads that share each decoding step's matrix products (see [`linear_split`]); 0 or 1
+    /// leaves them to the backend, which is right for GPUs.
+    pub threads: usize,
 }
 
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache whose steps split their matrix products over `threads`.
+    pub fn with_threads(threads: usize) -> Self {
+        Self {
+            threads,
+            ..Self::default()
+        }
     }
 
     /// Number of cached positions.
@@ -490,7 +520,7 @@ impl Gpt {
             .drop
             .forward(self.wte.forward(ids) + self.wpe.forward(positions));
         for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward_cached(x, hide.clone(), layer);
+            x = block.forward_cached(x, hide.clone(), layer, cache.threads);
         }
         self.ln_f.forward(x)
     }
@@ -502,9 +532,14 @@ impl Gpt {
 
     /// The output head on hidden states `[batch, seq, emb]` → `[batch, seq, vocab]`.
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.head_split(hidden, 1)
+    }
+
+    /// [`Gpt::head`] with the vocabulary split over `threads` (see [`linear_split`]).
+    pub fn head_split(&self, hidden: Tensor<3>, threads: usize) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => tied_logits(hidden, self.wte.weight.val()),
+            Some(head) => linear_split(head, hidden, threads),
+            None => tied_logits_split(hidden, self.wte.weight.val(), threads),
         }
     }
 }

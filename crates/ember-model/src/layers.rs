@@ -1,9 +1,10 @@
 //! Building blocks shared by the model families: multi-head scaled dot-product attention and
 //! the output head tied to a token embedding.
 
-use burn::nn::Dropout;
+use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{sigmoid, softmax};
+use rayon::prelude::*;
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
@@ -52,10 +53,148 @@ pub fn padding_hide(attention_mask: Tensor<2, Int>) -> Tensor<4, Bool> {
 /// transposed table makes the CPU backend copy all of it (150 MB for GPT-2, 100 ms) on every
 /// call, while transposing hidden and the result is cheap.
 pub fn tied_logits(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
+    tied_logits_split(hidden, table, 1)
+}
+
+/// [`tied_logits`] with the vocabulary cut into `threads` slices computed side by side (see
+/// [`split_columns`]).
+pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) -> Tensor<3> {
     let [batch, seq, emb] = hidden.dims();
     let vocab = table.dims()[0];
-    table
-        .matmul(hidden.reshape([batch * seq, emb]).transpose()) // [vocab, batch·seq]
-        .transpose()
-        .reshape([batch, seq, vocab])
+    let hidden_t = hidden.reshape([batch * seq, emb]).transpose(); // [emb, batch·seq]
+    let slice = |start: usize, len: usize| {
+        table
+            .clone()
+            .narrow(0, start, len)
+            .matmul(hidden_t.clone()) // [len, batch·seq]
+            .transpose()
+            .reshape([batch, seq, len])
+    };
+    if threads <= 1 || batch * seq > SPLIT_MAX_ROWS {
+        return slice(0, vocab);
+    }
+    split_columns(vocab, threads, slice)
+}
+
+/// GPT-2's GELU, the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), computed
+/// as the equal x·σ(A·x + B·x³) with A = 2√(2/π), B = 0.044715·A. Why: Burn's
+/// `gelu_approximate` takes eight element-wise tensor ops with a `tanh` (about 7% of a CPU
+/// training step) and keeps two `[batch, seq, 4·emb]` tensors per layer for the backward pass;
+/// this form takes six ops with one fused sigmoid and keeps one (its output), the rest of the
+/// graph only holding `x`, which is kept anyway.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    const B: f64 = A * 0.044715;
+    let u = x.clone() * A + x.clone().powi_scalar(3) * B;
+    x * sigmoid(u)
+}
+
+/// Most rows (`batch·seq`) for which [`linear_split`] and [`tied_logits_split`] split a matrix
+/// product; larger products are split across threads by the backend itself.
+pub const SPLIT_MAX_ROWS: usize = 8;
+
+/// `linear.forward(x)` for `x: [batch, seq, d_in]` with few rows, the output columns cut into
+/// `threads` slices computed side by side (see [`split_columns`]); the same as
+/// `linear.forward(x)` when `threads` is 1 or there are more than [`SPLIT_MAX_ROWS`] rows.
+pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> {
+    let [batch, seq, _] = x.dims();
+    if threads <= 1 || batch * seq > SPLIT_MAX_ROWS {
+        return linear.forward(x);
+    }
+    let weight = linear.weight.val(); // [d_in, d_out]
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    let [d_in, d_out] = weight.dims();
+    // A plain 2-D product: the backend reads the weight slice in place, while burn's `linear`
+    // reshapes the weight to 3-D, which copies a non-contiguous slice.
+    let rows = x.reshape([batch * seq, d_in]);
+    split_columns(d_out, threads, |start, len| {
+        let out = rows.clone().matmul(weight.clone().narrow(1, start, len)); // [rows, len]
+        let out = match &bias {
+            Some(b) => out + b.clone().narrow(0, start, len).reshape([1, len]),
+            None => out,
+        };
+        out.reshape([batch, seq, len])
+    })
+}
+
+/// `[batch, seq, width]` assembled from `slice(start, len) → [batch, seq, len]` over `threads`
+/// consecutive column ranges, computed on rayon's thread pool.
+///
+/// Why: Burn's CPU backend runs a matrix product below 192³ multiply-adds on one thread, and
+/// each projection of a one-token decoding step (`[1, 768]·[768, 3072]` …) is below that, so
+/// decoding would read its weights — the whole cost of a step — at one core's bandwidth. The
+/// slices are views of the weight (no copy), each a single-threaded product of its own.
+pub fn split_columns(
+    width: usize,
+    threads: usize,
+    slice: impl Fn(usize, usize) -> Tensor<3> + Sync,
+) -> Tensor<3> {
+    // Slices of whole cache lines (16 floats) keep every thread's rows aligned alike.
+    let chunk = width.div_ceil(threads.max(1)).next_multiple_of(16);
+    let parts: Vec<Tensor<3>> = (0..width.div_ceil(chunk))
+        .into_par_iter()
+        .map(|i| {
+            let start = i * chunk;
+            slice(start, chunk.min(width - start))
+        })
+        .collect();
+    Tensor::cat(parts, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+
+    fn max_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn gelu_tanh_is_burns_tanh_approximation() {
+        let device = Device::flex();
+        let x = Tensor::<1>::from_floats(
+            [
+                -12.0, -5.0, -3.0, -1.5, -0.7, -1e-3, 0.0, 2e-3, 0.4, 1.0, 2.5, 4.0, 9.0, 30.0,
+            ],
+            &device,
+        );
+        let ours = gelu_tanh(x.clone());
+        let burns = burn::tensor::activation::gelu_approximate(x);
+        let diff = (ours - burns).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn split_products_equal_the_whole_ones() {
+        let device = Device::flex();
+        device.seed(5);
+        let x = Tensor::<3>::random([2, 3, 24], burn::tensor::Distribution::Default, &device);
+        // 100 output columns: slices of 48 + 48 + 4, 16 + 16 + … for more threads.
+        for bias in [true, false] {
+            let linear = LinearConfig::new(24, 100).with_bias(bias).init(&device);
+            for threads in [2, 3, 7] {
+                let whole = linear.forward(x.clone());
+                let split = linear_split(&linear, x.clone(), threads);
+                let diff = max_diff(whole, split);
+                assert!(diff < 1e-5, "bias {bias}, threads {threads}: {diff}");
+            }
+        }
+        let table = Tensor::<2>::random([70, 24], burn::tensor::Distribution::Default, &device);
+        for threads in [2, 5] {
+            let whole = tied_logits(x.clone(), table.clone());
+            let split = tied_logits_split(x.clone(), table.clone(), threads);
+            // Outputs near 6: a different kernel per slice may round the last bit differently.
+            let diff = max_diff(whole, split);
+            assert!(diff < 1e-5, "threads {threads}: {diff}");
+        }
+        // Too many rows: left to the backend, bit for bit the plain product.
+        let long = Tensor::<3>::random([3, 3, 24], burn::tensor::Distribution::Default, &device);
+        let linear = LinearConfig::new(24, 100).init(&device);
+        assert_eq!(
+            linear_split(&linear, long.clone(), 4).into_data(),
+            linear.forward(long).into_data()
+        );
+    }
 }

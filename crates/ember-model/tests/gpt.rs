@@ -203,6 +203,7 @@ fn generation_crops_long_prompts_stops_at_eos_and_repeats_with_a_seed() {
         eos_id: None,
         seed: 42,
         use_cache: true,
+        threads: 1,
     };
     let run = |prompts: &[Vec<u32>], options: &GenerateOptions| {
         generate(&model, prompts, options, |_, _| {}).unwrap()

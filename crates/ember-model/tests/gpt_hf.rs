@@ -39,6 +39,7 @@ fn greedy(max_new_tokens: usize, use_cache: bool) -> GenerateOptions {
         eos_id: None,
         seed: 0,
         use_cache,
+        threads: 1,
     }
 }
 
@@ -123,15 +124,17 @@ fn greedy_decoding_matches_transformers_with_and_without_cache() {
         .iter()
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
-    for use_cache in [true, false] {
-        let out = generate(
-            &model,
-            std::slice::from_ref(&prompt),
-            &greedy(16, use_cache),
-            |_, _| {},
-        )
-        .unwrap();
-        assert_eq!(out[0].tokens, want, "use_cache = {use_cache}");
+    // threads = 3: every product of a step cut into column slices computed side by side.
+    for (use_cache, threads) in [(true, 1), (true, 3), (false, 1), (false, 3)] {
+        let options = GenerateOptions {
+            threads,
+            ..greedy(16, use_cache)
+        };
+        let out = generate(&model, std::slice::from_ref(&prompt), &options, |_, _| {}).unwrap();
+        assert_eq!(
+            out[0].tokens, want,
+            "use_cache = {use_cache}, threads {threads}"
+        );
     }
 }
 
@@ -167,12 +170,16 @@ fn a_padded_batch_decodes_each_prompt_as_if_alone_also_past_the_context() {
                 .clone()
         })
         .collect();
-    for use_cache in [true, false] {
-        let batch = generate(&model, &prompts, &greedy(30, use_cache), |_, _| {}).unwrap();
+    for (use_cache, threads) in [(true, 1), (true, 2), (false, 1)] {
+        let options = GenerateOptions {
+            threads,
+            ..greedy(30, use_cache)
+        };
+        let batch = generate(&model, &prompts, &options, |_, _| {}).unwrap();
         for (i, result) in batch.iter().enumerate() {
             assert_eq!(
                 result.tokens, alone[i],
-                "prompt {i}, use_cache = {use_cache}"
+                "prompt {i}, use_cache = {use_cache}, threads {threads}"
             );
         }
     }
