@@ -774,7 +774,7 @@ fn tokenize_bench(reference: &ReferenceArgs, seconds: f64) -> Result<Value> {
 /// The one-screen summary of `bench all`: every case's ratio against its target.
 fn print_summary(report: &Value) {
     println!("summary (ember ÷ reference, same run)");
-    println!("{:<36} {:>8} {:>8} {:>6}", "case", "ratio", "target", "met");
+    println!("{:<48} {:>8} {:>8} {:>6}", "case", "ratio", "target", "met");
     let sections = [
         ("tokenize", "corpus", "vs tiktoken"),
         ("generate", "case", "vs transformers"),
@@ -788,7 +788,7 @@ fn print_summary(report: &Value) {
                 .as_f64()
                 .map_or("-", |r| if r >= target { "yes" } else { "no" });
             println!(
-                "{name:<36} {:>8} {:>7.1}× {met:>6}",
+                "{name:<48} {:>8} {:>7.1}× {met:>6}",
                 fmt_ratio(&row["ratio"]),
                 target
             );

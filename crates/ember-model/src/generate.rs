@@ -39,8 +39,25 @@ pub struct Generation {
 }
 
 /// Generates continuations for `prompts` (token ids, each non-empty). `on_token(index, id)` is
-/// called as soon as sequence `index` gets a token, so callers can stream text.
+/// called as soon as sequence `index` gets a token, so callers can stream text (from a thread
+/// of rayon's pool when `options.threads > 1`).
 pub fn generate(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    on_token: impl FnMut(usize, u32) + Send,
+) -> Result<Vec<Generation>, String> {
+    if options.threads > 1 {
+        // Decoding on a worker of rayon's pool: a split product then hands its other slices to
+        // workers still spinning from the last product instead of waking them from outside the
+        // pool, 49 times per gpt2-small token (measured +2–7% tokens/s on 2 cores).
+        rayon::scope(|_| generate_here(model, prompts, options, on_token))
+    } else {
+        generate_here(model, prompts, options, on_token)
+    }
+}
+
+fn generate_here(
     model: &Gpt,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
