@@ -333,16 +333,28 @@ fn train_case(case: usize, steps: usize, device_spec: &str) -> Result<serde_json
     let all = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, context + 1]), &device);
     let inputs = all.clone().narrow(1, 0, context);
     let targets = all.narrow(1, 1, context);
-    let mut step = || {
+    // Seconds in each phase over the timed steps: where a step's time goes. Exact on the eager
+    // CPU backends; on lazy (GPU) backends only the total is the time of the work.
+    let mut phases = [0.0f64; 4];
+    let mut step = |phases: &mut [f64; 4]| {
+        let mut t = Instant::now();
+        let mut lap = |phase: usize, t: &mut Instant| {
+            phases[phase] += t.elapsed().as_secs_f64();
+            *t = Instant::now();
+        };
         let loss = lm_loss(model.forward(inputs.clone()), targets.clone());
+        lap(0, &mut t);
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        lap(1, &mut t);
         ember_train::clip::clip_global_norm(&model, &mut grads, 1.0);
+        lap(2, &mut t);
         model = optim.step(1e-4, model.clone(), grads);
+        lap(3, &mut t);
     };
-    step();
+    step(&mut [0.0; 4]);
     let started = Instant::now();
     for _ in 0..steps {
-        step();
+        step(&mut phases);
     }
     // The last step's work is queued on lazy backends: read a value to finish it.
     let _ = model
@@ -361,6 +373,12 @@ fn train_case(case: usize, steps: usize, device_spec: &str) -> Result<serde_json
         "tokens_per_s": tokens_per_s,
         "gflops": tokens_per_s * flops_per_token / 1e9,
         "peak_rss_mb": peak_rss_mb(),
+        "phase_ms": {
+            "forward_and_loss": 1e3 * phases[0] / steps as f64,
+            "backward": 1e3 * phases[1] / steps as f64,
+            "clip": 1e3 * phases[2] / steps as f64,
+            "adamw": 1e3 * phases[3] / steps as f64,
+        },
         "emb": config.emb_dim, "layers": config.n_layers, "heads": config.n_heads,
         "vocab": config.vocab_size, "context": context, "batch": batch,
         "qkv_bias": config.qkv_bias, "tie": config.tie_weights,
@@ -456,6 +474,18 @@ fn train_bench(reference: &ReferenceArgs, steps: usize, device_spec: &str) -> Re
             fmt_num(torch_mb, 0),
         );
         rows.push(row);
+    }
+    println!("where a step's time goes (ms; matmuls are inside forward and backward):");
+    for row in &rows {
+        let phase = |key: &str| row["phase_ms"][key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "  {:<22} forward+loss {:>7.0}  backward {:>7.0}  clip {:>5.0}  AdamW {:>6.0}",
+            row["case"].as_str().unwrap_or("?"),
+            phase("forward_and_loss"),
+            phase("backward"),
+            phase("clip"),
+            phase("adamw"),
+        );
     }
     Ok(Value::Array(rows))
 }
@@ -774,7 +804,7 @@ fn tokenize_bench(reference: &ReferenceArgs, seconds: f64) -> Result<Value> {
 /// The one-screen summary of `bench all`: every case's ratio against its target.
 fn print_summary(report: &Value) {
     println!("summary (ember ÷ reference, same run)");
-    println!("{:<48} {:>8} {:>8} {:>6}", "case", "ratio", "target", "met");
+    println!("{:<56} {:>8} {:>8} {:>6}", "case", "ratio", "target", "met");
     let sections = [
         ("tokenize", "corpus", "vs tiktoken"),
         ("generate", "case", "vs transformers"),
@@ -788,7 +818,7 @@ fn print_summary(report: &Value) {
                 .as_f64()
                 .map_or("-", |r| if r >= target { "yes" } else { "no" });
             println!(
-                "{name:<48} {:>8} {:>7.1}× {met:>6}",
+                "{name:<56} {:>8} {:>7.1}× {met:>6}",
                 fmt_ratio(&row["ratio"]),
                 target
             );

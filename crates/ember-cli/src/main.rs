@@ -86,7 +86,26 @@ enum Command {
     Info,
 }
 
+/// Keeps freed memory in the process for the next allocation of its size.
+///
+/// A training step allocates and frees tensors of 100–400 MB (logits, embedding-sized gradients,
+/// AdamW's moments). glibc serves every allocation above 32 MB with a fresh `mmap` and unmaps it
+/// on free, so each such tensor page-faults and zeroes all its pages again, every step; small
+/// ones are trimmed from the heap top and faulted back alike. Serving all from the heap and
+/// never trimming it made training steps 20–35% faster here (gpt-tiny batch 8, gpt2-small
+/// batch 2), for 4–10% more peak memory (`ember bench train` shows both).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator settings; it is called before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    keep_freed_memory();
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
