@@ -30,9 +30,11 @@ pub fn attention(
     let [batch, heads, queries, head_dim] = q.dims();
     let keys = k.dims()[2];
     let hide = hide.expand([batch, heads, queries, keys]);
+    // Scaling the queries rather than the scores: the same product, one element-wise op on a
+    // tensor head_dim/keys the size (4× smaller for GPT-2 at context 256).
     let scores = q
-        .matmul(k.swap_dims(2, 3))
         .div_scalar((head_dim as f32).sqrt())
+        .matmul(k.swap_dims(2, 3))
         .mask_fill(hide, f32::MIN); // [batch, heads, queries, keys]
     let weights = dropout.forward(softmax(scores, 3));
     weights
