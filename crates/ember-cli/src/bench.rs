@@ -143,9 +143,9 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
             "note: a debug build (ember's own code unoptimised); `cargo run --release -- bench …` gives the real figures"
         );
     }
-    let (report, json_path) = match cmd {
+    let mut report = machine(device_spec);
+    let json_path = match cmd {
         BenchCommand::All(args) => {
-            let mut report = machine(device_spec);
             let reference = &args.reference;
             report["tokenize"] = tokenize_bench(reference, 1.0)?;
             println!();
@@ -163,22 +163,19 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
             report["train"] = train_bench(reference, args.steps, device_spec)?;
             println!();
             print_summary(&report);
-            (report, args.reference.json)
+            args.reference.json
         }
         BenchCommand::Tokenize(args) => {
-            let mut report = machine(device_spec);
             report["tokenize"] = tokenize_bench(&args.reference, args.seconds)?;
-            (report, args.reference.json)
+            args.reference.json
         }
         BenchCommand::Generate(args) => {
-            let mut report = machine(device_spec);
             report["generate"] = generate_bench(&args, device_spec)?;
-            (report, args.reference.json)
+            args.reference.json
         }
         BenchCommand::Train(args) => {
-            let mut report = machine(device_spec);
             report["train"] = train_bench(&args.reference, args.steps, device_spec)?;
-            (report, args.reference.json)
+            args.reference.json
         }
     };
     if let Some(path) = json_path {
@@ -212,16 +209,14 @@ impl ReferenceArgs {
         if self.no_reference {
             return None;
         }
+        let scripts = scripts_dir();
         let python = self
             .python
             .clone()
             .or_else(|| std::env::var_os("EMBER_PYTHON").map(PathBuf::from))
-            .unwrap_or_else(|| scripts_dir().join(".venv-hf/bin/python"));
+            .unwrap_or_else(|| scripts.join(".venv-hf/bin/python"));
         if python.exists() {
-            return Some(Reference {
-                python,
-                scripts: scripts_dir(),
-            });
+            return Some(Reference { python, scripts });
         }
         println!(
             "(references not measured: no Python at {}; run `bash scripts/setup-bench.sh` from the repository root to create it with PyTorch, transformers, tiktoken and HF tokenizers, or pass --python / set EMBER_PYTHON)",
@@ -294,6 +289,7 @@ fn peak_rss_mb() -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
 /// One case in this process: tokens/s of `steps` training steps after a warm-up.
 fn train_case(case: usize, steps: usize, device_spec: &str) -> Result<serde_json::Value> {
     use burn::optim::GradientsParams;
@@ -520,6 +516,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         })
         .collect();
     let threads = crate::device::cpu_threads();
+    let decode_threads = crate::device::decode_threads(&device);
     println!(
         "generate: {} ({} parameters, random weights), {} prompt(s) of {} tokens, {} new tokens each, greedy, device {device_spec}, {threads} threads",
         args.model,
@@ -535,7 +532,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
             eos_id: None,
             seed: 0,
             use_cache,
-            threads: crate::device::decode_threads(&device),
+            threads: decode_threads,
         };
         let label = if use_cache {
             "ember, KV cache"
@@ -554,7 +551,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         Ok((tokens, rate))
     };
     let (cached_tokens, cached) = timed(true)?;
-    let gemv = gemv_probe(device_spec, crate::device::decode_threads(&device))?;
+    let gemv = gemv_probe(&device, decode_threads);
     println!(
         "{:>24}: {:.1} GB/s as the backend runs it, {:.1} GB/s split over {} threads, {:.1} GB/s with the weight transposed ([1, 768]·[768, 3072], {} MB of weights)",
         "GEMV probe",
@@ -627,17 +624,15 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
 
 /// Read bandwidth of one-token matrix products, the whole cost of a decoding step: 32 weights
 /// `[768, 3072]` (302 MB, more than any cache) multiplied by one row, as the backend runs the
-/// product, split over `threads` ([`ember_model::layers::split_columns`]), and against the
-/// transposed weight `[3072, 768]·[768, 1]` (dot products along contiguous rows).
-fn gemv_probe(device_spec: &str, threads: usize) -> Result<Value> {
+/// product, split over `threads` as decoding splits it ([`ember_model::layers::product_split`]),
+/// and against the transposed weight `[3072, 768]·[768, 1]` (dot products along contiguous rows).
+fn gemv_probe(device: &burn::prelude::Device, threads: usize) -> Value {
     use burn::prelude::*;
-    use ember_model::layers::split_columns;
-    let device = crate::device::parse_device(device_spec)?;
+    use ember_model::layers::product_split;
     let (d_in, d_out, count) = (768, 3072, 32);
     device.seed(1);
-    let random = |shape: [usize; 2]| {
-        Tensor::<2>::random(shape, burn::tensor::Distribution::Default, &device)
-    };
+    let random =
+        |shape: [usize; 2]| Tensor::<2>::random(shape, burn::tensor::Distribution::Default, device);
     let weights: Vec<Tensor<2>> = (0..count).map(|_| random([d_in, d_out])).collect();
     let transposed: Vec<Tensor<2>> = (0..count).map(|_| random([d_out, d_in])).collect();
     let x = random([1, d_in]);
@@ -660,14 +655,7 @@ fn gemv_probe(device_spec: &str, threads: usize) -> Result<Value> {
     let split = rate(&|| {
         weights
             .iter()
-            .map(|w| {
-                split_columns(d_out, threads.max(1), |start, len| {
-                    x.clone()
-                        .matmul(w.clone().narrow(1, start, len))
-                        .reshape([1, 1, len])
-                })
-                .reshape([1, d_out])
-            })
+            .map(|w| product_split(x.clone(), w.clone(), None, threads))
             .collect()
     });
     let dot = rate(&|| {
@@ -676,13 +664,13 @@ fn gemv_probe(device_spec: &str, threads: usize) -> Result<Value> {
             .map(|w| w.clone().matmul(x_t.clone()).transpose())
             .collect()
     });
-    Ok(json!({
+    json!({
         "backend_gb_s": backend,
         "split_gb_s": split,
         "transposed_gb_s": dot,
         "threads": threads,
         "megabytes": (bytes / 1e6).round(),
-    }))
+    })
 }
 
 /// One tokenize case: texts encoded one after the other.
@@ -697,14 +685,10 @@ fn tokenize_bench(reference: &ReferenceArgs, seconds: f64) -> Result<Value> {
     let cache = DataCache::from_env();
     let verdict = ember_data::read_text_file(&cache.file("the-verdict", "the-verdict.txt")?)?;
     let sms_path = cache.file("sms-spam", "sms_spam/SMSSpamCollection")?;
-    let sms = ember_data::read_text_file(&sms_path)?;
-    let messages: Vec<String> = sms
-        .lines()
-        .map(|line| {
-            line.split_once('\t')
-                .map_or(line, |(_, text)| text)
-                .to_string()
-        })
+    let messages: Vec<String> = ember_data::classification::read_sms_spam(&sms_path)?
+        .examples
+        .into_iter()
+        .map(|example| example.text)
         .collect();
     let cases = [
         Case {

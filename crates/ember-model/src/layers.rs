@@ -70,12 +70,13 @@ pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) ->
             .narrow(0, start, len)
             .matmul(hidden_t.clone()) // [len, batch·seq]
             .transpose()
-            .reshape([batch, seq, len])
     };
-    if threads <= 1 || batch * seq > SPLIT_MAX_ROWS {
-        return slice(0, vocab);
-    }
-    split_columns(vocab, threads, slice)
+    let logits = if splits(batch * seq, threads) {
+        split_columns(vocab, threads, slice)
+    } else {
+        slice(0, vocab)
+    };
+    logits.reshape([batch, seq, vocab])
 }
 
 /// GPT-2's GELU, the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), computed
@@ -95,32 +96,48 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// product; larger products are split across threads by the backend itself.
 pub const SPLIT_MAX_ROWS: usize = 8;
 
+/// Whether a product of `rows` rows is split over `threads`.
+fn splits(rows: usize, threads: usize) -> bool {
+    threads > 1 && rows <= SPLIT_MAX_ROWS
+}
+
 /// `linear.forward(x)` for `x: [batch, seq, d_in]` with few rows, the output columns cut into
-/// `threads` slices computed side by side (see [`split_columns`]); the same as
-/// `linear.forward(x)` when `threads` is 1 or there are more than [`SPLIT_MAX_ROWS`] rows.
+/// `threads` slices computed side by side ([`product_split`]); the same as `linear.forward(x)`
+/// when `threads` is 1 or there are more than [`SPLIT_MAX_ROWS`] rows.
 pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> {
-    let [batch, seq, _] = x.dims();
-    if threads <= 1 || batch * seq > SPLIT_MAX_ROWS {
+    let [batch, seq, d_in] = x.dims();
+    if !splits(batch * seq, threads) {
         return linear.forward(x);
     }
     let weight = linear.weight.val(); // [d_in, d_out]
+    let d_out = weight.dims()[1];
     let bias = linear.bias.as_ref().map(|b| b.val());
-    let [d_in, d_out] = weight.dims();
-    // A plain 2-D product: the backend reads the weight slice in place, while burn's `linear`
-    // reshapes the weight to 3-D, which copies a non-contiguous slice.
-    let rows = x.reshape([batch * seq, d_in]);
+    product_split(x.reshape([batch * seq, d_in]), weight, bias, threads)
+        .reshape([batch, seq, d_out])
+}
+
+/// `rows · weight + bias` for `rows: [n, d_in]`, `weight: [d_in, d_out]` → `[n, d_out]`, the
+/// output columns cut into `threads` slices computed side by side ([`split_columns`]). A plain
+/// 2-D product per slice: the backend reads the weight slice in place, while burn's `linear`
+/// reshapes the weight to 3-D, which copies a non-contiguous slice.
+pub fn product_split(
+    rows: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    threads: usize,
+) -> Tensor<2> {
+    let d_out = weight.dims()[1];
     split_columns(d_out, threads, |start, len| {
-        let out = rows.clone().matmul(weight.clone().narrow(1, start, len)); // [rows, len]
-        let out = match &bias {
+        let out = rows.clone().matmul(weight.clone().narrow(1, start, len)); // [n, len]
+        match &bias {
             Some(b) => out + b.clone().narrow(0, start, len).reshape([1, len]),
             None => out,
-        };
-        out.reshape([batch, seq, len])
+        }
     })
 }
 
-/// `[batch, seq, width]` assembled from `slice(start, len) → [batch, seq, len]` over `threads`
-/// consecutive column ranges, computed on rayon's thread pool.
+/// `[rows, width]` assembled from `slice(start, len) → [rows, len]` over `threads` consecutive
+/// column ranges, computed on rayon's thread pool.
 ///
 /// Why: Burn's CPU backend runs a matrix product below 192³ multiply-adds on one thread, and
 /// each projection of a one-token decoding step (`[1, 768]·[768, 3072]` …) is below that, so
@@ -129,18 +146,18 @@ pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> 
 pub fn split_columns(
     width: usize,
     threads: usize,
-    slice: impl Fn(usize, usize) -> Tensor<3> + Sync,
-) -> Tensor<3> {
+    slice: impl Fn(usize, usize) -> Tensor<2> + Sync,
+) -> Tensor<2> {
     // Slices of whole cache lines (16 floats) keep every thread's rows aligned alike.
     let chunk = width.div_ceil(threads.max(1)).next_multiple_of(16);
-    let parts: Vec<Tensor<3>> = (0..width.div_ceil(chunk))
+    let parts: Vec<Tensor<2>> = (0..width.div_ceil(chunk))
         .into_par_iter()
         .map(|i| {
             let start = i * chunk;
             slice(start, chunk.min(width - start))
         })
         .collect();
-    Tensor::cat(parts, 2)
+    Tensor::cat(parts, 1)
 }
 
 #[cfg(test)]
