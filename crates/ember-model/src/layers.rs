@@ -3,7 +3,7 @@
 
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 use rayon::prelude::*;
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
@@ -79,18 +79,12 @@ pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) ->
     logits.reshape([batch, seq, vocab])
 }
 
-/// GPT-2's GELU, the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), computed
-/// as the equal x·σ(A·x + B·x³) with A = 2√(2/π), B = 0.044715·A. Why: Burn's
-/// `gelu_approximate` takes eight element-wise tensor ops with a `tanh` (about 7% of a CPU
-/// training step) and keeps two `[batch, seq, 4·emb]` tensors per layer for the backward pass;
-/// this form takes six ops with one fused sigmoid and keeps one (its output), the rest of the
-/// graph only holding `x`, which is kept anyway.
-pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
-    const B: f64 = A * 0.044715;
-    let u = x.clone() * A + x.clone().powi_scalar(3) * B;
-    x * sigmoid(u)
-}
+/// GPT-2's GELU, the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). Why not
+/// Burn's `gelu_approximate`: that is eight single-threaded element-wise ops keeping two
+/// `[batch, seq, 4·emb]` tensors per layer for the backward pass; on the CPU backend this is one
+/// fused multi-threaded kernel with a hand-written backward that keeps only the input
+/// ([`ember_kernels::gelu_tanh`]), elsewhere six composed ops.
+pub use ember_kernels::gelu_tanh;
 
 /// Most rows (`batch·seq`) for which [`linear_split`] and [`tied_logits_split`] split a matrix
 /// product; larger products are split across threads by the backend itself.

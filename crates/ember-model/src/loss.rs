@@ -2,10 +2,12 @@
 //!
 //! Collate functions mark positions that must not count (padding after the first end-of-text,
 //! masked prompts) with the target `-100`, PyTorch's `ignore_index`. Burn's own
-//! `CrossEntropyLoss` has no ignore index, so ember computes it from `log_softmax`.
+//! `CrossEntropyLoss` has no ignore index, so ember computes it per row
+//! ([`ember_kernels::nll_rows`]: one fused pass over the `[tokens, vocab]` logits on the CPU
+//! backend, `log_softmax` and `gather` elsewhere).
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use ember_kernels::nll_rows;
 
 /// PyTorch's default `ignore_index`.
 pub const IGNORE_INDEX: i64 = -100;
@@ -16,15 +18,8 @@ pub const IGNORE_INDEX: i64 = -100;
 /// `logits: [n, vocab]`, `targets: [n]` → a one-element tensor. When every target is ignored the
 /// result is NaN (0/0), as in PyTorch.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let [n, _vocab] = logits.dims();
-    let keep = targets.clone().greater_equal_elem(0); // [n]
-    let safe_targets = targets
-        .mask_fill(keep.clone().bool_not(), 0)
-        .reshape([n, 1]);
-    let picked = log_softmax(logits, 1).gather(1, safe_targets).reshape([n]); // log p(target)
-    let weights = keep.float();
-    let count = weights.clone().sum();
-    (picked * weights).sum().neg() / count
+    let count = targets.clone().greater_equal_elem(0).float().sum();
+    nll_rows(logits, targets).sum() / count
 }
 
 /// Language-model loss for logits `[batch, seq, vocab]` and targets `[batch, seq]`.

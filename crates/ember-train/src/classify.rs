@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use ember_data::classification::ClassBatches;
 use ember_model::bert::BertClassifier;
@@ -15,6 +15,7 @@ use ember_model::classifier::GptClassifier;
 use ember_model::loss::cross_entropy;
 use serde::{Deserialize, Serialize};
 
+use crate::adamw::FusedAdamW;
 use crate::checkpoint::{self, TrainState};
 use crate::clip::clip_global_norm;
 use crate::lm::TrainError;
@@ -76,10 +77,13 @@ impl ClassifyOptions {
     /// AdamW with PyTorch's defaults besides lr and weight decay (as the book's
     /// `torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)`).
     pub fn optimizer(&self) -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(self.weight_decay as f32)
-            .init()
+        FusedAdamW {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: self.weight_decay as f32,
+        }
+        .init()
     }
 }
 

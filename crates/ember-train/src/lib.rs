@@ -1,5 +1,6 @@
 //! ember-train: what turns a model and batches into a trained model.
 //!
+//! - [`adamw`]: AdamW with the fused in-place update of `ember-kernels`.
 //! - [`schedule`]: linear warmup + cosine decay, a pure function of the step.
 //! - [`clip`]: gradient clipping by the global norm (Burn's built-in clips per tensor).
 //! - [`lm`]: the language-model training loop with evaluation and metrics.
@@ -7,6 +8,7 @@
 //! - [`checkpoint`]: atomic checkpoints and resume.
 //! - [`plot`]: the loss plot PNG.
 
+pub mod adamw;
 pub mod checkpoint;
 pub mod classify;
 pub mod clip;

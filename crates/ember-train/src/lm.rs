@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use ember_data::loader::{Batch, Batches, TokenBatch};
 use ember_data::mlm::MlmBatch;
@@ -21,6 +21,7 @@ use ember_model::lstm_seq2seq::LstmSeq2Seq;
 use ember_model::transformer_seq2seq::TransformerSeq2Seq;
 use serde::{Deserialize, Serialize};
 
+use crate::adamw::FusedAdamW;
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::clip::clip_global_norm;
 use crate::schedule::LrSchedule;
@@ -112,14 +113,16 @@ impl TrainOptions {
         }
     }
 
-    /// AdamW with PyTorch's conventions (decoupled weight decay on every parameter).
+    /// AdamW with PyTorch's conventions (decoupled weight decay on every parameter), fused on
+    /// the CPU backend ([`FusedAdamW`]).
     pub fn optimizer(&self) -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_beta_1(self.beta1 as f32)
-            .with_beta_2(self.beta2 as f32)
-            .with_epsilon(self.eps as f32)
-            .with_weight_decay(self.weight_decay as f32)
-            .init()
+        FusedAdamW {
+            beta_1: self.beta1 as f32,
+            beta_2: self.beta2 as f32,
+            epsilon: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+        }
+        .init()
     }
 }
 

@@ -1,0 +1,178 @@
+//! The kernels on plain `f32` slices, split across rayon's threads (the pool the flex backend's
+//! own kernels use).
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use crate::AdamWStep;
+
+/// Elements per parallel task: large enough that scheduling costs nothing, small enough that
+/// two threads share a `[512, 3072]` activation evenly.
+const CHUNK: usize = 1 << 14;
+
+const GELU_A: f32 =
+    (2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2) as f32;
+const GELU_B: f32 = GELU_A * 0.044715;
+
+/// A vector of `len` values, each written once by `fill(start, chunk)` for the chunk of
+/// indices `start..start + chunk.len()`; the chunks run in parallel.
+fn par_collect(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, part)| fill(i * chunk, part));
+    // SAFETY: `fill` wrote every element of the `len` spare slots (each chunk fully).
+    unsafe { out.set_len(len) };
+    out
+}
+
+#[inline]
+fn sigmoid(u: f32) -> f32 {
+    1.0 / (1.0 + (-u).exp())
+}
+
+/// `x·σ(A·x + B·x³)` element-wise.
+pub fn gelu_tanh(x: &[f32]) -> Vec<f32> {
+    par_collect(x.len(), CHUNK, |start, out| {
+        for (o, &x) in out.iter_mut().zip(&x[start..]) {
+            o.write(x * sigmoid(x * (GELU_A + GELU_B * x * x)));
+        }
+    })
+}
+
+/// The gradient of [`gelu_tanh`] at `x` times `grad`: with `s = σ(u)`, `u = A·x + B·x³`,
+/// `d/dx [x·s] = s + x·s·(1 − s)·(A + 3B·x²)`.
+pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), grad.len(), "gelu_tanh_backward: shapes differ");
+    par_collect(x.len(), CHUNK, |start, out| {
+        let end = start + out.len();
+        for ((o, &x), &g) in out.iter_mut().zip(&x[start..end]).zip(&grad[start..end]) {
+            let x2 = x * x;
+            let s = sigmoid(x * (GELU_A + GELU_B * x2));
+            o.write(g * s * (1.0 + x * (1.0 - s) * (GELU_A + 3.0 * GELU_B * x2)));
+        }
+    })
+}
+
+/// `logsumexp` of one row, in two passes (max, then the shifted sum).
+fn logsumexp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    max + sum.ln()
+}
+
+fn check_target(target: i64, classes: usize, row: usize) {
+    assert!(
+        target < classes as i64,
+        "cross-entropy: target {target} of row {row} is not below the {classes} classes"
+    );
+}
+
+/// Per-row `(nll, logsumexp)` of `logits: [rows, classes]` (row-major): `nll = lse − x[t]`,
+/// 0 where the target is negative.
+pub fn nll_rows(logits: &[f32], classes: usize, targets: &[i64]) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(
+        logits.len(),
+        classes * targets.len(),
+        "nll_rows: shapes differ"
+    );
+    let pairs: Vec<(f32, f32)> = logits
+        .par_chunks(classes)
+        .zip(targets.par_iter())
+        .enumerate()
+        .map(|(i, (row, &t))| {
+            let lse = logsumexp(row);
+            if t < 0 {
+                (0.0, lse)
+            } else {
+                check_target(t, classes, i);
+                (lse - row[t as usize], lse)
+            }
+        })
+        .collect();
+    pairs.into_iter().unzip()
+}
+
+/// The gradient of [`nll_rows`] with respect to the logits, given the gradient of each row's
+/// nll: `grad[i]·(softmax(row i) − onehot(t_i))`, a zero row where the target is negative.
+pub fn nll_rows_backward(
+    logits: &[f32],
+    classes: usize,
+    targets: &[i64],
+    lse: &[f32],
+    grad: &[f32],
+) -> Vec<f32> {
+    let rows = targets.len();
+    assert_eq!(
+        logits.len(),
+        classes * rows,
+        "nll_rows_backward: shapes differ"
+    );
+    assert!(
+        lse.len() == rows && grad.len() == rows,
+        "nll_rows_backward: shapes differ"
+    );
+    par_collect(logits.len(), classes, |start, out| {
+        let i = start / classes;
+        let row = &logits[start..start + classes];
+        let t = targets[i];
+        if t < 0 {
+            out.iter_mut().for_each(|o| {
+                o.write(0.0);
+            });
+            return;
+        }
+        check_target(t, classes, i);
+        let (g, lse) = (grad[i], lse[i]);
+        for (o, &v) in out.iter_mut().zip(row) {
+            o.write(g * (v - lse).exp());
+        }
+        let t = t as usize;
+        out[t].write(g * ((row[t] - lse).exp() - 1.0));
+    })
+}
+
+/// One AdamW step over `param`, `moment_1`, `moment_2` in place, in the same order of
+/// operations as Burn's `AdamW` (so results agree to rounding).
+pub fn adamw_update(
+    param: &mut [f32],
+    grad: &[f32],
+    moment_1: &mut [f32],
+    moment_2: &mut [f32],
+    step: AdamWStep,
+) {
+    let n = param.len();
+    assert!(
+        grad.len() == n && moment_1.len() == n && moment_2.len() == n,
+        "adamw_update: shapes differ"
+    );
+    let time = step.time.min(i32::MAX as usize) as i32;
+    let (b1, b2, eps) = (step.beta_1, step.beta_2, step.epsilon);
+    let (f1, f2) = (1.0 - b1, 1.0 - b2);
+    let bias_1 = 1.0 - b1.powi(time);
+    let bias_2 = 1.0 - b2.powi(time);
+    let decay = (1.0 - step.lr * step.weight_decay as f64) as f32;
+    let lr = step.lr as f32;
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(moment_1.par_chunks_mut(CHUNK))
+        .zip(moment_2.par_chunks_mut(CHUNK))
+        .zip(grad.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                *m = *m * b1 + g * f1;
+                *v = *v * b2 + g * g * f2;
+                let update = (*m / bias_1) / ((*v / bias_2).sqrt() + eps);
+                *p = *p * decay - update * lr;
+            }
+        });
+}

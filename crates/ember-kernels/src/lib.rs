@@ -1,0 +1,112 @@
+//! Fused kernels for the element-wise work that dominates a CPU training step once the matrix
+//! products are fast: the GELU of every feed-forward block, the cross-entropy over
+//! `[tokens, vocab]` logits and the AdamW update of every parameter.
+//!
+//! Composed from Burn's tensor ops these are chains of 6–12 single-threaded passes over large
+//! tensors, each allocating its output, and the autodiff graph keeps several intermediates alive
+//! for the backward pass. Here each is one multi-threaded pass (rayon), the backward passes are
+//! written by hand and keep only the input, and AdamW updates the parameter and its moments in
+//! place.
+//!
+//! The kernels run on the pure-Rust `flex` backend (plain or under autodiff) with `f32` tensors,
+//! through a Burn backend extension. On every other device and dtype the same functions fall back
+//! to the composed tensor ops, so callers never check which path runs; the composed forms are
+//! also the reference the tests compare the kernels with.
+
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, sigmoid};
+
+#[cfg(feature = "flex")]
+mod cpu;
+#[cfg(feature = "flex")]
+mod fused;
+
+/// GELU with the tanh approximation (GPT-2's), `x·σ(A·x + B·x³)`, equal to
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. Any shape.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(x.dtype(), &x.device()) {
+        return fused::gelu_tanh(x);
+    }
+    gelu_tanh_composed(x)
+}
+
+/// [`gelu_tanh`] from Burn's tensor ops: the path of devices without the fused kernel.
+pub fn gelu_tanh_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    const B: f64 = A * 0.044715;
+    let u = x.clone() * A + x.clone().powi_scalar(3) * B;
+    x * sigmoid(u)
+}
+
+/// Negative log-likelihood of each row's target class: `logits: [n, classes]`, `targets: [n]`
+/// → `[n]`, `logsumexp(row) − row[target]`, and 0 for rows whose target is negative (PyTorch's
+/// `ignore_index = -100` convention). Targets must be below `classes`.
+pub fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(logits.dtype(), &logits.device()) {
+        return fused::nll_rows(logits, targets);
+    }
+    nll_rows_composed(logits, targets)
+}
+
+/// [`nll_rows`] from Burn's tensor ops (log-softmax and gather).
+pub fn nll_rows_composed(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [n, _classes] = logits.dims();
+    let keep = targets.clone().greater_equal_elem(0); // [n]
+    let safe_targets = targets
+        .mask_fill(keep.clone().bool_not(), 0)
+        .reshape([n, 1]);
+    let picked = log_softmax(logits, 1).gather(1, safe_targets).reshape([n]); // log p(target)
+    picked.neg() * keep.float()
+}
+
+/// Settings of one AdamW step (PyTorch's `AdamW`: decoupled weight decay, bias-corrected
+/// moments, `eps` added after the square root).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    pub weight_decay: f32,
+    /// Steps taken including this one (1 on the first), for the bias corrections.
+    pub time: usize,
+}
+
+/// One AdamW update: `(param, moment_1, moment_2)` after the step. On the CPU backend one fused
+/// pass, in place where the tensors are not shared; elsewhere [`adamw_update_composed`].
+pub fn adamw_update<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(param.dtype(), &param.device()) {
+        return fused::adamw_update(param, grad, moment_1, moment_2, step);
+    }
+    adamw_update_composed(param, grad, moment_1, moment_2, step)
+}
+
+/// [`adamw_update`] from Burn's tensor ops, in the order of operations of Burn's `AdamW`.
+pub fn adamw_update_composed<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let time = step.time.min(i32::MAX as usize) as i32;
+    let moment_1 = moment_1 * step.beta_1 + grad.clone() * (1.0 - step.beta_1);
+    let moment_2 = moment_2 * step.beta_2 + grad.square() * (1.0 - step.beta_2);
+    let corrected_1 = moment_1.clone() / (1.0 - step.beta_1.powi(time));
+    let corrected_2 = moment_2.clone() / (1.0 - step.beta_2.powi(time));
+    let update = corrected_1 / (corrected_2.sqrt() + step.epsilon);
+    let decayed = param * (1.0 - step.lr * step.weight_decay as f64);
+    (decayed - update * step.lr, moment_1, moment_2)
+}
+
+#[cfg(test)]
+mod tests;

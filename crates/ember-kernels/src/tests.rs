@@ -1,0 +1,157 @@
+//! The fused kernels against the composed tensor ops (values and gradients), on flex.
+
+use burn::tensor::Distribution;
+
+use super::*;
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+fn grad_of<const D: usize>(x: &Tensor<D>, loss: Tensor<1>) -> Tensor<D> {
+    let grads = loss.backward();
+    x.grad(&grads).expect("x has a gradient")
+}
+
+#[test]
+fn the_fused_path_is_taken_on_flex_only_for_f32() {
+    let device = Device::flex();
+    let x = Tensor::<2>::zeros([2, 3], &device);
+    let f64_dtype = burn::tensor::DType::F64;
+    assert!(fused::runs_on(x.dtype(), &device));
+    assert!(fused::runs_on(x.dtype(), &device.clone().autodiff()));
+    assert!(!fused::runs_on(f64_dtype, &device));
+}
+
+#[test]
+fn gelu_matches_the_composed_form_in_value_and_gradient() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    // A shape that is not a multiple of the parallel chunk, values well into both tails.
+    let x = Tensor::<3>::random([3, 7, 1000], Distribution::Normal(0.0, 4.0), &device);
+    let weights = Tensor::<3>::random([3, 7, 1000], Distribution::Default, &device);
+
+    let x_fused = x.clone().require_grad();
+    let y_fused = gelu_tanh(x_fused.clone());
+    let x_composed = x.require_grad();
+    let y_composed = gelu_tanh_composed(x_composed.clone());
+    assert!(max_diff(y_fused.clone(), y_composed.clone()) < 1e-5);
+
+    let g_fused = grad_of(&x_fused, (y_fused * weights.clone()).sum());
+    let g_composed = grad_of(&x_composed, (y_composed * weights).sum());
+    let diff = max_diff(g_fused, g_composed);
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn gelu_reads_strided_inputs() {
+    let device = Device::flex();
+    device.seed(4);
+    let x = Tensor::<2>::random([40, 30], Distribution::Normal(0.0, 2.0), &device);
+    let transposed = x.swap_dims(0, 1); // a view with strides, not contiguous
+    let diff = max_diff(
+        gelu_tanh(transposed.clone()),
+        gelu_tanh_composed(transposed),
+    );
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn nll_matches_log_softmax_and_gather_with_ignored_rows() {
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let logits = Tensor::<2>::random([6, 53], Distribution::Normal(0.0, 3.0), &device);
+    let targets = Tensor::<1, Int>::from_data([3, -100, 52, 0, -100, 17], &device);
+    let row_weights = Tensor::<1>::from_floats([0.5, 2.0, -1.0, 1.5, 3.0, 0.25], &device);
+
+    let l_fused = logits.clone().require_grad();
+    let nll_fused = nll_rows(l_fused.clone(), targets.clone());
+    let l_composed = logits.require_grad();
+    let nll_composed = nll_rows_composed(l_composed.clone(), targets);
+    assert!(max_diff(nll_fused.clone(), nll_composed.clone()) < 1e-5);
+    let ignored: Vec<f32> = nll_fused.clone().into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!((ignored[1], ignored[4]), (0.0, 0.0));
+
+    let g_fused = grad_of(&l_fused, (nll_fused * row_weights.clone()).sum());
+    let g_composed = grad_of(&l_composed, (nll_composed * row_weights).sum());
+    let diff = max_diff(g_fused.clone(), g_composed);
+    assert!(diff < 1e-6, "{diff}");
+    // Ignored rows get no gradient at all.
+    let row_1 = g_fused.narrow(0, 1, 1).abs().sum().into_scalar::<f32>();
+    assert_eq!(row_1, 0.0);
+}
+
+#[test]
+fn nll_of_a_large_vocabulary_stays_finite() {
+    // Logits far from zero: logsumexp must shift by the row maximum.
+    let device = Device::flex();
+    let logits = Tensor::<2>::from_floats(
+        [[1000.0, 990.0, -1000.0], [-500.0, -501.0, -499.0]],
+        &device,
+    );
+    let targets = Tensor::<1, Int>::from_data([1, 2], &device);
+    let fused: Vec<f32> = nll_rows(logits.clone(), targets.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let composed: Vec<f32> = nll_rows_composed(logits, targets)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (a, b) in fused.iter().zip(&composed) {
+        assert!(
+            a.is_finite() && (a - b).abs() < 1e-4,
+            "{fused:?} vs {composed:?}"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "target 7 of row 1 is not below the 5 classes")]
+fn a_target_beyond_the_classes_is_refused() {
+    let device = Device::flex();
+    let logits = Tensor::<2>::zeros([2, 5], &device);
+    let targets = Tensor::<1, Int>::from_data([0, 7], &device);
+    let _ = nll_rows(logits, targets).into_data();
+}
+
+#[test]
+fn adamw_matches_the_composed_update_and_leaves_shared_tensors_alone() {
+    let device = Device::flex();
+    device.seed(6);
+    let shape = [37, 1001]; // not a multiple of the parallel chunk
+    let param = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let kept = param.clone(); // shares storage: the fused update must not write into it
+    let before: Vec<f32> = kept.clone().into_data().try_to_vec::<f32>().unwrap();
+    let (mut fused, mut composed) = (
+        (
+            param.clone(),
+            Tensor::zeros(shape, &device),
+            Tensor::zeros(shape, &device),
+        ),
+        (
+            param,
+            Tensor::zeros(shape, &device),
+            Tensor::zeros(shape, &device),
+        ),
+    );
+    for time in 1..=3 {
+        let grad = Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.1), &device);
+        let step = AdamWStep {
+            lr: 1e-3,
+            beta_1: 0.9,
+            beta_2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            time,
+        };
+        fused = adamw_update(fused.0, grad.clone(), fused.1, fused.2, step);
+        composed = adamw_update_composed(composed.0, grad, composed.1, composed.2, step);
+    }
+    assert!(max_diff(fused.0.clone(), composed.0) < 1e-6);
+    assert!(max_diff(fused.1, composed.1) < 1e-7);
+    assert!(max_diff(fused.2, composed.2) < 1e-7);
+    // The parameters moved, and the tensor that shared the original storage did not.
+    assert!(max_diff(fused.0, kept.clone()) > 1e-4);
+    assert_eq!(kept.into_data().try_to_vec::<f32>().unwrap(), before);
+}
