@@ -95,19 +95,30 @@ fn splits(rows: usize, threads: usize) -> bool {
     threads > 1 && rows <= SPLIT_MAX_ROWS
 }
 
-/// `linear.forward(x)` for `x: [batch, seq, d_in]` with few rows, the output columns cut into
-/// `threads` slices computed side by side ([`product_split`]); the same as `linear.forward(x)`
-/// when `threads` is 1 or there are more than [`SPLIT_MAX_ROWS`] rows.
+/// `linear.forward(x)` for `x: [batch, seq, d_in]`, as one 2-D product of the `batch·seq` rows.
+/// Why not `linear.forward`: it multiplies the 3-D input by the weight broadcast to
+/// `[batch, d_in, d_out]`, so its backward pass computes one weight gradient per batch element
+/// and then sums them (a `[batch, d_in, d_out]` tensor and a reduction per layer); the 2-D
+/// product's weight gradient is a single product over all rows.
+///
+/// With few rows (decoding), the output columns are cut into `threads` slices computed side by
+/// side ([`product_split`]) when `threads` > 1 and there are at most [`SPLIT_MAX_ROWS`] rows.
 pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> {
     let [batch, seq, d_in] = x.dims();
-    if !splits(batch * seq, threads) {
-        return linear.forward(x);
-    }
     let weight = linear.weight.val(); // [d_in, d_out]
     let d_out = weight.dims()[1];
     let bias = linear.bias.as_ref().map(|b| b.val());
-    product_split(x.reshape([batch * seq, d_in]), weight, bias, threads)
-        .reshape([batch, seq, d_out])
+    let rows = x.reshape([batch * seq, d_in]);
+    let out = if splits(batch * seq, threads) {
+        product_split(rows, weight, bias, threads)
+    } else {
+        let out = rows.matmul(weight);
+        match bias {
+            Some(b) => out + b.reshape([1, d_out]),
+            None => out,
+        }
+    };
+    out.reshape([batch, seq, d_out])
 }
 
 /// `rows · weight + bias` for `rows: [n, d_in]`, `weight: [d_in, d_out]` → `[n, d_out]`, the
