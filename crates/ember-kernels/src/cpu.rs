@@ -60,6 +60,54 @@ pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     })
 }
 
+/// Whole rows of `width` per parallel task, about [`CHUNK`] elements.
+fn row_chunk(width: usize) -> usize {
+    width * (CHUNK / width.max(1)).max(1)
+}
+
+/// Softmax of each row of `width` values.
+pub fn softmax_rows(x: &[f32], width: usize) -> Vec<f32> {
+    par_collect(x.len(), row_chunk(width), |start, out| {
+        for (row, out) in x[start..start + out.len()]
+            .chunks(width)
+            .zip(out.chunks_mut(width))
+        {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for (o, &v) in out.iter_mut().zip(row) {
+                let e = (v - max).exp();
+                sum += e;
+                o.write(e);
+            }
+            let inv = 1.0 / sum;
+            for o in out.iter_mut() {
+                // SAFETY: written in the loop above.
+                let e = unsafe { o.assume_init() };
+                o.write(e * inv);
+            }
+        }
+    })
+}
+
+/// The gradient of [`softmax_rows`] from its output `y` and the output's gradient:
+/// `y·(grad − Σ grad·y)` row by row.
+pub fn softmax_rows_backward(y: &[f32], grad: &[f32], width: usize) -> Vec<f32> {
+    assert_eq!(y.len(), grad.len(), "softmax_rows_backward: shapes differ");
+    par_collect(y.len(), row_chunk(width), |start, out| {
+        let end = start + out.len();
+        for ((y, g), out) in y[start..end]
+            .chunks(width)
+            .zip(grad[start..end].chunks(width))
+            .zip(out.chunks_mut(width))
+        {
+            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                o.write(y * (g - dot));
+            }
+        }
+    })
+}
+
 /// `logsumexp` of one row, in two passes (max, then the shifted sum).
 fn logsumexp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -25,6 +25,10 @@ pub(crate) fn runs_on(dtype: DType, device: &Device) -> bool {
 pub trait FusedOps: Backend {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Softmax over the last dimension.
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradient of [`softmax_last`](FusedOps::softmax_last) from its output.
+    fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `(nll [n], logsumexp [n])` of `logits: [n, classes]`.
     fn nll_rows(
         logits: FloatTensor<Self>,
@@ -54,6 +58,10 @@ pub trait FusedOps: Backend {
 
 pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(x.into_dispatch()))
+}
+
+pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_last(x.into_dispatch()))
 }
 
 pub(crate) fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
@@ -150,6 +158,19 @@ impl FusedOps for Flex {
         tensor_from(dx, x.layout().shape().clone())
     }
 
+    fn softmax_last(x: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().clone();
+        let width = shape[shape.num_dims() - 1];
+        tensor_from(cpu::softmax_rows(&values(&x), width), shape)
+    }
+
+    fn softmax_last_backward(y: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = y.layout().shape().clone();
+        let width = shape[shape.num_dims() - 1];
+        let dx = cpu::softmax_rows_backward(&values(&y), &values(&grad), width);
+        tensor_from(dx, shape)
+    }
+
     fn nll_rows(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
         let classes = logits.layout().shape()[1];
         let targets = targets_i64(&targets);
@@ -225,6 +246,21 @@ impl<B: Backend + FusedOps> Backward<B, 1> for GeluTanh {
 }
 
 #[derive(Debug)]
+struct SoftmaxLast;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for SoftmaxLast {
+    /// The output, which the gradient needs (and the next product usually keeps anyway).
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::softmax_last_backward(y, grad)
+        });
+    }
+}
+
+#[derive(Debug)]
 struct NllRows;
 
 impl<B: Backend + FusedOps> Backward<B, 1> for NllRows {
@@ -255,6 +291,19 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::from_inner(B::gelu_tanh_backward(Self::inner(x), Self::inner(grad)))
+    }
+
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, guard) = x.into_parts();
+        let y = B::softmax_last(x);
+        match SoftmaxLast.prepare::<C>([guard]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::softmax_last_backward(Self::inner(y), Self::inner(grad)))
     }
 
     fn nll_rows(

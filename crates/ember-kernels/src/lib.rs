@@ -1,12 +1,12 @@
 //! Fused kernels for the element-wise work that dominates a CPU training step once the matrix
-//! products are fast: the GELU of every feed-forward block, the cross-entropy over
-//! `[tokens, vocab]` logits and the AdamW update of every parameter.
+//! products are fast: the GELU of every feed-forward block, the attention softmax, the
+//! cross-entropy over `[tokens, vocab]` logits and the AdamW update of every parameter.
 //!
-//! Composed from Burn's tensor ops these are chains of 6–12 single-threaded passes over large
+//! Composed from Burn's tensor ops these are chains of 5–12 single-threaded passes over large
 //! tensors, each allocating its output, and the autodiff graph keeps several intermediates alive
 //! for the backward pass. Here each is one multi-threaded pass (rayon), the backward passes are
-//! written by hand and keep only the input, and AdamW updates the parameter and its moments in
-//! place.
+//! written by hand and keep one tensor (the input, or the softmax's output), and AdamW updates
+//! the parameter and its moments in place.
 //!
 //! The kernels run on the pure-Rust `flex` backend (plain or under autodiff) with `f32` tensors,
 //! through a Burn backend extension. On every other device and dtype the same functions fall back
@@ -37,6 +37,16 @@ pub fn gelu_tanh_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const B: f64 = A * 0.044715;
     let u = x.clone() * A + x.clone().powi_scalar(3) * B;
     x * sigmoid(u)
+}
+
+/// Softmax along `dim`. On the CPU backend, along the last dimension (attention weights), one
+/// fused pass per row whose backward keeps only the output.
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if dim == D - 1 && fused::runs_on(x.dtype(), &x.device()) {
+        return fused::softmax_last(x);
+    }
+    burn::tensor::activation::softmax(x, dim)
 }
 
 /// Negative log-likelihood of each row's target class: `logits: [n, classes]`, `targets: [n]`

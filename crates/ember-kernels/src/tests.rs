@@ -155,3 +155,56 @@ fn adamw_matches_the_composed_update_and_leaves_shared_tensors_alone() {
     assert!(max_diff(fused.0, kept.clone()) > 1e-4);
     assert_eq!(kept.into_data().try_to_vec::<f32>().unwrap(), before);
 }
+
+#[test]
+fn softmax_matches_burns_in_value_and_gradient_with_hidden_keys() {
+    let device = Device::flex().autodiff();
+    device.seed(8);
+    let [b, h, q, k] = [2, 3, 9, 300];
+    let scores = Tensor::<4>::random([b, h, q, k], Distribution::Normal(0.0, 3.0), &device);
+    // Causal hiding as attention does, and one row with every key hidden (a padding query).
+    let causal = Tensor::<1, Int>::arange(0..q as i64, &device).reshape([q, 1]);
+    let keys = Tensor::<1, Int>::arange(0..k as i64, &device).reshape([1, k]);
+    let mut hide = keys
+        .greater(causal)
+        .reshape([1, 1, q, k])
+        .expand([b, h, q, k]);
+    hide = hide.slice_fill([0..1, 0..1, 4..5, 0..k], true);
+    let scores = scores.mask_fill(hide, f32::MIN);
+    let weights = Tensor::<4>::random([b, h, q, k], Distribution::Default, &device);
+
+    let x_fused = scores.clone().require_grad();
+    let y_fused = softmax(x_fused.clone(), 3);
+    let x_burn = scores.require_grad();
+    let y_burn = burn::tensor::activation::softmax(x_burn.clone(), 3);
+    assert!(max_diff(y_fused.clone(), y_burn.clone()) < 1e-6);
+    let row: Vec<f32> = y_fused
+        .clone()
+        .slice([0..1, 0..1, 4..5, 0..k])
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!(
+        row.iter().all(|&p| (p - 1.0 / k as f32).abs() < 1e-7),
+        "uniform"
+    );
+
+    let g_fused = grad_of(&x_fused, (y_fused * weights.clone()).sum());
+    let g_burn = grad_of(&x_burn, (y_burn * weights).sum());
+    let diff = max_diff(g_fused, g_burn);
+    assert!(diff < 1e-6, "{diff}");
+}
+
+#[test]
+fn softmax_over_another_dimension_is_burns() {
+    let device = Device::flex();
+    device.seed(9);
+    let x = Tensor::<3>::random([4, 5, 6], Distribution::Default, &device);
+    for dim in 0..3 {
+        let diff = max_diff(
+            softmax(x.clone(), dim),
+            burn::tensor::activation::softmax(x.clone(), dim),
+        );
+        assert!(diff < 1e-6, "dim {dim}: {diff}");
+    }
+}

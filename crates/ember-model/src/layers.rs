@@ -3,7 +3,7 @@
 
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use ember_kernels::softmax;
 use rayon::prelude::*;
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
