@@ -70,7 +70,6 @@ impl Optimizer for FusedAdamW {
 mod tests {
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::{AdamWConfig, GradientsParams};
-    use burn::tensor::Distribution;
 
     use super::*;
 
@@ -94,8 +93,9 @@ mod tests {
     fn train(mut layer: Linear, optim: &mut ModuleOptimizer, steps: usize) -> Linear {
         let device = layer.weight.device();
         for step in 0..steps {
-            device.seed(100 + step as u64);
-            let x = Tensor::<2>::random([8, 5], Distribution::Default, &device);
+            // Fixed inputs, not the device's generator: tests run side by side and share it.
+            let values: Vec<f32> = (0..40).map(|i| ((i * 7 + step * 3) as f32).sin()).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(values, [8, 5]), &device);
             let loss = (layer.forward(x) - 0.5).powi_scalar(2).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &layer);
             layer = optim.step(1e-2, layer, grads);
@@ -115,8 +115,13 @@ mod tests {
 
     fn layer() -> Linear {
         let device = Device::flex().autodiff();
-        device.seed(7);
-        LinearConfig::new(5, 3).init(&device)
+        let mut layer = LinearConfig::new(5, 3).init(&device);
+        let values: Vec<f32> = (0..15).map(|i| (i as f32 * 0.37).cos() * 0.4).collect();
+        let weight = Tensor::<2>::from_data(TensorData::new(values, [5, 3]), &device);
+        layer.weight = burn::module::Param::from_tensor(weight);
+        let bias = Tensor::<1>::from_floats([0.1, -0.2, 0.05], &device);
+        layer.bias = Some(burn::module::Param::from_tensor(bias));
+        layer
     }
 
     #[test]
