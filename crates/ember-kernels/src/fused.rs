@@ -5,7 +5,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
@@ -25,6 +25,8 @@ pub(crate) fn runs_on(dtype: DType, device: &Device) -> bool {
 pub trait FusedOps: Backend {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `[m, k] · [k, n]` for 2-D tensors, strided operands read in place.
+    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Softmax over the last dimension.
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`softmax_last`](FusedOps::softmax_last) from its output.
@@ -58,6 +60,13 @@ pub trait FusedOps: Backend {
 
 pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(x.into_dispatch()))
+}
+
+pub(crate) fn matmul_2d(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_2d(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+    ))
 }
 
 pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -124,6 +133,26 @@ fn targets_i64(targets: &FlexTensor) -> Vec<i64> {
     }
 }
 
+fn dims_2d(tensor: &FlexTensor) -> [usize; 2] {
+    let shape = tensor.layout().shape();
+    assert_eq!(
+        shape.num_dims(),
+        2,
+        "matmul_2d takes 2-D tensors, got {shape:?}"
+    );
+    [shape[0], shape[1]]
+}
+
+/// First element and (row, column) strides of a 2-D `f32` tensor.
+fn strided_2d(tensor: &FlexTensor) -> (*const f32, isize, isize) {
+    let layout = tensor.layout();
+    let strides = layout.strides();
+    let storage = tensor.storage::<f32>();
+    // SAFETY: the layout's start offset lies inside the storage.
+    let first = unsafe { storage.as_ptr().add(layout.start_offset()) };
+    (first, strides[0], strides[1])
+}
+
 fn tensor_from(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
@@ -148,7 +177,58 @@ fn owned_contiguous(tensor: FlexTensor) -> FlexTensor {
     }
 }
 
+/// Products below this many multiply-adds run on one thread (the flex backend's threshold).
+const PARALLEL_MACS: usize = 192 * 192 * 192;
+
 impl FusedOps for Flex {
+    /// The flex backend's own 2-D product writes into a zeroed buffer that `Bytes` then copies
+    /// to realign (three passes over the output on one thread before the product starts); here
+    /// the product writes straight into the output's memory.
+    fn matmul_2d(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        let ([m, k], [k_rhs, n]) = (dims_2d(&lhs), dims_2d(&rhs));
+        assert_eq!(k, k_rhs, "matmul_2d: [{m}, {k}] · [{k_rhs}, {n}]");
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        if k == 0 {
+            out.resize(m * n, 0.0);
+        } else if m * n > 0 {
+            let parallelism = if m * n * k >= PARALLEL_MACS {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            };
+            let (lhs_ptr, lhs_rs, lhs_cs) = strided_2d(&lhs);
+            let (rhs_ptr, rhs_rs, rhs_cs) = strided_2d(&rhs);
+            // SAFETY: the pointers and strides address `[m, k]` and `[k, n]` elements inside
+            // the operands' storage (their layouts say so); `out` has room for `m·n` and, with
+            // `read_dst` false, gemm writes every element without reading any.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs_ptr,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs_ptr,
+                    rhs_cs,
+                    rhs_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+                out.set_len(m * n);
+            }
+        }
+        tensor_from(out, Shape::new([m, n]))
+    }
+
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
         tensor_from(cpu::gelu_tanh(&values(&x)), x.layout().shape().clone())
     }
@@ -246,6 +326,25 @@ impl<B: Backend + FusedOps> Backward<B, 1> for GeluTanh {
 }
 
 #[derive(Debug)]
+struct Matmul2d;
+
+impl<B: Backend + FusedOps> Backward<B, 2> for Matmul2d {
+    /// Both operands: each one's gradient is a product with the other.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (lhs, rhs) = ops.state;
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| B::matmul_2d(grad, B::float_transpose(rhs)), // [m, n]·[n, k]
+            |grad| B::matmul_2d(B::float_transpose(lhs), grad), // [k, m]·[m, n]
+        );
+    }
+}
+
+#[derive(Debug)]
 struct SoftmaxLast;
 
 impl<B: Backend + FusedOps> Backward<B, 1> for SoftmaxLast {
@@ -291,6 +390,20 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::from_inner(B::gelu_tanh_backward(Self::inner(x), Self::inner(grad)))
+    }
+
+    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (lhs, lhs_guard) = lhs.into_parts();
+        let (rhs, rhs_guard) = rhs.into_parts();
+        let out = B::matmul_2d(lhs.clone(), rhs.clone());
+        match Matmul2d
+            .prepare::<C>([lhs_guard, rhs_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((lhs, rhs), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
     }
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {

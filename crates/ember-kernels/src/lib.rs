@@ -39,6 +39,28 @@ pub fn gelu_tanh_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * sigmoid(u)
 }
 
+/// `lhs: [m, k]` · `rhs: [k, n]` → `[m, n]`. On the CPU backend the product writes straight into
+/// its output (Burn's flex zero-fills the output and copies it once more to realign it, on one
+/// thread, before the product starts) and transposed operands are read in place.
+pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
+        return fused::matmul_2d(lhs, rhs);
+    }
+    lhs.matmul(rhs)
+}
+
+/// Whether [`matmul`] with `tensor` runs ember's own product (the CPU backend, `f32`).
+pub fn fused_matmul(tensor: &Tensor<2>) -> bool {
+    #[cfg(feature = "flex")]
+    return fused::runs_on(tensor.dtype(), &tensor.device());
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = tensor;
+        false
+    }
+}
+
 /// Softmax along `dim`. On the CPU backend, along the last dimension (attention weights), one
 /// fused pass per row whose backward keeps only the output.
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {

@@ -208,3 +208,34 @@ fn softmax_over_another_dimension_is_burns() {
         assert!(diff < 1e-6, "dim {dim}: {diff}");
     }
 }
+
+#[test]
+fn matmul_matches_burns_in_value_and_gradient_with_transposed_operands() {
+    let device = Device::flex().autodiff();
+    device.seed(10);
+    // Large enough for the multi-threaded product; one operand a transposed view.
+    let a = Tensor::<2>::random([300, 200], Distribution::Default, &device);
+    let b_t = Tensor::<2>::random([250, 200], Distribution::Default, &device);
+    let weights = Tensor::<2>::random([300, 250], Distribution::Default, &device);
+    let (a1, b1) = (a.clone().require_grad(), b_t.clone().require_grad());
+    let (a2, b2) = (a.require_grad(), b_t.require_grad());
+    let ours = matmul(a1.clone(), b1.clone().transpose());
+    let burns = a2.clone().matmul(b2.clone().transpose());
+    assert!(max_diff(ours.clone(), burns.clone()) < 1e-4);
+    let grads_ours = (ours * weights.clone()).sum().backward();
+    let grads_burn = (burns * weights).sum().backward();
+    let da = max_diff(a1.grad(&grads_ours).unwrap(), a2.grad(&grads_burn).unwrap());
+    let db = max_diff(b1.grad(&grads_ours).unwrap(), b2.grad(&grads_burn).unwrap());
+    assert!(da < 1e-4 && db < 1e-4, "{da} {db}");
+    // Small and empty products (one thread; k = 0 gives zeros).
+    let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+    let y = Tensor::<2>::from_floats([[5.0], [6.0]], &device);
+    let xy: Vec<f32> = matmul(x, y).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(xy, vec![17.0, 39.0]);
+    let empty = matmul(
+        Tensor::<2>::zeros([3, 0], &device),
+        Tensor::<2>::zeros([0, 2], &device),
+    );
+    assert_eq!(empty.dims(), [3, 2]);
+    assert_eq!(empty.abs().sum().into_scalar::<f32>(), 0.0);
+}

@@ -51,9 +51,10 @@ pub fn padding_hide(attention_mask: Tensor<2, Int>) -> Tensor<4, Bool> {
 }
 
 /// Logits `[batch, seq, vocab]` = hidden `[batch, seq, emb]` · embeddingᵀ, for a head tied to
-/// an embedding table `[vocab, emb]`. Computed as (table · hiddenᵀ)ᵀ: multiplying by the
-/// transposed table makes the CPU backend copy all of it (150 MB for GPT-2, 100 ms) on every
-/// call, while transposing hidden and the result is cheap.
+/// an embedding table `[vocab, emb]`. On the CPU backend ember's own product reads the
+/// transposed table in place ([`ember_kernels::matmul`]); elsewhere it is computed as
+/// (table · hiddenᵀ)ᵀ, because Burn's product by the transposed table copies all of it (150 MB
+/// for GPT-2, 100 ms on a CPU) on every call, while transposing hidden and the result is cheap.
 pub fn tied_logits(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
     tied_logits_split(hidden, table, 1)
 }
@@ -73,6 +74,9 @@ pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) ->
     };
     let logits = if splits(batch * seq, threads) {
         split_columns(vocab, threads, slice)
+    } else if ember_kernels::fused_matmul(&table) {
+        // This product reads the transposed table in place.
+        ember_kernels::matmul(hidden_t.transpose(), table.transpose())
     } else {
         slice(0, vocab)
     };
@@ -112,7 +116,7 @@ pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> 
     let out = if splits(batch * seq, threads) {
         product_split(rows, weight, bias, threads)
     } else {
-        let out = rows.matmul(weight);
+        let out = ember_kernels::matmul(rows, weight);
         match bias {
             Some(b) => out + b.reshape([1, d_out]),
             None => out,
