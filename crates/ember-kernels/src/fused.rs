@@ -27,6 +27,11 @@ pub trait FusedOps: Backend {
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `[m, k] · [k, n]` for 2-D tensors, strided operands read in place.
     fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `lhs · rhsᵀ` for `lhs: [m, k]`, `rhs: [n, k]`; under autodiff the gradient of `rhs` comes
+    /// out in `rhs`'s own `[n, k]` layout.
+    fn matmul_2d_nt(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::matmul_2d(lhs, Self::float_transpose(rhs))
+    }
     /// Softmax over the last dimension.
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`softmax_last`](FusedOps::softmax_last) from its output.
@@ -64,6 +69,13 @@ pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 pub(crate) fn matmul_2d(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_2d(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+    ))
+}
+
+pub(crate) fn matmul_2d_nt(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_2d_nt(
         lhs.into_dispatch(),
         rhs.into_dispatch(),
     ))
@@ -345,6 +357,25 @@ impl<B: Backend + FusedOps> Backward<B, 2> for Matmul2d {
 }
 
 #[derive(Debug)]
+struct Matmul2dNt;
+
+impl<B: Backend + FusedOps> Backward<B, 2> for Matmul2dNt {
+    /// Both operands, as for [`Matmul2d`].
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (lhs, rhs) = ops.state;
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| B::matmul_2d(grad, rhs), // [m, n]·[n, k]
+            |grad| B::matmul_2d(B::float_transpose(grad), lhs), // [n, m]·[m, k]
+        );
+    }
+}
+
+#[derive(Debug)]
 struct SoftmaxLast;
 
 impl<B: Backend + FusedOps> Backward<B, 1> for SoftmaxLast {
@@ -397,6 +428,20 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (rhs, rhs_guard) = rhs.into_parts();
         let out = B::matmul_2d(lhs.clone(), rhs.clone());
         match Matmul2d
+            .prepare::<C>([lhs_guard, rhs_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((lhs, rhs), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn matmul_2d_nt(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (lhs, lhs_guard) = lhs.into_parts();
+        let (rhs, rhs_guard) = rhs.into_parts();
+        let out = B::matmul_2d_nt(lhs.clone(), rhs.clone());
+        match Matmul2dNt
             .prepare::<C>([lhs_guard, rhs_guard])
             .compute_bound()
             .stateful()

@@ -239,3 +239,22 @@ fn matmul_matches_burns_in_value_and_gradient_with_transposed_operands() {
     assert_eq!(empty.dims(), [3, 2]);
     assert_eq!(empty.abs().sum().into_scalar::<f32>(), 0.0);
 }
+
+#[test]
+fn matmul_nt_matches_burns_and_gives_the_table_a_row_major_gradient() {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let hidden = Tensor::<2>::random([40, 24], Distribution::Default, &device);
+    let table = Tensor::<2>::random([300, 24], Distribution::Default, &device);
+    let weights = Tensor::<2>::random([40, 300], Distribution::Default, &device);
+    let (h1, t1) = (hidden.clone().require_grad(), table.clone().require_grad());
+    let (h2, t2) = (hidden.require_grad(), table.require_grad());
+    let ours = matmul_nt(h1.clone(), t1.clone());
+    let burns = h2.clone().matmul(t2.clone().transpose());
+    assert!(max_diff(ours.clone(), burns.clone()) < 1e-5);
+    let grads_ours = (ours * weights.clone()).sum().backward();
+    let grads_burn = (burns * weights).sum().backward();
+    let dh = max_diff(h1.grad(&grads_ours).unwrap(), h2.grad(&grads_burn).unwrap());
+    let dt = max_diff(t1.grad(&grads_ours).unwrap(), t2.grad(&grads_burn).unwrap());
+    assert!(dh < 1e-5 && dt < 1e-5, "{dh} {dt}");
+}

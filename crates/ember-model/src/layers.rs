@@ -52,7 +52,7 @@ pub fn padding_hide(attention_mask: Tensor<2, Int>) -> Tensor<4, Bool> {
 
 /// Logits `[batch, seq, vocab]` = hidden `[batch, seq, emb]` · embeddingᵀ, for a head tied to
 /// an embedding table `[vocab, emb]`. On the CPU backend ember's own product reads the
-/// transposed table in place ([`ember_kernels::matmul`]); elsewhere it is computed as
+/// table in place ([`ember_kernels::matmul_nt`]); elsewhere it is computed as
 /// (table · hiddenᵀ)ᵀ, because Burn's product by the transposed table copies all of it (150 MB
 /// for GPT-2, 100 ms on a CPU) on every call, while transposing hidden and the result is cheap.
 pub fn tied_logits(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
@@ -75,8 +75,8 @@ pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) ->
     let logits = if splits(batch * seq, threads) {
         split_columns(vocab, threads, slice)
     } else if ember_kernels::fused_matmul(&table) {
-        // This product reads the transposed table in place.
-        ember_kernels::matmul(hidden_t.transpose(), table.transpose())
+        // Reads the table in place, and its gradient comes out in the table's layout.
+        ember_kernels::matmul_nt(hidden_t.transpose(), table)
     } else {
         slice(0, vocab)
     };
