@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::Trainable;
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
-use crate::layers::{attention, padding_hide, split_heads, tied_logits};
+use crate::layers::{attention, linear, padding_hide, split_heads, tied_logits};
 use crate::loss::cross_entropy;
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
@@ -284,11 +284,11 @@ impl BertAttention {
     /// `LN(x + attention(x))`.
     pub fn forward(&self, x: Tensor<3>, hide: Tensor<4, Bool>) -> Tensor<3> {
         let heads = self.n_heads;
-        let q = split_heads(self.query.forward(x.clone()), heads);
-        let k = split_heads(self.key.forward(x.clone()), heads);
-        let v = split_heads(self.value.forward(x.clone()), heads);
+        let q = split_heads(linear(&self.query, x.clone()), heads);
+        let k = split_heads(linear(&self.key, x.clone()), heads);
+        let v = split_heads(linear(&self.value, x.clone()), heads);
         let context = attention(q, k, v, hide, &self.attn_drop);
-        let out = self.resid_drop.forward(self.output.forward(context));
+        let out = self.resid_drop.forward(linear(&self.output, context));
         self.output_norm.forward(x + out)
     }
 }
@@ -310,9 +310,8 @@ impl BertLayer {
     /// `x: [batch, seq, hidden]` → `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>, hide: Tensor<4, Bool>) -> Tensor<3> {
         let x = self.attention.forward(x, hide);
-        let ff = self
-            .output
-            .forward(self.act.forward(self.intermediate.forward(x.clone())));
+        let hidden = self.act.forward(linear(&self.intermediate, x.clone()));
+        let ff = linear(&self.output, hidden);
         self.output_norm.forward(x + self.resid_drop.forward(ff))
     }
 }
@@ -416,7 +415,7 @@ impl Bert {
         let head = self.mlm.as_ref().expect("this BERT has no MLM head");
         let x = head
             .layer_norm
-            .forward(head.act.forward(head.transform.forward(hidden)));
+            .forward(head.act.forward(linear(&head.transform, hidden)));
         let vocab = self.vocab_size();
         tied_logits(x, self.embeddings.word_embeddings.weight.val())
             + head.bias.val().reshape([1, 1, vocab])

@@ -125,6 +125,12 @@ pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> 
     out.reshape([batch, seq, d_out])
 }
 
+/// `linear.forward(x)` for `x: [batch, seq, d_in]` as one 2-D product ([`linear_split`] on one
+/// thread): the form whose backward pass computes the weight gradient in a single product.
+pub fn linear(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
+    linear_split(linear, x, 1)
+}
+
 /// `rows · weight + bias` for `rows: [n, d_in]`, `weight: [d_in, d_out]` → `[n, d_out]`, the
 /// output columns cut into `threads` slices computed side by side ([`split_columns`]). A plain
 /// 2-D product per slice: the backend reads the weight slice in place, while burn's `linear`

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, read_checked, set_layer_norm, set_linear, transpose};
-use crate::layers::{attention, split_heads};
+use crate::layers::{attention, linear, split_heads};
 use crate::weights::{HostTensor, TensorSet};
 
 /// How positions enter the embeddings.
@@ -115,15 +115,15 @@ impl MultiHeadAttention {
     /// `x: [batch, queries, d]` attending over `keys`/`values` already split into heads
     /// `[batch, heads, keys, head_dim]`, `hide` broadcastable to `[batch, heads, queries, keys]`.
     fn attend(&self, x: Tensor<3>, k: Tensor<4>, v: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
-        let q = split_heads(self.query.forward(x), self.n_heads);
-        self.out.forward(attention(q, k, v, hide, &self.drop))
+        let q = split_heads(linear(&self.query, x), self.n_heads);
+        linear(&self.out, attention(q, k, v, hide, &self.drop))
     }
 
     /// Keys and values of `source: [batch, keys, d]`, split into heads.
     fn keys_values(&self, source: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
         (
-            split_heads(self.key.forward(source.clone()), self.n_heads),
-            split_heads(self.value.forward(source), self.n_heads),
+            split_heads(linear(&self.key, source.clone()), self.n_heads),
+            split_heads(linear(&self.value, source), self.n_heads),
         )
     }
 }
@@ -139,9 +139,8 @@ pub struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = self
-            .linear2
-            .forward(self.drop.forward(relu(self.linear1.forward(x.clone()))));
+        let hidden = self.drop.forward(relu(linear(&self.linear1, x.clone())));
+        let y = linear(&self.linear2, hidden);
         self.norm.forward(x + self.drop.forward(y))
     }
 }
@@ -201,7 +200,7 @@ impl DecoderLayer {
     /// (the input of the cross-attention) over keys `k: [batch, heads, src, head_dim]`.
     fn cross_weights(&self, x: Tensor<3>, k: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
         let heads = self.cross_attn.n_heads;
-        let q = split_heads(self.cross_attn.query.forward(x), heads);
+        let q = split_heads(linear(&self.cross_attn.query, x), heads);
         let [batch, heads, queries, head_dim] = q.dims();
         let keys = k.dims()[2];
         let scores = q
@@ -459,7 +458,7 @@ impl TransformerSeq2Seq {
             .bool_or(padded.expand([batch, 1, len, len]));
         let mut cache = self.start_decoding(memory, src);
         let x = self.decoder_stack(tgt, self_hide, &mut cache);
-        self.generator.forward(x)
+        linear(&self.generator, x)
     }
 
     /// Logits of `forward(src, tgt)`: encode, then decode with teacher forcing.
