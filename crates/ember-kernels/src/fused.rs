@@ -322,23 +322,51 @@ impl FusedOps for Flex {
     }
 }
 
+/// An element-wise (GELU) or row-wise (softmax) op whose backward needs one tensor: GELU keeps
+/// its input, softmax its output (which the next product keeps anyway).
 #[derive(Debug)]
-struct GeluTanh;
+enum OneTensorOp {
+    GeluTanh,
+    SoftmaxLast,
+}
 
-impl<B: Backend + FusedOps> Backward<B, 1> for GeluTanh {
-    /// The input: the derivative is recomputed from it.
+impl<B: Backend + FusedOps> Backward<B, 1> for OneTensorOp {
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let x = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::gelu_tanh_backward(x, grad)
+        let kept = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| match self {
+            OneTensorOp::GeluTanh => B::gelu_tanh_backward(kept, grad),
+            OneTensorOp::SoftmaxLast => B::softmax_last_backward(kept, grad),
         });
     }
 }
 
+/// Records a [`OneTensorOp`] under autodiff.
+fn one_tensor_tracked<B: Backend + FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    op: OneTensorOp,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (x, guard) = x.into_parts();
+    let (y, kept) = match op {
+        OneTensorOp::GeluTanh => (B::gelu_tanh(x.clone()), x),
+        OneTensorOp::SoftmaxLast => {
+            let y = B::softmax_last(x);
+            (y.clone(), y)
+        }
+    };
+    match op.prepare::<C>([guard]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(kept, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// `lhs · rhs`, or `lhs · rhsᵀ` with `rhs` stored `[n, k]` when `rhs_transposed`: then the
+/// gradient of `rhs` is computed in that `[n, k]` layout.
 #[derive(Debug)]
-struct Matmul2d;
+struct Matmul2d {
+    rhs_transposed: bool,
+}
 
 impl<B: Backend + FusedOps> Backward<B, 2> for Matmul2d {
     /// Both operands: each one's gradient is a product with the other.
@@ -346,47 +374,40 @@ impl<B: Backend + FusedOps> Backward<B, 2> for Matmul2d {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (lhs, rhs) = ops.state;
+        let nt = self.rhs_transposed;
         binary::<B, _, _>(
             ops.parents,
             ops.node,
             grads,
-            |grad| B::matmul_2d(grad, B::float_transpose(rhs)), // [m, n]·[n, k]
-            |grad| B::matmul_2d(B::float_transpose(lhs), grad), // [k, m]·[m, n]
+            // d lhs = grad · rhsᵀ: [m, n]·[n, k]
+            |grad| B::matmul_2d(grad, if nt { rhs } else { B::float_transpose(rhs) }),
+            |grad| match nt {
+                true => B::matmul_2d(B::float_transpose(grad), lhs), // [n, m]·[m, k]
+                false => B::matmul_2d(B::float_transpose(lhs), grad), // [k, m]·[m, n]
+            },
         );
     }
 }
 
-#[derive(Debug)]
-struct Matmul2dNt;
-
-impl<B: Backend + FusedOps> Backward<B, 2> for Matmul2dNt {
-    /// Both operands, as for [`Matmul2d`].
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (lhs, rhs) = ops.state;
-        binary::<B, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |grad| B::matmul_2d(grad, rhs), // [m, n]·[n, k]
-            |grad| B::matmul_2d(B::float_transpose(grad), lhs), // [n, m]·[m, k]
-        );
-    }
-}
-
-#[derive(Debug)]
-struct SoftmaxLast;
-
-impl<B: Backend + FusedOps> Backward<B, 1> for SoftmaxLast {
-    /// The output, which the gradient needs (and the next product usually keeps anyway).
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let y = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::softmax_last_backward(y, grad)
-        });
+/// Records a [`Matmul2d`] under autodiff.
+fn matmul_tracked<B: Backend + FusedOps, C: CheckpointStrategy>(
+    lhs: FloatTensor<Autodiff<B, C>>,
+    rhs: FloatTensor<Autodiff<B, C>>,
+    rhs_transposed: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (lhs, lhs_guard) = lhs.into_parts();
+    let (rhs, rhs_guard) = rhs.into_parts();
+    let out = match rhs_transposed {
+        true => B::matmul_2d_nt(lhs.clone(), rhs.clone()),
+        false => B::matmul_2d(lhs.clone(), rhs.clone()),
+    };
+    match (Matmul2d { rhs_transposed })
+        .prepare::<C>([lhs_guard, rhs_guard])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((lhs, rhs), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
 
@@ -409,14 +430,7 @@ impl<B: Backend + FusedOps> Backward<B, 1> for NllRows {
 /// and optimizer ops run on the inner backend and return constants (not differentiable again).
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (x, guard) = x.into_parts();
-        match GeluTanh.prepare::<C>([guard]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let y = B::gelu_tanh(x.clone());
-                prep.finish(x, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::gelu_tanh(x)),
-        }
+        one_tensor_tracked::<B, C>(x, OneTensorOp::GeluTanh)
     }
 
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -424,40 +438,15 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (lhs, lhs_guard) = lhs.into_parts();
-        let (rhs, rhs_guard) = rhs.into_parts();
-        let out = B::matmul_2d(lhs.clone(), rhs.clone());
-        match Matmul2d
-            .prepare::<C>([lhs_guard, rhs_guard])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((lhs, rhs), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        matmul_tracked::<B, C>(lhs, rhs, false)
     }
 
     fn matmul_2d_nt(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (lhs, lhs_guard) = lhs.into_parts();
-        let (rhs, rhs_guard) = rhs.into_parts();
-        let out = B::matmul_2d_nt(lhs.clone(), rhs.clone());
-        match Matmul2dNt
-            .prepare::<C>([lhs_guard, rhs_guard])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((lhs, rhs), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        matmul_tracked::<B, C>(lhs, rhs, true)
     }
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (x, guard) = x.into_parts();
-        let y = B::softmax_last(x);
-        match SoftmaxLast.prepare::<C>([guard]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        one_tensor_tracked::<B, C>(x, OneTensorOp::SoftmaxLast)
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
