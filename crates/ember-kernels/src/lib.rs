@@ -1,6 +1,8 @@
 //! Fused kernels for the element-wise work that dominates a CPU training step once the matrix
 //! products are fast: the GELU of every feed-forward block, the attention softmax, the
-//! cross-entropy over `[tokens, vocab]` logits and the AdamW update of every parameter.
+//! cross-entropy over `[tokens, vocab]` logits and the AdamW update of every parameter; and the
+//! 2-D matrix products themselves, whose outputs Burn's CPU backend zero-fills and copies once
+//! more on one thread before the product starts.
 //!
 //! Composed from Burn's tensor ops these are chains of 5–12 single-threaded passes over large
 //! tensors, each allocating its output, and the autodiff graph keeps several intermediates alive
