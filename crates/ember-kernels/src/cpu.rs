@@ -62,7 +62,8 @@ pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
 
 /// Whole rows of `width` per parallel task, about [`CHUNK`] elements.
 fn row_chunk(width: usize) -> usize {
-    width * (CHUNK / width.max(1)).max(1)
+    let width = width.max(1); // empty rows: any non-zero chunk (there is nothing to split)
+    width * (CHUNK / width).max(1)
 }
 
 /// Softmax of each row of `width` values.
@@ -128,6 +129,7 @@ fn check_target(target: i64, classes: usize, row: usize) {
 /// Per-row `(nll, logsumexp)` of `logits: [rows, classes]` (row-major): `nll = lse − x[t]`,
 /// 0 where the target is negative.
 pub fn nll_rows(logits: &[f32], classes: usize, targets: &[i64]) -> (Vec<f32>, Vec<f32>) {
+    assert!(classes > 0, "cross-entropy over zero classes");
     assert_eq!(
         logits.len(),
         classes * targets.len(),
@@ -160,6 +162,7 @@ pub fn nll_rows_backward(
     grad: &[f32],
 ) -> Vec<f32> {
     let rows = targets.len();
+    assert!(classes > 0, "cross-entropy over zero classes");
     assert_eq!(
         logits.len(),
         classes * rows,

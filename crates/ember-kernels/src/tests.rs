@@ -258,3 +258,10 @@ fn matmul_nt_matches_burns_and_gives_the_table_a_row_major_gradient() {
     let dt = max_diff(t1.grad(&grads_ours).unwrap(), t2.grad(&grads_burn).unwrap());
     assert!(dh < 1e-5 && dt < 1e-5, "{dh} {dt}");
 }
+
+#[test]
+fn softmax_of_empty_rows_is_empty() {
+    let device = Device::flex();
+    let x = Tensor::<3>::zeros([2, 3, 0], &device);
+    assert_eq!(softmax(x, 2).dims(), [2, 3, 0]);
+}
