@@ -56,24 +56,15 @@ pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 /// row, such as a tied output head's embedding `[vocab, emb]`. Like [`matmul`] on the CPU
 /// backend, and the table's gradient comes out in the table's own layout, so adding it to the
 /// embedding lookup's gradient is a plain contiguous sum (a transposed one is a strided,
-/// cache-missing pass over the whole table).
+/// cache-missing pass over the whole table). Elsewhere computed as `(rhs · lhsᵀ)ᵀ`: Burn's
+/// product by a transposed `rhs` copies all of it (150 MB for GPT-2's table) on every call,
+/// while transposing `lhs` and the result is cheap.
 pub fn matmul_nt(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "flex")]
     if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
         return fused::matmul_2d_nt(lhs, rhs);
     }
-    lhs.matmul(rhs.transpose())
-}
-
-/// Whether [`matmul`] with `tensor` runs ember's own product (the CPU backend, `f32`).
-pub fn fused_matmul(tensor: &Tensor<2>) -> bool {
-    #[cfg(feature = "flex")]
-    return fused::runs_on(tensor.dtype(), &tensor.device());
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = tensor;
-        false
-    }
+    rhs.matmul(lhs.transpose()).transpose()
 }
 
 /// Softmax along `dim`. On the CPU backend, along the last dimension (attention weights), one

@@ -51,10 +51,8 @@ pub fn padding_hide(attention_mask: Tensor<2, Int>) -> Tensor<4, Bool> {
 }
 
 /// Logits `[batch, seq, vocab]` = hidden `[batch, seq, emb]` · embeddingᵀ, for a head tied to
-/// an embedding table `[vocab, emb]`. On the CPU backend ember's own product reads the
-/// table in place ([`ember_kernels::matmul_nt`]); elsewhere it is computed as
-/// (table · hiddenᵀ)ᵀ, because Burn's product by the transposed table copies all of it (150 MB
-/// for GPT-2, 100 ms on a CPU) on every call, while transposing hidden and the result is cheap.
+/// an embedding table `[vocab, emb]`, through [`ember_kernels::matmul_nt`] (which never copies
+/// the table).
 pub fn tied_logits(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
     tied_logits_split(hidden, table, 1)
 }
@@ -64,21 +62,16 @@ pub fn tied_logits(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
 pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) -> Tensor<3> {
     let [batch, seq, emb] = hidden.dims();
     let vocab = table.dims()[0];
-    let hidden_t = hidden.reshape([batch * seq, emb]).transpose(); // [emb, batch·seq]
-    let slice = |start: usize, len: usize| {
-        table
-            .clone()
-            .narrow(0, start, len)
-            .matmul(hidden_t.clone()) // [len, batch·seq]
-            .transpose()
-    };
+    let rows = hidden.reshape([batch * seq, emb]);
     let logits = if splits(batch * seq, threads) {
-        split_columns(vocab, threads, slice)
-    } else if ember_kernels::fused_matmul(&table) {
-        // Reads the table in place, and its gradient comes out in the table's layout.
-        ember_kernels::matmul_nt(hidden_t.transpose(), table)
+        // (slice · rowsᵀ)ᵀ per slice: the single-threaded products the split was measured with.
+        let rows_t = rows.transpose(); // [emb, batch·seq]
+        split_columns(vocab, threads, |start, len| {
+            let slice = table.clone().narrow(0, start, len);
+            slice.matmul(rows_t.clone()).transpose() // [batch·seq, len]
+        })
     } else {
-        slice(0, vocab)
+        ember_kernels::matmul_nt(rows, table)
     };
     logits.reshape([batch, seq, vocab])
 }
@@ -223,7 +216,7 @@ mod tests {
             let diff = max_diff(whole, split);
             assert!(diff < 1e-5, "threads {threads}: {diff}");
         }
-        // Too many rows: left to the backend, bit for bit the plain product.
+        // Too many rows: one product over all of them, bit for bit the plain product.
         let long = Tensor::<3>::random([3, 3, 24], burn::tensor::Distribution::Default, &device);
         let linear = LinearConfig::new(24, 100).init(&device);
         assert_eq!(
