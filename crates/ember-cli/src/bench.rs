@@ -555,13 +555,14 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     let (cached_tokens, cached) = timed(true)?;
     let gemv = gemv_probe(&device, decode_threads);
     println!(
-        "{:>24}: {:.1} GB/s as the backend runs it, {:.1} GB/s split over {} threads, {:.1} GB/s with the weight transposed ([1, 768]·[768, 3072], {} MB of weights)",
+        "{:>24}: {:.1} GB/s as ember decodes on {} threads ({:.1} tied-head layout, {:.1} Burn's own product; [1, 768]·[768, 3072], {} MB of weights), plain read {:.1} GB/s",
         "GEMV probe",
-        gemv["backend_gb_s"].as_f64().unwrap_or(f64::NAN),
         gemv["split_gb_s"].as_f64().unwrap_or(f64::NAN),
         gemv["threads"],
         gemv["transposed_gb_s"].as_f64().unwrap_or(f64::NAN),
+        gemv["backend_gb_s"].as_f64().unwrap_or(f64::NAN),
         gemv["megabytes"],
+        gemv["read_gb_s"].as_f64().unwrap_or(f64::NAN),
     );
     let weight_bytes = 4.0 * config.num_params() as f64;
     let mut row = json!({
@@ -625,20 +626,19 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
 }
 
 /// Read bandwidth of one-token matrix products, the whole cost of a decoding step: 32 weights
-/// `[768, 3072]` (302 MB, more than any cache) multiplied by one row, as the backend runs the
-/// product, split over `threads` as decoding splits it ([`ember_model::layers::product_split`]),
-/// and against the transposed weight `[3072, 768]·[768, 1]` (dot products along contiguous rows).
+/// `[768, 3072]` (302 MB, more than any cache) multiplied by one row, as Burn's backend runs the
+/// product, as ember's decoding runs it ([`ember_kernels::matmul_split`] over `threads`), and
+/// with tables `[3072, 768]` as ember's tied head runs it ([`ember_kernels::matmul_nt_split`]);
+/// next to the machine's plain read bandwidth: a sum over as many bytes on all threads.
 fn gemv_probe(device: &burn::prelude::Device, threads: usize) -> Value {
     use burn::prelude::*;
-    use ember_model::layers::product_split;
     let (d_in, d_out, count) = (768, 3072, 32);
     device.seed(1);
     let random =
         |shape: [usize; 2]| Tensor::<2>::random(shape, burn::tensor::Distribution::Default, device);
     let weights: Vec<Tensor<2>> = (0..count).map(|_| random([d_in, d_out])).collect();
-    let transposed: Vec<Tensor<2>> = (0..count).map(|_| random([d_out, d_in])).collect();
+    let tables: Vec<Tensor<2>> = (0..count).map(|_| random([d_out, d_in])).collect();
     let x = random([1, d_in]);
-    let x_t = x.clone().transpose();
     let bytes = (count * d_in * d_out * 4) as f64;
     let rate = |work: &dyn Fn() -> Vec<Tensor<2>>| {
         let finish = |outs: Vec<Tensor<2>>| {
@@ -657,22 +657,50 @@ fn gemv_probe(device: &burn::prelude::Device, threads: usize) -> Value {
     let split = rate(&|| {
         weights
             .iter()
-            .map(|w| product_split(x.clone(), w.clone(), None, threads))
+            .map(|w| ember_kernels::matmul_split(x.clone(), w.clone(), threads))
             .collect()
     });
-    let dot = rate(&|| {
-        transposed
+    let tied = rate(&|| {
+        tables
             .iter()
-            .map(|w| w.clone().matmul(x_t.clone()).transpose())
+            .map(|t| ember_kernels::matmul_nt_split(x.clone(), t.clone(), threads))
             .collect()
     });
     json!({
         "backend_gb_s": backend,
         "split_gb_s": split,
-        "transposed_gb_s": dot,
+        "transposed_gb_s": tied,
+        "read_gb_s": read_bandwidth(count * d_in * d_out),
         "threads": threads,
         "megabytes": (bytes / 1e6).round(),
     })
+}
+
+/// GB/s of summing `len` floats (more than any cache) on all of rayon's threads: the most any
+/// weight-reading kernel can reach here.
+fn read_bandwidth(len: usize) -> f64 {
+    use rayon::prelude::*;
+    let values: Vec<f32> = (0..len).into_par_iter().map(|i| (i % 7) as f32).collect();
+    let sum = || {
+        values
+            .par_chunks(1 << 16)
+            .map(|chunk| {
+                // 16 independent lanes, so the sum vectorises.
+                let mut lanes = [0.0f32; 16];
+                for block in chunk.chunks_exact(16) {
+                    for (lane, &v) in lanes.iter_mut().zip(block) {
+                        *lane += v;
+                    }
+                }
+                lanes.iter().sum::<f32>()
+            })
+            .sum::<f32>()
+    };
+    std::hint::black_box(sum());
+    let best = best_time(Duration::from_millis(500), || {
+        std::hint::black_box(sum());
+    });
+    (len * 4) as f64 / best.as_secs_f64() / 1e9
 }
 
 /// One tokenize case: texts encoded one after the other.

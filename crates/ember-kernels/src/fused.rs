@@ -189,6 +189,29 @@ fn owned_contiguous(tensor: FlexTensor) -> FlexTensor {
     }
 }
 
+/// `lhs · rhs` by [`cpu::matmul_few_rows`] or [`cpu::matmul_nt_few_rows`] when `lhs` has at
+/// most [`crate::SPLIT_MAX_ROWS`] rows and `rhs` is stored densely row by row (`[k, n]`) or column by
+/// column (the transposed view of a `[n, k]` table); `None` otherwise (gemm's case).
+fn few_rows_product(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3]) -> Option<Vec<f32>> {
+    if m == 0 || m > crate::SPLIT_MAX_ROWS || k == 0 || n == 0 {
+        return None;
+    }
+    let (first, row_stride, column_stride) = strided_2d(rhs);
+    let transposed = match (row_stride, column_stride) {
+        (rs, 1) if rs == n as isize => false,
+        (1, cs) if cs == k as isize => true,
+        _ => return None,
+    };
+    // SAFETY: with these strides the `k·n` elements from `first` are exactly the tensor's
+    // (row-major `[k, n]`, or row-major `[n, k]` for the transposed view), inside its storage.
+    let rhs = unsafe { std::slice::from_raw_parts(first, k * n) };
+    let lhs = values(lhs);
+    Some(match transposed {
+        false => cpu::matmul_few_rows(&lhs, m, rhs, k, n),
+        true => cpu::matmul_nt_few_rows(&lhs, m, rhs, n, k),
+    })
+}
+
 /// Products below this many multiply-adds run on one thread (the flex backend's threshold).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
@@ -199,6 +222,9 @@ impl FusedOps for Flex {
     fn matmul_2d(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         let ([m, k], [k_rhs, n]) = (dims_2d(&lhs), dims_2d(&rhs));
         assert_eq!(k, k_rhs, "matmul_2d: [{m}, {k}] · [{k_rhs}, {n}]");
+        if let Some(out) = few_rows_product(&lhs, &rhs, [m, k, n]) {
+            return tensor_from(out, Shape::new([m, n]));
+        }
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         if k == 0 {
             out.resize(m * n, 0.0);

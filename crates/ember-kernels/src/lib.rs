@@ -43,13 +43,10 @@ pub fn gelu_tanh_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// `lhs: [m, k]` · `rhs: [k, n]` → `[m, n]`. On the CPU backend the product writes straight into
 /// its output (Burn's flex zero-fills the output and copies it once more to realign it, on one
-/// thread, before the product starts) and transposed operands are read in place.
+/// thread, before the product starts), transposed operands are read in place, and a product of
+/// at most [`SPLIT_MAX_ROWS`] rows (a decoding step) is one pass over `rhs` on every thread.
 pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
-    #[cfg(feature = "flex")]
-    if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
-        return fused::matmul_2d(lhs, rhs);
-    }
-    lhs.matmul(rhs)
+    matmul_split(lhs, rhs, 1)
 }
 
 /// `lhs: [m, k]` · `rhsᵀ` for `rhs: [n, k]` → `[m, n]`: a product with a table stored row by
@@ -60,11 +57,87 @@ pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 /// product by a transposed `rhs` copies all of it (150 MB for GPT-2's table) on every call,
 /// while transposing `lhs` and the result is cheap.
 pub fn matmul_nt(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    matmul_nt_split(lhs, rhs, 1)
+}
+
+/// Most rows for which [`matmul_split`] and [`matmul_nt_split`] share a product between threads
+/// themselves; larger products are split across threads by the backend.
+pub const SPLIT_MAX_ROWS: usize = 8;
+
+/// [`matmul`] with a product of at most [`SPLIT_MAX_ROWS`] rows shared by `threads`. Why: a
+/// one-token decoding step (`[1, 768]·[768, 3072]` …) is all weight reading, and Burn's CPU
+/// backends run products below 192³ multiply-adds on one thread, i.e. at one core's bandwidth.
+/// On the flex backend [`matmul`] already reads such a product's weight on all of rayon's
+/// threads; elsewhere (ndarray) [`matmul_split_composed`].
+pub fn matmul_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
+        return fused::matmul_2d(lhs, rhs);
+    }
+    matmul_split_composed(lhs, rhs, threads)
+}
+
+/// [`matmul_split`] from Burn's products: for few rows and `threads` > 1, the output columns
+/// cut into `threads` slices, each a single-threaded product reading its slice of `rhs` in
+/// place ([`split_columns`]).
+pub fn matmul_split_composed(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
+    if !splits(lhs.dims()[0], threads) {
+        return lhs.matmul(rhs);
+    }
+    split_columns(rhs.dims()[1], threads, |start, len| {
+        lhs.clone().matmul(rhs.clone().narrow(1, start, len)) // [m, len]
+    })
+}
+
+/// [`matmul_nt`] with a product of at most [`SPLIT_MAX_ROWS`] rows shared by `threads`, as
+/// [`matmul_split`]: on flex [`matmul_nt`], elsewhere [`matmul_nt_split_composed`].
+pub fn matmul_nt_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
     #[cfg(feature = "flex")]
     if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
         return fused::matmul_2d_nt(lhs, rhs);
     }
-    rhs.matmul(lhs.transpose()).transpose()
+    matmul_nt_split_composed(lhs, rhs, threads)
+}
+
+/// [`matmul_nt_split`] from Burn's products: `(rhs · lhsᵀ)ᵀ`, for few rows and `threads` > 1
+/// per slice of `rhs`'s rows ([`split_columns`]).
+pub fn matmul_nt_split_composed(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
+    let lhs_t = lhs.transpose(); // [k, m]
+    if !splits(lhs_t.dims()[1], threads) {
+        return rhs.matmul(lhs_t).transpose();
+    }
+    split_columns(rhs.dims()[0], threads, |start, len| {
+        rhs.clone()
+            .narrow(0, start, len)
+            .matmul(lhs_t.clone())
+            .transpose() // [m, len]
+    })
+}
+
+/// Whether a product of `rows` rows is split over `threads` by the composed split products.
+fn splits(rows: usize, threads: usize) -> bool {
+    threads > 1 && rows <= SPLIT_MAX_ROWS
+}
+
+/// `[rows, width]` assembled from `slice(start, len) → [rows, len]` over `threads` consecutive
+/// column ranges, computed on rayon's thread pool. The slices are views of the weight (no
+/// copy), each a single-threaded product of its own.
+fn split_columns(
+    width: usize,
+    threads: usize,
+    slice: impl Fn(usize, usize) -> Tensor<2> + Sync,
+) -> Tensor<2> {
+    use rayon::prelude::*;
+    // Slices of whole cache lines (16 floats) keep every thread's rows aligned alike.
+    let chunk = width.div_ceil(threads.max(1)).next_multiple_of(16).max(16);
+    let parts: Vec<Tensor<2>> = (0..width.div_ceil(chunk))
+        .into_par_iter()
+        .map(|i| {
+            let start = i * chunk;
+            slice(start, chunk.min(width - start))
+        })
+        .collect();
+    Tensor::cat(parts, 1)
 }
 
 /// Softmax along `dim`. On the CPU backend, along the last dimension (attention weights), one

@@ -265,3 +265,88 @@ fn softmax_of_empty_rows_is_empty() {
     let x = Tensor::<3>::zeros([2, 3, 0], &device);
     assert_eq!(softmax(x, 2).dims(), [2, 3, 0]);
 }
+
+/// `[rows, cols]` values of a tensor.
+fn values_of(x: Tensor<2>) -> Vec<f32> {
+    x.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn few_row_products_match_burns_for_every_shape_and_layout() {
+    let device = Device::flex();
+    device.seed(12);
+    // k not a multiple of 4 or of the 64-row blocks, n not a multiple of the vector width.
+    for (k, n) in [(1, 1), (5, 7), (130, 33), (768, 40), (64, 3)] {
+        for m in [1, 2, 3, 8] {
+            let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let rhs = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+            let table = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+            let tolerance = 1e-5 * (k as f32).sqrt().max(1.0);
+            let burns = lhs.clone().matmul(rhs.clone());
+            let diff = max_diff(matmul(lhs.clone(), rhs.clone()), burns);
+            assert!(diff < tolerance, "[{m}, {k}]·[{k}, {n}]: {diff}");
+            let burns = lhs.clone().matmul(table.clone().transpose());
+            let diff = max_diff(matmul_nt(lhs.clone(), table.clone()), burns.clone());
+            assert!(diff < tolerance, "[{m}, {k}]·[{n}, {k}]ᵀ: {diff}");
+            // A transposed lhs view, and the composed split used off the CPU backend.
+            let lhs_view = lhs.clone().transpose().transpose();
+            let diff = max_diff(matmul_nt(lhs_view, table.clone()), burns);
+            assert!(diff < tolerance, "strided lhs: {diff}");
+            let split = matmul_split_composed(lhs.clone(), rhs.clone(), 3);
+            let diff = max_diff(split, lhs.clone().matmul(rhs.clone()));
+            assert!(diff < tolerance, "composed split: {diff}");
+            let split = matmul_nt_split_composed(lhs.clone(), table.clone(), 3);
+            let diff = max_diff(split, lhs.matmul(table.transpose()));
+            assert!(diff < tolerance, "composed split, table: {diff}");
+        }
+    }
+    // A column slice of a wider weight is neither layout the few-rows kernels read: gemm's case.
+    let lhs = Tensor::<2>::random([2, 50], Distribution::Default, &device);
+    let wide = Tensor::<2>::random([50, 90], Distribution::Default, &device);
+    let slice = wide.narrow(1, 10, 40);
+    let diff = max_diff(matmul(lhs.clone(), slice.clone()), lhs.matmul(slice));
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn few_row_products_give_the_same_bits_on_any_number_of_threads() {
+    let device = Device::flex();
+    device.seed(13);
+    let lhs = Tensor::<2>::random([3, 700], Distribution::Normal(0.0, 1.0), &device);
+    let rhs = Tensor::<2>::random([700, 300], Distribution::Normal(0.0, 1.0), &device);
+    let table = Tensor::<2>::random([300, 700], Distribution::Normal(0.0, 1.0), &device);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            (
+                values_of(matmul(lhs.clone(), rhs.clone())),
+                values_of(matmul_nt(lhs.clone(), table.clone())),
+            )
+        })
+    };
+    let one = on(1);
+    assert_eq!(one, on(3));
+    assert_eq!(one, on(4));
+}
+
+#[test]
+fn a_few_row_product_under_autodiff_has_burns_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(14);
+    let x = Tensor::<2>::random([2, 70], Distribution::Default, &device);
+    let w = Tensor::<2>::random([70, 30], Distribution::Default, &device);
+    let weights = Tensor::<2>::random([2, 30], Distribution::Default, &device);
+    let (x1, w1) = (x.clone().require_grad(), w.clone().require_grad());
+    let (x2, w2) = (x.require_grad(), w.require_grad());
+    let ours = matmul(x1.clone(), w1.clone());
+    let burns = x2.clone().matmul(w2.clone());
+    assert!(max_diff(ours.clone(), burns.clone()) < 1e-5);
+    let grads_ours = (ours * weights.clone()).sum().backward();
+    let grads_burn = (burns * weights).sum().backward();
+    let dx = max_diff(x1.grad(&grads_ours).unwrap(), x2.grad(&grads_burn).unwrap());
+    let dw = max_diff(w1.grad(&grads_ours).unwrap(), w2.grad(&grads_burn).unwrap());
+    assert!(dx < 1e-5 && dw < 1e-5, "{dx} {dw}");
+}

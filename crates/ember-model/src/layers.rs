@@ -4,7 +4,6 @@
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 use ember_kernels::softmax;
-use rayon::prelude::*;
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
@@ -57,23 +56,13 @@ pub fn tied_logits(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
     tied_logits_split(hidden, table, 1)
 }
 
-/// [`tied_logits`] with the vocabulary cut into `threads` slices computed side by side (see
-/// [`split_columns`]).
+/// [`tied_logits`] with a product of few rows (decoding) shared by `threads`
+/// ([`ember_kernels::matmul_nt_split`]).
 pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) -> Tensor<3> {
     let [batch, seq, emb] = hidden.dims();
     let vocab = table.dims()[0];
     let rows = hidden.reshape([batch * seq, emb]);
-    let logits = if splits(batch * seq, threads) {
-        // (slice · rowsᵀ)ᵀ per slice: the single-threaded products the split was measured with.
-        let rows_t = rows.transpose(); // [emb, batch·seq]
-        split_columns(vocab, threads, |start, len| {
-            let slice = table.clone().narrow(0, start, len);
-            slice.matmul(rows_t.clone()).transpose() // [batch·seq, len]
-        })
-    } else {
-        ember_kernels::matmul_nt(rows, table)
-    };
-    logits.reshape([batch, seq, vocab])
+    ember_kernels::matmul_nt_split(rows, table, threads).reshape([batch, seq, vocab])
 }
 
 /// GPT-2's GELU, the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). Why not
@@ -83,37 +72,23 @@ pub fn tied_logits_split(hidden: Tensor<3>, table: Tensor<2>, threads: usize) ->
 /// ([`ember_kernels::gelu_tanh`]), elsewhere six composed ops.
 pub use ember_kernels::gelu_tanh;
 
-/// Most rows (`batch·seq`) for which [`linear_split`] and [`tied_logits_split`] split a matrix
-/// product; larger products are split across threads by the backend itself.
-pub const SPLIT_MAX_ROWS: usize = 8;
-
-/// Whether a product of `rows` rows is split over `threads`.
-fn splits(rows: usize, threads: usize) -> bool {
-    threads > 1 && rows <= SPLIT_MAX_ROWS
-}
-
 /// `linear.forward(x)` for `x: [batch, seq, d_in]`, as one 2-D product of the `batch·seq` rows.
 /// Why not `linear.forward`: it multiplies the 3-D input by the weight broadcast to
 /// `[batch, d_in, d_out]`, so its backward pass computes one weight gradient per batch element
 /// and then sums them (a `[batch, d_in, d_out]` tensor and a reduction per layer); the 2-D
 /// product's weight gradient is a single product over all rows.
 ///
-/// With few rows (decoding), the output columns are cut into `threads` slices computed side by
-/// side ([`product_split`]) when `threads` > 1 and there are at most [`SPLIT_MAX_ROWS`] rows.
+/// With few rows (decoding), the product is shared by `threads`
+/// ([`ember_kernels::matmul_split`]).
 pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> {
     let [batch, seq, d_in] = x.dims();
     let weight = linear.weight.val(); // [d_in, d_out]
     let d_out = weight.dims()[1];
-    let bias = linear.bias.as_ref().map(|b| b.val());
     let rows = x.reshape([batch * seq, d_in]);
-    let out = if splits(batch * seq, threads) {
-        product_split(rows, weight, bias, threads)
-    } else {
-        let out = ember_kernels::matmul(rows, weight);
-        match bias {
-            Some(b) => out + b.reshape([1, d_out]),
-            None => out,
-        }
+    let out = ember_kernels::matmul_split(rows, weight, threads);
+    let out = match &linear.bias {
+        Some(bias) => out + bias.val().reshape([1, d_out]),
+        None => out,
     };
     out.reshape([batch, seq, d_out])
 }
@@ -122,50 +97,6 @@ pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> 
 /// thread): the form whose backward pass computes the weight gradient in a single product.
 pub fn linear(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
     linear_split(linear, x, 1)
-}
-
-/// `rows · weight + bias` for `rows: [n, d_in]`, `weight: [d_in, d_out]` → `[n, d_out]`, the
-/// output columns cut into `threads` slices computed side by side ([`split_columns`]). A plain
-/// 2-D product per slice: the backend reads the weight slice in place, while burn's `linear`
-/// reshapes the weight to 3-D, which copies a non-contiguous slice.
-pub fn product_split(
-    rows: Tensor<2>,
-    weight: Tensor<2>,
-    bias: Option<Tensor<1>>,
-    threads: usize,
-) -> Tensor<2> {
-    let d_out = weight.dims()[1];
-    split_columns(d_out, threads, |start, len| {
-        let out = rows.clone().matmul(weight.clone().narrow(1, start, len)); // [n, len]
-        match &bias {
-            Some(b) => out + b.clone().narrow(0, start, len).reshape([1, len]),
-            None => out,
-        }
-    })
-}
-
-/// `[rows, width]` assembled from `slice(start, len) → [rows, len]` over `threads` consecutive
-/// column ranges, computed on rayon's thread pool.
-///
-/// Why: Burn's CPU backend runs a matrix product below 192³ multiply-adds on one thread, and
-/// each projection of a one-token decoding step (`[1, 768]·[768, 3072]` …) is below that, so
-/// decoding would read its weights — the whole cost of a step — at one core's bandwidth. The
-/// slices are views of the weight (no copy), each a single-threaded product of its own.
-pub fn split_columns(
-    width: usize,
-    threads: usize,
-    slice: impl Fn(usize, usize) -> Tensor<2> + Sync,
-) -> Tensor<2> {
-    // Slices of whole cache lines (16 floats) keep every thread's rows aligned alike.
-    let chunk = width.div_ceil(threads.max(1)).next_multiple_of(16);
-    let parts: Vec<Tensor<2>> = (0..width.div_ceil(chunk))
-        .into_par_iter()
-        .map(|i| {
-            let start = i * chunk;
-            slice(start, chunk.min(width - start))
-        })
-        .collect();
-    Tensor::cat(parts, 1)
 }
 
 #[cfg(test)]
