@@ -253,7 +253,7 @@ pub fn matmul_few_rows(lhs: &[f32], m: usize, rhs: &[f32], k: usize, n: usize) -
         .map(|block| {
             let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(k);
             let mut acc = vec![0.0f32; m * n];
-            simd::dispatch(|| accumulate_rows(lhs, m, k, rhs, n, rows.clone(), &mut acc));
+            simd::dispatch(|| accumulate_rows(lhs, m, k, rhs, n, n, rows.clone(), &mut acc));
             acc
         })
         .collect();
@@ -267,18 +267,21 @@ pub fn matmul_few_rows(lhs: &[f32], m: usize, rhs: &[f32], k: usize, n: usize) -
     out
 }
 
-/// `acc[r] += Σ_{i ∈ rows} lhs[r, i] · rhs[i, ..]` for every row `r` of `lhs`.
+/// `acc[r] += Σ_{i ∈ rows} lhs[r, i] · rhs[i, ..]` for every row `r` of `lhs`; row `i` of `rhs`
+/// is the `n` values from `i · row_stride`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn accumulate_rows(
     lhs: &[f32],
     m: usize,
     k: usize,
     rhs: &[f32],
     n: usize,
+    row_stride: usize,
     rows: std::ops::Range<usize>,
     acc: &mut [f32],
 ) {
-    let row = |i: usize| &rhs[i * n..(i + 1) * n];
+    let row = |i: usize| &rhs[i * row_stride..i * row_stride + n];
     let mut i = rows.start;
     while i + 4 <= rows.end {
         let (w0, w1, w2, w3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
@@ -358,6 +361,64 @@ pub fn matmul_nt_few_rows(lhs: &[f32], m: usize, rhs: &[f32], n: usize, k: usize
         }
     }
     out
+}
+
+/// One operand of [`matmul_few_rows_batched`]: `rows` rows of `len` contiguous values,
+/// `stride` apart, from the start of `values`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub values: &'a [f32],
+    pub rows: usize,
+    pub len: usize,
+    pub stride: usize,
+}
+
+impl Rows<'_> {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.stride..i * self.stride + self.len]
+    }
+}
+
+/// One product per batch element `(lhs, rhs)`: `lhs: [m, k]` row-major times `rhs`, whose rows
+/// are `[k, n]`'s, or `[n, k]`'s read as its transpose when `transposed`, for `m` ≤
+/// [`crate::SPLIT_MAX_ROWS`] → `[batch, m, n]`: attention's products for one query per head
+/// (`rhs` a head of the key/value cache, or of a projection's output read in place), one batch
+/// element per task.
+pub fn matmul_few_rows_batched(
+    pairs: &[(&[f32], Rows<'_>)],
+    [m, k, n]: [usize; 3],
+    transposed: bool,
+) -> Vec<f32> {
+    let rhs_shape = if transposed { (n, k) } else { (k, n) };
+    assert!(
+        pairs.iter().all(|(lhs, rhs)| lhs.len() == m * k
+            && (rhs.rows, rhs.len) == rhs_shape
+            && rhs.stride >= rhs.len
+            && rhs.values.len() >= rhs.rows.saturating_sub(1) * rhs.stride + rhs.len),
+        "matmul_few_rows_batched: shapes differ"
+    );
+    if m * n == 0 {
+        return Vec::new();
+    }
+    par_collect(pairs.len() * m * n, m * n, |start, out| {
+        let (lhs, rhs) = pairs[start / (m * n)];
+        simd::dispatch(|| {
+            if transposed {
+                for (r, out) in out.chunks_mut(n).enumerate() {
+                    let row = &lhs[r * k..(r + 1) * k];
+                    for (j, o) in out.iter_mut().enumerate() {
+                        o.write(dot(row, rhs.row(j)));
+                    }
+                }
+            } else {
+                let mut acc = vec![0.0f32; m * n];
+                accumulate_rows(lhs, m, k, rhs.values, n, rhs.stride, 0..k, &mut acc);
+                for (o, &v) in out.iter_mut().zip(&acc) {
+                    o.write(v);
+                }
+            }
+        })
+    })
 }
 
 /// Runs a kernel compiled for AVX2 when the CPU has it (8 floats per instruction instead of

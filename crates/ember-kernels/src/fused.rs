@@ -6,6 +6,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
@@ -31,6 +32,12 @@ pub trait FusedOps: Backend {
     /// out in `rhs`'s own `[n, k]` layout.
     fn matmul_2d_nt(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::matmul_2d(lhs, Self::float_transpose(rhs))
+    }
+    /// `lhs: [.., m, k] · rhs: [.., k, n]` with the same batch dimensions, for attention. On
+    /// the CPU backend a product of few rows per batch element runs the batch elements side by
+    /// side; under autodiff it is the backend's own (tracked) product.
+    fn matmul_batched(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
     }
     /// Softmax over the last dimension.
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -76,6 +83,13 @@ pub(crate) fn matmul_2d(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 
 pub(crate) fn matmul_2d_nt(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_2d_nt(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+    ))
+}
+
+pub(crate) fn matmul_batched<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_batched(
         lhs.into_dispatch(),
         rhs.into_dispatch(),
     ))
@@ -212,6 +226,77 @@ fn few_rows_product(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3]) -
     })
 }
 
+/// [`FusedOps::matmul_batched`] on flex when every batch element has at most
+/// [`crate::SPLIT_MAX_ROWS`] rows, the batch dimensions agree or broadcast (size 1), and each
+/// batch element of `rhs` has contiguous rows or columns (a head of a cache buffer or of a
+/// projection's output does); `None` otherwise.
+fn few_rows_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
+    let (lhs_shape, rhs_shape) = (lhs.layout().shape(), rhs.layout().shape());
+    let dims = lhs_shape.num_dims();
+    if dims < 3 || rhs_shape.num_dims() != dims {
+        return None;
+    }
+    let (m, k, n) = (
+        lhs_shape[dims - 2],
+        lhs_shape[dims - 1],
+        rhs_shape[dims - 1],
+    );
+    if m == 0 || m > crate::SPLIT_MAX_ROWS || k == 0 || n == 0 || rhs_shape[dims - 2] != k {
+        return None;
+    }
+    // The output's batch dimensions: equal sizes, or 1 broadcast against the other's.
+    let mut batch_dims = Vec::with_capacity(dims);
+    for d in 0..dims - 2 {
+        batch_dims.push(match (lhs_shape[d], rhs_shape[d]) {
+            (a, b) if a == b || b == 1 => a,
+            (1, b) => b,
+            _ => return None,
+        });
+    }
+    let strides = rhs.layout().strides();
+    // Rows of `[k, n]` (or of `[n, k]` for a transposed view) contiguous, any distance apart.
+    let (transposed, rows, len, stride) = match (strides[dims - 2], strides[dims - 1]) {
+        (rs, 1) if rs >= n as isize => (false, k, n, rs as usize),
+        (1, cs) if cs >= k as isize => (true, n, k, cs as usize),
+        _ => return None,
+    };
+    let extent = (rows - 1) * stride + len;
+    let storage = rhs.storage::<f32>();
+    let lhs_values = values(lhs);
+    let batch: usize = batch_dims.iter().product();
+    let mut pairs = Vec::with_capacity(batch);
+    for b in 0..batch {
+        // Element offsets of batch element `b` in `rhs` (strided) and the contiguous `lhs`.
+        let (mut rest, mut rhs_offset, mut lhs_index) =
+            (b, rhs.layout().start_offset() as isize, 0);
+        let mut lhs_stride = 1;
+        for d in (0..dims - 2).rev() {
+            let index = rest % batch_dims[d];
+            rest /= batch_dims[d];
+            if rhs_shape[d] != 1 {
+                rhs_offset += index as isize * strides[d];
+            }
+            if lhs_shape[d] != 1 {
+                lhs_index += index * lhs_stride;
+            }
+            lhs_stride *= lhs_shape[d];
+        }
+        let rhs_offset = usize::try_from(rhs_offset).ok()?;
+        let rhs_batch = cpu::Rows {
+            values: storage.get(rhs_offset..rhs_offset + extent)?,
+            rows,
+            len,
+            stride,
+        };
+        let lhs_batch = &lhs_values[lhs_index * m * k..(lhs_index + 1) * m * k];
+        pairs.push((lhs_batch, rhs_batch));
+    }
+    let out = cpu::matmul_few_rows_batched(&pairs, [m, k, n], transposed);
+    let mut shape = batch_dims;
+    shape.extend([m, n]);
+    Some(tensor_from(out, Shape::from(shape)))
+}
+
 /// Products below this many multiply-adds run on one thread (the flex backend's threshold).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
@@ -265,6 +350,16 @@ impl FusedOps for Flex {
             }
         }
         tensor_from(out, Shape::new([m, n]))
+    }
+
+    /// Few rows per batch element (one query per head while decoding): each batch element's
+    /// product by [`cpu::matmul_few_rows_batched`], the elements on all threads; otherwise
+    /// flex's batched gemm, which runs such small products one after the other on one thread.
+    fn matmul_batched(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        match few_rows_batched(&lhs, &rhs) {
+            Some(out) => out,
+            None => <Flex as FloatTensorOps<Flex>>::float_matmul(lhs, rhs),
+        }
     }
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {

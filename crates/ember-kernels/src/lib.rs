@@ -140,6 +140,19 @@ fn split_columns(
     Tensor::cat(parts, 1)
 }
 
+/// `lhs: [.., m, k]` · `rhs: [.., k, n]` → `[.., m, n]` for operands with the same batch
+/// dimensions (attention's heads). On the CPU backend, with at most [`SPLIT_MAX_ROWS`] rows
+/// (one query per head while decoding), the batch elements run side by side on every thread
+/// and a strided view of a key/value cache is read in place; Burn's batched product runs such
+/// small products one after the other on one thread. Otherwise, and under autodiff, Burn's.
+pub fn matmul_batched<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
+        return fused::matmul_batched(lhs, rhs);
+    }
+    lhs.matmul(rhs)
+}
+
 /// Softmax along `dim`. On the CPU backend, along the last dimension (attention weights), one
 /// fused pass per row whose backward keeps only the output.
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {

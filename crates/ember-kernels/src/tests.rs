@@ -350,3 +350,58 @@ fn a_few_row_product_under_autodiff_has_burns_gradients() {
     let dw = max_diff(w1.grad(&grads_ours).unwrap(), w2.grad(&grads_burn).unwrap());
     assert!(dx < 1e-5 && dw < 1e-5, "{dx} {dw}");
 }
+
+#[test]
+fn batched_products_read_cache_views_in_place_and_match_burns() {
+    let device = Device::flex();
+    device.seed(15);
+    // A key/value buffer [batch, heads, capacity, head_dim] of which 37 positions are filled.
+    let buffer = Tensor::<4>::random([2, 3, 64, 16], Distribution::Normal(0.0, 1.0), &device);
+    let keys = buffer.narrow(2, 0, 37); // [2, 3, 37, 16], strided per head
+    for queries in [1, 3, 8, 9] {
+        let q = Tensor::<4>::random([2, 3, queries, 16], Distribution::Default, &device);
+        let w = Tensor::<4>::random([2, 3, queries, 37], Distribution::Default, &device);
+        let scores = matmul_batched(q.clone(), keys.clone().swap_dims(2, 3));
+        let diff = max_diff(scores, q.matmul(keys.clone().swap_dims(2, 3)));
+        assert!(diff < 1e-5, "q·kᵀ, {queries} queries: {diff}");
+        let context = matmul_batched(w.clone(), keys.clone());
+        let diff = max_diff(context, w.matmul(keys.clone()));
+        assert!(diff < 1e-5, "w·v, {queries} queries: {diff}");
+    }
+    // Heads of a projection's output `[batch, seq, heads·head_dim]`: rows 48 values apart.
+    let projected = Tensor::<3>::random([2, 37, 48], Distribution::Default, &device)
+        .reshape([2, 37, 3, 16])
+        .swap_dims(1, 2);
+    let q = Tensor::<4>::random([2, 3, 1, 16], Distribution::Default, &device);
+    let w = Tensor::<4>::random([2, 3, 1, 37], Distribution::Default, &device);
+    let scores = matmul_batched(q.clone(), projected.clone().swap_dims(2, 3));
+    let diff = max_diff(scores, q.matmul(projected.clone().swap_dims(2, 3)));
+    assert!(diff < 1e-5, "projection heads, q·kᵀ: {diff}");
+    let context = matmul_batched(w.clone(), projected.clone());
+    assert!(max_diff(context, w.matmul(projected)) < 1e-5);
+    // A batch dimension of size 1 broadcasts, as in Burn's product.
+    let one = Tensor::<4>::random([1, 3, 1, 16], Distribution::Default, &device);
+    let out = matmul_batched(one.clone(), keys.clone().swap_dims(2, 3));
+    assert_eq!(out.dims(), [2, 3, 1, 37]);
+    let diff = max_diff(out, one.matmul(keys.swap_dims(2, 3)));
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn a_batched_product_under_autodiff_has_burns_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(16);
+    let q = Tensor::<4>::random([1, 2, 1, 8], Distribution::Default, &device).require_grad();
+    let k = Tensor::<4>::random([1, 2, 8, 5], Distribution::Default, &device).require_grad();
+    let weights = Tensor::<4>::random([1, 2, 1, 5], Distribution::Default, &device);
+    let out = matmul_batched(q.clone(), k.clone());
+    let grads = (out * weights.clone()).sum().backward();
+    let (q2, k2) = (
+        q.clone().detach().require_grad(),
+        k.clone().detach().require_grad(),
+    );
+    let grads_burn = (q2.clone().matmul(k2.clone()) * weights).sum().backward();
+    let dq = max_diff(q.grad(&grads).unwrap(), q2.grad(&grads_burn).unwrap());
+    let dk = max_diff(k.grad(&grads).unwrap(), k2.grad(&grads_burn).unwrap());
+    assert!(dq < 1e-6 && dk < 1e-6, "{dq} {dk}");
+}

@@ -3,7 +3,7 @@
 
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
-use ember_kernels::softmax;
+use ember_kernels::{matmul_batched, softmax};
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
@@ -31,13 +31,10 @@ pub fn attention(
     let hide = hide.expand([batch, heads, queries, keys]);
     // Scaling the queries rather than the scores: the same product, one element-wise op on a
     // tensor head_dim/keys the size (4× smaller for GPT-2 at context 256).
-    let scores = q
-        .div_scalar((head_dim as f32).sqrt())
-        .matmul(k.swap_dims(2, 3))
+    let scores = matmul_batched(q.div_scalar((head_dim as f32).sqrt()), k.swap_dims(2, 3))
         .mask_fill(hide, f32::MIN); // [batch, heads, queries, keys]
     let weights = dropout.forward(softmax(scores, 3));
-    weights
-        .matmul(v) // [batch, heads, queries, head_dim]
+    matmul_batched(weights, v) // [batch, heads, queries, head_dim]
         .swap_dims(1, 2)
         .reshape([batch, queries, heads * head_dim])
 }
