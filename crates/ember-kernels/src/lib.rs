@@ -1,8 +1,10 @@
 //! Fused kernels for the element-wise work that dominates a CPU training step once the matrix
 //! products are fast: the GELU of every feed-forward block, the attention softmax, the
-//! cross-entropy over `[tokens, vocab]` logits and the AdamW update of every parameter; and the
+//! cross-entropy over `[tokens, vocab]` logits and the AdamW update of every parameter; the
 //! 2-D matrix products themselves, whose outputs Burn's CPU backend zero-fills and copies once
-//! more on one thread before the product starts.
+//! more on one thread before the product starts; and the products of a decoding step (one row
+//! per sequence, attention over one query per head), which only read weights and the key/value
+//! cache and so run as passes at the machine's read bandwidth on every thread.
 //!
 //! Composed from Burn's tensor ops these are chains of 5–12 single-threaded passes over large
 //! tensors, each allocating its output, and the autodiff graph keeps several intermediates alive
@@ -79,7 +81,7 @@ pub fn matmul_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2>
 
 /// [`matmul_split`] from Burn's products: for few rows and `threads` > 1, the output columns
 /// cut into `threads` slices, each a single-threaded product reading its slice of `rhs` in
-/// place ([`split_columns`]).
+/// place (`split_columns`).
 pub fn matmul_split_composed(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
     if !splits(lhs.dims()[0], threads) {
         return lhs.matmul(rhs);
@@ -100,7 +102,7 @@ pub fn matmul_nt_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor
 }
 
 /// [`matmul_nt_split`] from Burn's products: `(rhs · lhsᵀ)ᵀ`, for few rows and `threads` > 1
-/// per slice of `rhs`'s rows ([`split_columns`]).
+/// per slice of `rhs`'s rows (`split_columns`).
 pub fn matmul_nt_split_composed(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
     let lhs_t = lhs.transpose(); // [k, m]
     if !splits(lhs_t.dims()[1], threads) {
