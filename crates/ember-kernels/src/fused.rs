@@ -203,22 +203,35 @@ fn owned_contiguous(tensor: FlexTensor) -> FlexTensor {
     }
 }
 
+/// How the few-rows kernels read a right operand `[k, n]` with these (row, column) strides:
+/// `(false, stride)` when its rows of `n` are contiguous, `stride` apart; `(true, stride)` when
+/// its columns of `k` are (the transposed view of a `[n, k]` table); `None` for other layouts.
+fn contiguous_lines(
+    row_stride: isize,
+    column_stride: isize,
+    [k, n]: [usize; 2],
+) -> Option<(bool, usize)> {
+    match (row_stride, column_stride) {
+        (rs, 1) if rs >= n as isize => Some((false, rs as usize)),
+        (1, cs) if cs >= k as isize => Some((true, cs as usize)),
+        _ => None,
+    }
+}
+
 /// `lhs · rhs` by [`cpu::matmul_few_rows`] or [`cpu::matmul_nt_few_rows`] when `lhs` has at
-/// most [`crate::SPLIT_MAX_ROWS`] rows and `rhs` is stored densely row by row (`[k, n]`) or column by
-/// column (the transposed view of a `[n, k]` table); `None` otherwise (gemm's case).
+/// most [`crate::SPLIT_MAX_ROWS`] rows and `rhs` is stored densely row by row (`[k, n]`) or
+/// column by column (the transposed view of a `[n, k]` table); `None` otherwise (gemm's case).
 fn few_rows_product(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3]) -> Option<Vec<f32>> {
     if m == 0 || m > crate::SPLIT_MAX_ROWS || k == 0 || n == 0 {
         return None;
     }
-    let (first, row_stride, column_stride) = strided_2d(rhs);
-    let transposed = match (row_stride, column_stride) {
-        (rs, 1) if rs == n as isize => false,
-        (1, cs) if cs == k as isize => true,
-        _ => return None,
-    };
-    // SAFETY: with these strides the `k·n` elements from `first` are exactly the tensor's
-    // (row-major `[k, n]`, or row-major `[n, k]` for the transposed view), inside its storage.
-    let rhs = unsafe { std::slice::from_raw_parts(first, k * n) };
+    let strides = rhs.layout().strides();
+    let (transposed, stride) = contiguous_lines(strides[0], strides[1], [k, n])?;
+    if stride != if transposed { k } else { n } {
+        return None; // rows apart from each other: not one dense block
+    }
+    let start = rhs.layout().start_offset();
+    let rhs = rhs.storage::<f32>().get(start..start + k * n)?;
     let lhs = values(lhs);
     Some(match transposed {
         false => cpu::matmul_few_rows(&lhs, m, rhs, k, n),
@@ -255,11 +268,8 @@ fn few_rows_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     }
     let strides = rhs.layout().strides();
     // Rows of `[k, n]` (or of `[n, k]` for a transposed view) contiguous, any distance apart.
-    let (transposed, rows, len, stride) = match (strides[dims - 2], strides[dims - 1]) {
-        (rs, 1) if rs >= n as isize => (false, k, n, rs as usize),
-        (1, cs) if cs >= k as isize => (true, n, k, cs as usize),
-        _ => return None,
-    };
+    let (transposed, stride) = contiguous_lines(strides[dims - 2], strides[dims - 1], [k, n])?;
+    let (rows, len) = if transposed { (n, k) } else { (k, n) };
     let extent = (rows - 1) * stride + len;
     let storage = rhs.storage::<f32>();
     let lhs_values = values(lhs);
