@@ -194,9 +194,9 @@ pub fn softmax_rows_backward(y: &[f32], grad: &[f32], width: usize) -> Vec<f32> 
             .zip(grad[start..end].chunks(width))
             .zip(out.chunks_mut(width))
         {
-            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            let y_dot_g = dot(y, g);
             for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                o.write(y * (g - dot));
+                o.write(y * (g - y_dot_g));
             }
         }
     })
