@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, read_checked, set_layer_norm, set_linear, transpose};
-use crate::layers::{attention, linear, split_heads};
+use crate::layers::{LayerCache, attention, attention_with_weights, linear, split_heads};
 use crate::weights::{HostTensor, TensorSet};
 
 /// How positions enter the embeddings.
@@ -119,6 +119,22 @@ impl MultiHeadAttention {
         linear(&self.out, attention(q, k, v, hide, &self.drop))
     }
 
+    /// [`attend`](Self::attend) and its weights averaged over the heads
+    /// `[batch, queries, keys]`.
+    fn attend_with_weights(
+        &self,
+        x: Tensor<3>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        hide: Tensor<4, Bool>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let q = split_heads(linear(&self.query, x), self.n_heads);
+        let (out, weights) = attention_with_weights(q, k, v, hide, &self.drop);
+        let [batch, _, queries, keys] = weights.dims();
+        let mean = weights.mean_dim(1).reshape([batch, queries, keys]);
+        (linear(&self.out, out), mean)
+    }
+
     /// Keys and values of `source: [batch, keys, d]`, split into heads.
     fn keys_values(&self, source: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
         (
@@ -175,7 +191,8 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// One decoder layer over `x: [batch, tgt, d]` given its self-attention keys/values (the
-    /// cached past followed by `x`'s own) and the memory's cross-attention keys/values.
+    /// cached past followed by `x`'s own) and the memory's cross-attention keys/values. With
+    /// `cross_weights`, also the cross-attention weights `[batch, tgt, src]` (mean over heads).
     fn forward(
         &self,
         x: Tensor<3>,
@@ -183,33 +200,25 @@ impl DecoderLayer {
         self_hide: Tensor<4, Bool>,
         cross_kv: (Tensor<4>, Tensor<4>),
         memory_hide: Tensor<4, Bool>,
-    ) -> (Tensor<3>, Tensor<3>) {
+        cross_weights: bool,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
         let a = self
             .self_attn
             .attend(x.clone(), self_kv.0, self_kv.1, self_hide);
         let x = self.norm1.forward(x + self.drop.forward(a));
-        let c = self
-            .cross_attn
-            .attend(x.clone(), cross_kv.0, cross_kv.1, memory_hide);
-        let query = x.clone();
+        let (c, weights) = if cross_weights {
+            let (c, weights) =
+                self.cross_attn
+                    .attend_with_weights(x.clone(), cross_kv.0, cross_kv.1, memory_hide);
+            (c, Some(weights))
+        } else {
+            let c = self
+                .cross_attn
+                .attend(x.clone(), cross_kv.0, cross_kv.1, memory_hide);
+            (c, None)
+        };
         let x = self.norm2.forward(x + self.drop.forward(c));
-        (self.ff.forward(x), query)
-    }
-
-    /// Cross-attention weights `[batch, tgt, src]` (mean over heads) of the queries `x`
-    /// (the input of the cross-attention) over keys `k: [batch, heads, src, head_dim]`.
-    fn cross_weights(&self, x: Tensor<3>, k: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
-        let heads = self.cross_attn.n_heads;
-        let q = split_heads(linear(&self.cross_attn.query, x), heads);
-        let [batch, heads, queries, head_dim] = q.dims();
-        let keys = k.dims()[2];
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((head_dim as f32).sqrt())
-            .mask_fill(hide.expand([batch, heads, queries, keys]), f32::MIN);
-        burn::tensor::activation::softmax(scores, 3)
-            .mean_dim(1)
-            .reshape([batch, queries, keys])
+        (self.ff.forward(x), weights)
     }
 }
 
@@ -235,10 +244,11 @@ pub struct TransformerSeq2Seq {
 }
 
 /// Decoder state carried between steps: per layer, the self-attention keys/values of the
-/// target so far `[batch, heads, t, head_dim]` and the memory's cross-attention keys/values.
+/// target so far (written in place, as GPT's cache) and the memory's cross-attention
+/// keys/values `[batch, heads, src, head_dim]`.
 #[derive(Clone, Debug)]
 pub struct DecoderCache {
-    self_kv: Vec<(Tensor<4>, Tensor<4>)>,
+    self_kv: Vec<Option<LayerCache>>,
     cross_kv: Vec<(Tensor<4>, Tensor<4>)>,
     memory_hide: Tensor<4, Bool>,
     /// Target positions already decoded.
@@ -254,7 +264,11 @@ impl DecoderCache {
         let pick4 = |t: &Tensor<4>| t.clone().select(0, rows.clone());
         let pair = |(k, v): &(Tensor<4>, Tensor<4>)| (pick4(k), pick4(v));
         Self {
-            self_kv: self.self_kv.iter().map(pair).collect(),
+            self_kv: self
+                .self_kv
+                .iter()
+                .map(|layer| layer.as_ref().map(|layer| layer.select_rows(rows.clone())))
+                .collect(),
             cross_kv: self.cross_kv.iter().map(pair).collect(),
             memory_hide: self.memory_hide.clone().select(0, rows.clone()),
             len: self.len,
@@ -457,7 +471,7 @@ impl TransformerSeq2Seq {
             .expand([batch, 1, len, len])
             .bool_or(padded.expand([batch, 1, len, len]));
         let mut cache = self.start_decoding(memory, src);
-        let x = self.decoder_stack(tgt, self_hide, &mut cache);
+        let x = self.decoder_stack(tgt, self_hide, &mut cache, false);
         linear(&self.generator, x)
     }
 
@@ -483,46 +497,42 @@ impl TransformerSeq2Seq {
         }
     }
 
-    /// Runs the decoder layers over `tgt` (positions `cache.len..`), appending its keys/values
-    /// to the cache; returns the final-normed hidden states `[batch, t, d]`.
+    /// Runs the decoder layers over `tgt` (positions `cache.len..`); returns the final-normed
+    /// hidden states `[batch, t, d]`. When `decoding`, appends `tgt`'s keys/values to the cache
+    /// and, for a one-token step, records the last layer's cross-attention; teacher forcing
+    /// (training) attends over `tgt`'s own keys/values and keeps nothing.
     fn decoder_stack(
         &self,
         tgt: Tensor<2, Int>,
         self_hide: Tensor<4, Bool>,
         cache: &mut DecoderCache,
+        decoding: bool,
     ) -> Tensor<3> {
         let table = self.tgt_emb.as_ref().unwrap_or(&self.src_emb);
         let len = tgt.dims()[1];
         let mut x = self.embed(table, &self.tgt_pos, tgt, cache.len);
         for (i, layer) in self.decoder.iter().enumerate() {
-            let (k, v) = layer.self_attn.keys_values(x.clone());
-            let (k, v) = match cache.self_kv.get(i) {
-                Some((pk, pv)) => (
-                    Tensor::cat(vec![pk.clone(), k], 2),
-                    Tensor::cat(vec![pv.clone(), v], 2),
-                ),
-                None => (k, v),
-            };
-            if i < cache.self_kv.len() {
-                cache.self_kv[i] = (k.clone(), v.clone());
-            } else {
-                cache.self_kv.push((k.clone(), v.clone()));
+            let (mut k, mut v) = layer.self_attn.keys_values(x.clone());
+            if decoding {
+                if cache.self_kv.len() <= i {
+                    cache.self_kv.push(None);
+                }
+                // Taken out of the cache, so that the buffer has one owner and is written in place.
+                let layer_cache = LayerCache::append(cache.self_kv[i].take(), k, v);
+                (k, v) = layer_cache.filled();
+                cache.self_kv[i] = Some(layer_cache);
             }
-            let (out, query) = layer.forward(
+            let last_step = decoding && i + 1 == self.decoder.len() && len == 1;
+            let (out, weights) = layer.forward(
                 x,
                 (k, v),
                 self_hide.clone(),
                 cache.cross_kv[i].clone(),
                 cache.memory_hide.clone(),
+                last_step,
             );
-            if i + 1 == self.decoder.len() && len == 1 {
-                let batch = cache.memory_hide.dims()[0];
-                let weights = layer.cross_weights(
-                    query,
-                    cache.cross_kv[i].0.clone(),
-                    cache.memory_hide.clone(),
-                );
-                let keys = weights.dims()[2];
+            if let Some(weights) = weights {
+                let [batch, _, keys] = weights.dims();
                 cache.last_attention = Some(weights.reshape([batch, keys]));
             }
             x = out;
@@ -541,7 +551,7 @@ impl TransformerSeq2Seq {
             TensorData::new(vec![false; cache.len + 1], [1, 1, 1, cache.len + 1]),
             &device,
         );
-        let x = self.decoder_stack(tokens.reshape([batch, 1]), hide, cache);
+        let x = self.decoder_stack(tokens.reshape([batch, 1]), hide, cache, true);
         let vocab = self.generator.weight.dims()[1];
         self.generator.forward(x).reshape([batch, vocab])
     }
