@@ -56,6 +56,11 @@ pub struct AllBenchArgs {
     /// Skip ember's generation without the cache (about 100 s for gpt2-small on 2 cores).
     #[arg(long)]
     skip_no_cache: bool,
+    /// Rounds of ember and the reference, alternating which goes first; the tables show the
+    /// medians (the JSON keeps every round). On a machine whose speed drifts (shared cores,
+    /// thermal limits) 3 or 5 give steadier ratios than 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 #[derive(Args)]
@@ -65,6 +70,11 @@ pub struct TrainBenchArgs {
     /// Timed steps per case (after one untimed warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Rounds of ember and the reference, alternating which goes first; the tables show the
+    /// medians (the JSON keeps every round). On a machine whose speed drifts (shared cores,
+    /// thermal limits) 3 or 5 give steadier ratios than 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Run only case N (0-based) and print its JSON line (the bench runs each case in its own
     /// process, so each peak memory is its own).
     #[arg(long, hide = true)]
@@ -105,6 +115,11 @@ pub struct GenerateBenchArgs {
     /// Skip ember's generation without the cache.
     #[arg(long)]
     skip_no_cache: bool,
+    /// Rounds of ember and the reference, alternating which goes first; the tables show the
+    /// medians (the JSON keeps every round). On a machine whose speed drifts (shared cores,
+    /// thermal limits) 3 or 5 give steadier ratios than 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 #[derive(Args)]
@@ -157,10 +172,11 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
                 batch: 1,
                 seed: 7,
                 skip_no_cache: args.skip_no_cache,
+                rounds: args.rounds,
             };
             report["generate"] = generate_bench(&generate, device_spec)?;
             println!();
-            report["train"] = train_bench(reference, args.steps, device_spec)?;
+            report["train"] = train_bench(reference, args.steps, args.rounds, device_spec)?;
             println!();
             print_summary(&report);
             args.reference.json
@@ -174,7 +190,7 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
             args.reference.json
         }
         BenchCommand::Train(args) => {
-            report["train"] = train_bench(&args.reference, args.steps, device_spec)?;
+            report["train"] = train_bench(&args.reference, args.steps, args.rounds, device_spec)?;
             args.reference.json
         }
     };
@@ -185,6 +201,69 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
         println!("results written to {}", path.display());
     }
     Ok(())
+}
+
+/// `" (median of N rounds)"` for table headings, empty for one round.
+fn rounds_note(rounds: u32) -> String {
+    if rounds > 1 {
+        format!(" (median of {rounds} rounds)")
+    } else {
+        String::new()
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// One train case's rounds folded into one row: ember's run nearest the median tokens/s
+/// (its phases and GFLOP/s scaled to the median), the reference's median tokens/s, each
+/// side's largest peak memory, and every round under `"rounds"`.
+fn median_round(ember_runs: Vec<Value>, torch_runs: Vec<Option<Value>>) -> (Value, Option<Value>) {
+    let rate = |run: &Value| run["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    let ours: Vec<f64> = ember_runs.iter().map(rate).collect();
+    let ours_median = median(&ours);
+    let nearest = (0..ours.len())
+        .min_by(|&a, &b| {
+            (ours[a] - ours_median)
+                .abs()
+                .total_cmp(&(ours[b] - ours_median).abs())
+        })
+        .unwrap_or(0);
+    let mut row = ember_runs[nearest].clone();
+    let scale = ours_median / ours[nearest];
+    row["tokens_per_s"] = json!(ours_median);
+    row["gflops"] = json!(row["gflops"].as_f64().unwrap_or(f64::NAN) * scale);
+    let peak = |runs: &mut dyn Iterator<Item = &Value>| {
+        runs.filter_map(|run| run["peak_rss_mb"].as_f64())
+            .fold(f64::NAN, f64::max)
+    };
+    row["peak_rss_mb"] = json!(peak(&mut ember_runs.iter()));
+    let torch: Vec<&Value> = torch_runs.iter().flatten().collect();
+    row["rounds"] = json!(
+        ours.iter()
+            .zip(&torch_runs)
+            .map(|(ours, theirs)| json!({
+                "tokens_per_s": ours,
+                "reference_tokens_per_s": theirs.as_ref().map(rate),
+            }))
+            .collect::<Vec<_>>()
+    );
+    let torch = (!torch.is_empty()).then(|| {
+        let mut merged = torch[0].clone();
+        let rates: Vec<f64> = torch.iter().map(|run| rate(run)).collect();
+        merged["tokens_per_s"] = json!(median(&rates));
+        merged["peak_rss_mb"] = json!(peak(&mut torch.iter().copied()));
+        merged
+    });
+    (row, torch)
 }
 
 /// What the figures were measured on, the head of every JSON report.
@@ -362,8 +441,16 @@ fn train_case(case: usize, steps: usize, device_spec: &str) -> Result<serde_json
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_s = (batch * context * steps) as f64 / seconds;
     // 6 FLOPs per parameter per token (forward + backward), plus the attention matmuls
-    // (QKᵀ and AV: 12 · layers · emb · context per token), as the issue counts them.
-    let flops_per_token = 6.0 * config.num_params() as f64
+    // (QKᵀ and AV: 12 · layers · emb · context per token), as the issue counts them. Counted
+    // over the parameters that enter a product: not the position table, nor the token table
+    // unless the output head is tied to it (a lookup multiplies nothing).
+    let lookups = config.context_length * config.emb_dim
+        + if config.tie_weights {
+            0
+        } else {
+            config.vocab_size * config.emb_dim
+        };
+    let flops_per_token = 6.0 * (config.num_params() - lookups) as f64
         + 12.0 * (config.n_layers * config.emb_dim * context) as f64;
     Ok(serde_json::json!({
         "case": name,
@@ -398,12 +485,18 @@ fn sgemm_probe(device_spec: &str) -> Result<f64> {
 }
 
 /// Runs each train case in its own process (its own peak memory) and PyTorch eager beside it.
-fn train_bench(reference: &ReferenceArgs, steps: usize, device_spec: &str) -> Result<Value> {
+fn train_bench(
+    reference: &ReferenceArgs,
+    steps: usize,
+    rounds: u32,
+    device_spec: &str,
+) -> Result<Value> {
     anyhow::ensure!(steps >= 1, "--steps must be at least 1");
     let threads = crate::device::cpu_threads();
     let peak = sgemm_probe(device_spec)?;
     println!(
-        "train step (forward, backward, AdamW, clipping), device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s"
+        "train step (forward, backward, AdamW, clipping), device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s{}",
+        rounds_note(rounds)
     );
     let reference = reference.reference();
     println!(
@@ -413,35 +506,52 @@ fn train_bench(reference: &ReferenceArgs, steps: usize, device_spec: &str) -> Re
     let exe = std::env::current_exe().context("locating the ember binary")?;
     let mut rows = Vec::new();
     for (case, (name, model_name, ..)) in TRAIN_CASES.iter().enumerate() {
-        let output = Command::new(&exe)
-            .args(["--device", device_spec, "bench", "train", "--steps"])
-            .arg(steps.to_string())
-            .args(["--only", &case.to_string()])
-            .output()
-            .context("running a bench case")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "case {name}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        let mut row: Value =
-            serde_json::from_slice(&output.stdout).context("reading a bench case's JSON")?;
-        let torch = reference.as_ref().and_then(|r| {
-            let mut args = Vec::new();
-            for key in ["emb", "layers", "heads", "vocab", "context", "batch"] {
-                args.push(format!("--{key}"));
-                args.push(row[key].to_string());
+        let run_ember = || -> Result<Value> {
+            let output = Command::new(&exe)
+                .args(["--device", device_spec, "bench", "train", "--steps"])
+                .arg(steps.to_string())
+                .args(["--only", &case.to_string()])
+                .output()
+                .context("running a bench case")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "case {name}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            serde_json::from_slice(&output.stdout).context("reading a bench case's JSON")
+        };
+        let run_torch = |row: &Value| {
+            reference.as_ref().and_then(|r| {
+                let mut args = Vec::new();
+                for key in ["emb", "layers", "heads", "vocab", "context", "batch"] {
+                    args.push(format!("--{key}"));
+                    args.push(row[key].to_string());
+                }
+                args.extend(["--steps".into(), steps.to_string()]);
+                args.extend(["--threads".into(), threads.to_string()]);
+                if row["qkv_bias"].as_bool() == Some(true) {
+                    args.push("--qkv-bias".into());
+                }
+                if row["tie"].as_bool() == Some(true) {
+                    args.push("--tie".into());
+                }
+                r.run("bench_train_torch.py", &args)
+            })
+        };
+        // Round 0 runs ember first (its JSON names the model for the reference), then the
+        // order alternates, so that a drift in the machine's speed falls on both sides.
+        let mut ember_runs: Vec<Value> = Vec::new();
+        let mut torch_runs: Vec<Option<Value>> = Vec::new();
+        for round in 0..rounds {
+            if round % 2 == 1 {
+                torch_runs.push(run_torch(&ember_runs[0]));
+                ember_runs.push(run_ember()?);
+            } else {
+                ember_runs.push(run_ember()?);
+                torch_runs.push(run_torch(&ember_runs[0]));
             }
-            args.extend(["--steps".into(), steps.to_string()]);
-            args.extend(["--threads".into(), threads.to_string()]);
-            if row["qkv_bias"].as_bool() == Some(true) {
-                args.push("--qkv-bias".into());
-            }
-            if row["tie"].as_bool() == Some(true) {
-                args.push("--tie".into());
-            }
-            r.run("bench_train_torch.py", &args)
-        });
+        }
+        let (mut row, torch) = median_round(ember_runs, torch_runs);
         let ours = row["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let gflops = row["gflops"].as_f64().unwrap_or(f64::NAN);
         let torch_rate = torch.as_ref().and_then(|t| t["tokens_per_s"].as_f64());
@@ -552,7 +662,57 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         println!("{label:>24}: {rate:8.1} tokens/s ({seconds:.1} s)");
         Ok((tokens, rate))
     };
-    let (cached_tokens, cached) = timed(true)?;
+    let reference_args = {
+        let mut list = Vec::new();
+        for (key, value) in [
+            ("emb", config.emb_dim),
+            ("layers", config.n_layers),
+            ("heads", config.n_heads),
+            ("vocab", config.vocab_size),
+            ("context", config.context_length),
+            ("prompt", args.prompt_tokens),
+            ("new-tokens", args.new_tokens),
+            ("threads", threads),
+            ("batch", args.batch),
+        ] {
+            list.push(format!("--{key}"));
+            list.push(value.to_string());
+        }
+        list
+    };
+    let reference = args.reference.reference();
+    let run_reference = || {
+        reference.as_ref().and_then(|r| {
+            let bar = crate::progress::count_bar(1, "transformers generate");
+            let out = r.run("bench_generate_hf.py", &reference_args);
+            bar.finish_and_clear();
+            if let Some(rate) = out.as_ref().and_then(|o| o["tokens_per_s"].as_f64()) {
+                println!("{:>24}: {rate:8.1} tokens/s", "transformers generate");
+            }
+            out
+        })
+    };
+    // Rounds alternate which side goes first, so that a drift in the machine's speed falls on
+    // both; greedy decoding must give the same tokens every round.
+    let mut cached_runs = Vec::new();
+    let mut reference_runs: Vec<Option<Value>> = Vec::new();
+    let mut cached_tokens = Vec::new();
+    for round in 0..args.rounds {
+        if round % 2 == 1 {
+            reference_runs.push(run_reference());
+        }
+        let (tokens, rate) = timed(true)?;
+        anyhow::ensure!(
+            round == 0 || tokens == cached_tokens,
+            "round {round} decoded other tokens than round 0"
+        );
+        cached_tokens = tokens;
+        cached_runs.push(rate);
+        if round % 2 == 0 {
+            reference_runs.push(run_reference());
+        }
+    }
+    let cached = median(&cached_runs);
     let gemv = gemv_probe(&device, decode_threads);
     println!(
         "{:>24}: {:.1} GB/s as ember decodes on {} threads ({:.1} tied-head layout, {:.1} Burn's own product; [1, 768]·[768, 3072], {} MB of weights), plain read {:.1} GB/s",
@@ -588,35 +748,39 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         row["no_cache_tokens_per_s"] = json!(plain);
         row["cache_tokens_agree"] = json!(cached_tokens == plain_tokens);
     }
-    let reference = args.reference.reference().and_then(|r| {
-        let mut list = Vec::new();
-        for (key, value) in [
-            ("emb", config.emb_dim),
-            ("layers", config.n_layers),
-            ("heads", config.n_heads),
-            ("vocab", config.vocab_size),
-            ("context", config.context_length),
-            ("prompt", args.prompt_tokens),
-            ("new-tokens", args.new_tokens),
-            ("threads", threads),
-            ("batch", args.batch),
-        ] {
-            list.push(format!("--{key}"));
-            list.push(value.to_string());
-        }
-        let bar = crate::progress::count_bar(1, "transformers generate");
-        let out = r.run("bench_generate_hf.py", &list);
-        bar.finish_and_clear();
-        out
-    });
+    let reference = reference_runs
+        .iter()
+        .flatten()
+        .next()
+        .cloned()
+        .map(|mut first| {
+            let rates: Vec<f64> = reference_runs
+                .iter()
+                .flatten()
+                .filter_map(|run| run["tokens_per_s"].as_f64())
+                .collect();
+            first["tokens_per_s"] = json!(median(&rates));
+            first
+        });
+    row["rounds"] = json!(
+        cached_runs
+            .iter()
+            .zip(&reference_runs)
+            .map(|(ours, theirs)| json!({
+                "tokens_per_s": ours,
+                "reference_tokens_per_s": theirs.as_ref().and_then(|t| t["tokens_per_s"].as_f64()),
+            }))
+            .collect::<Vec<_>>()
+    );
     let theirs = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
     row["ratio"] = ratio(cached, theirs);
     row["target"] = json!(TARGET_GENERATE);
     println!(
-        "{:>24}: {:>8} tokens/s → ember with cache {} (target {TARGET_GENERATE:.1}×)",
+        "{:>24}: {:>8} tokens/s → ember with cache {} (target {TARGET_GENERATE:.1}×){}",
         "transformers generate",
         fmt_num(theirs, 1),
-        fmt_ratio(&row["ratio"])
+        fmt_ratio(&row["ratio"]),
+        rounds_note(args.rounds)
     );
     row["reference"] = reference.map_or(Value::Null, |mut r| {
         r["name"] = json!("transformers GPT2LMHeadModel.generate, use_cache=True");
@@ -837,5 +1001,59 @@ fn print_summary(report: &Value) {
                 target
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_even_and_nan_holding_lists() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[f64::NAN, 5.0]), 5.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn rounds_fold_into_the_median_run_with_the_largest_peaks() {
+        let run = |rate: f64, mb: f64, forward: f64| {
+            json!({"tokens_per_s": rate, "gflops": rate / 10.0, "peak_rss_mb": mb,
+                   "phase_ms": {"forward_and_loss": forward}, "emb": 64})
+        };
+        let torch = |rate: f64, mb: f64| Some(json!({"tokens_per_s": rate, "peak_rss_mb": mb}));
+        let (row, theirs) = median_round(
+            vec![
+                run(100.0, 10.0, 1.0),
+                run(120.0, 12.0, 2.0),
+                run(90.0, 11.0, 3.0),
+            ],
+            vec![torch(50.0, 20.0), None, torch(70.0, 25.0)],
+        );
+        assert_eq!(row["tokens_per_s"], 100.0);
+        assert_eq!(
+            row["phase_ms"]["forward_and_loss"], 1.0,
+            "the median run's phases"
+        );
+        assert_eq!(row["peak_rss_mb"], 12.0);
+        assert_eq!(row["emb"], 64);
+        assert_eq!(row["rounds"][1]["tokens_per_s"], 120.0);
+        assert!(row["rounds"][1]["reference_tokens_per_s"].is_null());
+        let theirs = theirs.unwrap();
+        assert_eq!(
+            theirs["tokens_per_s"], 60.0,
+            "median of the rounds that ran"
+        );
+        assert_eq!(theirs["peak_rss_mb"], 25.0);
+
+        // An even count: the median lies between two runs; GFLOP/s follow it.
+        let (row, theirs) = median_round(
+            vec![run(100.0, 10.0, 1.0), run(110.0, 10.0, 2.0)],
+            vec![None, None],
+        );
+        assert_eq!(row["tokens_per_s"], 105.0);
+        assert!((row["gflops"].as_f64().unwrap() - 10.5).abs() < 1e-9);
+        assert!(theirs.is_none());
     }
 }
