@@ -203,10 +203,10 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
-/// `" (median of N rounds)"` for table headings, empty for one round.
+/// `"; tokens/s: median of N rounds"` for table headings, empty for one round.
 fn rounds_note(rounds: u32) -> String {
     if rounds > 1 {
-        format!(" (median of {rounds} rounds)")
+        format!("; tokens/s: median of {rounds} rounds")
     } else {
         String::new()
     }
