@@ -241,29 +241,45 @@ fn median_round(ember_runs: Vec<Value>, torch_runs: Vec<Option<Value>>) -> (Valu
     let scale = ours_median / ours[nearest];
     row["tokens_per_s"] = json!(ours_median);
     row["gflops"] = json!(row["gflops"].as_f64().unwrap_or(f64::NAN) * scale);
-    let peak = |runs: &mut dyn Iterator<Item = &Value>| {
-        runs.filter_map(|run| run["peak_rss_mb"].as_f64())
-            .fold(f64::NAN, f64::max)
-    };
-    row["peak_rss_mb"] = json!(peak(&mut ember_runs.iter()));
-    let torch: Vec<&Value> = torch_runs.iter().flatten().collect();
-    row["rounds"] = json!(
+    row["peak_rss_mb"] = json!(largest_peak(ember_runs.iter()));
+    row["rounds"] = rounds_json(&ours, &torch_runs);
+    let torch = median_reference(&torch_runs);
+    (row, torch)
+}
+
+/// The largest `peak_rss_mb` of `runs` (NaN for none).
+fn largest_peak<'a>(runs: impl Iterator<Item = &'a Value>) -> f64 {
+    runs.filter_map(|run| run["peak_rss_mb"].as_f64())
+        .fold(f64::NAN, f64::max)
+}
+
+/// The reference's rounds that ran, as its first run with the median tokens/s and the largest
+/// peak memory; `None` when none ran.
+fn median_reference(runs: &[Option<Value>]) -> Option<Value> {
+    let ran: Vec<&Value> = runs.iter().flatten().collect();
+    let mut merged = (*ran.first()?).clone();
+    let rates: Vec<f64> = ran
+        .iter()
+        .filter_map(|run| run["tokens_per_s"].as_f64())
+        .collect();
+    merged["tokens_per_s"] = json!(median(&rates));
+    if ran.iter().any(|run| run["peak_rss_mb"].is_number()) {
+        merged["peak_rss_mb"] = json!(largest_peak(ran.into_iter()));
+    }
+    Some(merged)
+}
+
+/// Every round's tokens/s, ember's and the reference's (null where it did not run).
+fn rounds_json(ours: &[f64], theirs: &[Option<Value>]) -> Value {
+    json!(
         ours.iter()
-            .zip(&torch_runs)
+            .zip(theirs)
             .map(|(ours, theirs)| json!({
                 "tokens_per_s": ours,
-                "reference_tokens_per_s": theirs.as_ref().map(rate),
+                "reference_tokens_per_s": theirs.as_ref().and_then(|t| t["tokens_per_s"].as_f64()),
             }))
             .collect::<Vec<_>>()
-    );
-    let torch = (!torch.is_empty()).then(|| {
-        let mut merged = torch[0].clone();
-        let rates: Vec<f64> = torch.iter().map(|run| rate(run)).collect();
-        merged["tokens_per_s"] = json!(median(&rates));
-        merged["peak_rss_mb"] = json!(peak(&mut torch.iter().copied()));
-        merged
-    });
-    (row, torch)
+    )
 }
 
 /// What the figures were measured on, the head of every JSON report.
@@ -748,30 +764,8 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         row["no_cache_tokens_per_s"] = json!(plain);
         row["cache_tokens_agree"] = json!(cached_tokens == plain_tokens);
     }
-    let reference = reference_runs
-        .iter()
-        .flatten()
-        .next()
-        .cloned()
-        .map(|mut first| {
-            let rates: Vec<f64> = reference_runs
-                .iter()
-                .flatten()
-                .filter_map(|run| run["tokens_per_s"].as_f64())
-                .collect();
-            first["tokens_per_s"] = json!(median(&rates));
-            first
-        });
-    row["rounds"] = json!(
-        cached_runs
-            .iter()
-            .zip(&reference_runs)
-            .map(|(ours, theirs)| json!({
-                "tokens_per_s": ours,
-                "reference_tokens_per_s": theirs.as_ref().and_then(|t| t["tokens_per_s"].as_f64()),
-            }))
-            .collect::<Vec<_>>()
-    );
+    let reference = median_reference(&reference_runs);
+    row["rounds"] = rounds_json(&cached_runs, &reference_runs);
     let theirs = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
     row["ratio"] = ratio(cached, theirs);
     row["target"] = json!(TARGET_GENERATE);
