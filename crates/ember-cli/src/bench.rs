@@ -56,9 +56,10 @@ pub struct AllBenchArgs {
     /// Skip ember's generation without the cache (about 100 s for gpt2-small on 2 cores).
     #[arg(long)]
     skip_no_cache: bool,
-    /// Rounds of ember and the reference, alternating which goes first; the tables show the
-    /// medians (the JSON keeps every round). On a machine whose speed drifts (shared cores,
-    /// thermal limits) 3 or 5 give steadier ratios than 1.
+    /// Rounds of ember and the reference in the generate and train benches, alternating which
+    /// goes first; their tables show the medians (the JSON keeps every round). On a machine
+    /// whose speed drifts (shared cores, thermal limits) 3 or 5 give steadier ratios than 1.
+    /// Tokenize already reports the best of repeated runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
 }
@@ -223,12 +224,14 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One train case's rounds folded into one row: ember's run nearest the median tokens/s
-/// (its phases and GFLOP/s scaled to the median), the reference's median tokens/s, each
-/// side's largest peak memory, and every round under `"rounds"`.
+/// One train case's rounds folded into one row: ember's run nearest the median tokens/s (its
+/// phases as measured, its GFLOP/s scaled to the median), the reference's median tokens/s,
+/// each side's largest peak memory, and every round under `"rounds"`. `ember_runs` is not
+/// empty (round 0 always runs ember).
 fn median_round(ember_runs: Vec<Value>, torch_runs: Vec<Option<Value>>) -> (Value, Option<Value>) {
     let rate = |run: &Value| run["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
     let ours: Vec<f64> = ember_runs.iter().map(rate).collect();
+    assert!(!ember_runs.is_empty(), "median_round: no rounds");
     let ours_median = median(&ours);
     let nearest = (0..ours.len())
         .min_by(|&a, &b| {
@@ -236,7 +239,7 @@ fn median_round(ember_runs: Vec<Value>, torch_runs: Vec<Option<Value>>) -> (Valu
                 .abs()
                 .total_cmp(&(ours[b] - ours_median).abs())
         })
-        .unwrap_or(0);
+        .unwrap_or_default();
     let mut row = ember_runs[nearest].clone();
     let scale = ours_median / ours[nearest];
     row["tokens_per_s"] = json!(ours_median);
@@ -267,6 +270,15 @@ fn median_reference(runs: &[Option<Value>]) -> Option<Value> {
         merged["peak_rss_mb"] = json!(largest_peak(ran.into_iter()));
     }
     Some(merged)
+}
+
+/// Says so when the reference ran in some rounds but not all: its median then stands on fewer
+/// runs than ember's.
+fn warn_missing_rounds(reference: &str, runs: &[Option<Value>]) {
+    let ran = runs.iter().flatten().count();
+    if ran > 0 && ran < runs.len() {
+        println!("note: {reference} ran in {ran} of {} rounds", runs.len());
+    }
 }
 
 /// Every round's tokens/s, ember's and the reference's (null where it did not run).
@@ -456,10 +468,10 @@ fn train_case(case: usize, steps: usize, device_spec: &str) -> Result<serde_json
         .into_scalar::<f32>();
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_s = (batch * context * steps) as f64 / seconds;
-    // 6 FLOPs per parameter per token (forward + backward), plus the attention matmuls
-    // (QKᵀ and AV: 12 · layers · emb · context per token), as the issue counts them. Counted
-    // over the parameters that enter a product: not the position table, nor the token table
-    // unless the output head is tied to it (a lookup multiplies nothing).
+    // The issue's count: 6 FLOPs per parameter per token (forward + backward) plus the
+    // attention matmuls (QKᵀ and AV: 12 · layers · emb · context per token), with the
+    // parameters taken as those that enter a product: not the position table, nor the token
+    // table unless the output head is tied to it (a lookup multiplies nothing).
     let lookups = config.context_length * config.emb_dim
         + if config.tie_weights {
             0
@@ -567,6 +579,7 @@ fn train_bench(
                 torch_runs.push(run_torch(&ember_runs[0]));
             }
         }
+        warn_missing_rounds(&format!("PyTorch, {name}"), &torch_runs);
         let (mut row, torch) = median_round(ember_runs, torch_runs);
         let ours = row["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let gflops = row["gflops"].as_f64().unwrap_or(f64::NAN);
@@ -729,6 +742,9 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         }
     }
     let cached = median(&cached_runs);
+    if args.rounds > 1 {
+        println!("{:>24}: {cached:8.1} tokens/s", "ember, median");
+    }
     let gemv = gemv_probe(&device, decode_threads);
     println!(
         "{:>24}: {:.1} GB/s as ember decodes on {} threads ({:.1} tied-head layout, {:.1} Burn's own product; [1, 768]·[768, 3072], {} MB of weights), plain read {:.1} GB/s",
@@ -766,6 +782,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     }
     let reference = median_reference(&reference_runs);
     row["rounds"] = rounds_json(&cached_runs, &reference_runs);
+    warn_missing_rounds("transformers generate", &reference_runs);
     let theirs = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
     row["ratio"] = ratio(cached, theirs);
     row["target"] = json!(TARGET_GENERATE);

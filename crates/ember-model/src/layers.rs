@@ -267,50 +267,56 @@ mod tests {
 
     #[test]
     fn attention_weights_are_the_softmax_of_the_visible_scores() {
-        let device = Device::flex();
-        device.seed(11);
-        let random = |shape: [usize; 4]| {
-            Tensor::<4>::random(shape, burn::tensor::Distribution::Default, &device)
-        };
-        let (q, k, v) = (
-            random([2, 3, 1, 8]),
-            random([2, 3, 5, 8]),
-            random([2, 3, 5, 8]),
-        );
-        // Row 1 hides its last two keys.
-        let hide = Tensor::<4, Bool>::from_data(
-            TensorData::new(
-                vec![
-                    false, false, false, false, false, false, false, false, true, true,
-                ],
-                [2, 1, 1, 5],
-            ),
-            &device,
-        );
-        let dropout = burn::nn::DropoutConfig::new(0.0).init();
-        let (out, weights) =
-            attention_with_weights(q.clone(), k.clone(), v.clone(), hide.clone(), &dropout);
-        let plain = attention(q.clone(), k.clone(), v.clone(), hide.clone(), &dropout);
-        assert_eq!(plain.into_data(), out.clone().into_data());
-        // Burn's own ops, one at a time.
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar(8f32.sqrt())
-            .mask_fill(hide.expand([2, 3, 1, 5]), f32::NEG_INFINITY);
-        let want = burn::tensor::activation::softmax(scores, 3);
-        let diff = (weights.clone() - want.clone())
-            .abs()
-            .max()
-            .into_scalar::<f32>();
-        assert!(diff < 1e-6, "weights: {diff}");
-        let want_out = want.matmul(v).swap_dims(1, 2).reshape([2, 1, 24]);
-        assert!(max_diff(out, want_out) < 1e-6);
-        let hidden: Vec<f32> = weights
-            .slice([1..2, 0..3, 0..1, 3..5])
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        assert!(hidden.iter().all(|&w| w == 0.0), "{hidden:?}");
+        // Under autodiff, where dropout acts: the weights returned are those before it.
+        for (device, drop_rate) in [(Device::flex(), 0.0), (Device::flex().autodiff(), 0.5)] {
+            device.seed(11);
+            let random = |shape: [usize; 4]| {
+                Tensor::<4>::random(shape, burn::tensor::Distribution::Default, &device)
+            };
+            // Two queries against five keys: a transposed result would not broadcast back.
+            let (q, k, v) = (
+                random([2, 3, 2, 8]),
+                random([2, 3, 5, 8]),
+                random([2, 3, 5, 8]),
+            );
+            // Row 1 hides its last two keys.
+            let hide = Tensor::<4, Bool>::from_data(
+                TensorData::new(
+                    vec![
+                        false, false, false, false, false, false, false, false, true, true,
+                    ],
+                    [2, 1, 1, 5],
+                ),
+                &device,
+            );
+            let dropout = burn::nn::DropoutConfig::new(drop_rate).init();
+            let (out, weights) =
+                attention_with_weights(q.clone(), k.clone(), v.clone(), hide.clone(), &dropout);
+            // Burn's own ops, one at a time.
+            let scores = q
+                .clone()
+                .matmul(k.clone().swap_dims(2, 3))
+                .div_scalar(8f32.sqrt())
+                .mask_fill(hide.clone().expand([2, 3, 2, 5]), f32::NEG_INFINITY);
+            let want = burn::tensor::activation::softmax(scores, 3);
+            let diff = (weights.clone() - want.clone())
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(diff < 1e-6, "weights, dropout {drop_rate}: {diff}");
+            let hidden: Vec<f32> = weights
+                .slice([1..2, 0..3, 0..2, 3..5])
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert!(hidden.iter().all(|&w| w == 0.0), "{hidden:?}");
+            if drop_rate == 0.0 {
+                let want_out = want.matmul(v.clone()).swap_dims(1, 2).reshape([2, 2, 24]);
+                assert!(max_diff(out.clone(), want_out) < 1e-6);
+                let plain = attention(q, k, v, hide, &dropout);
+                assert_eq!(plain.into_data(), out.into_data());
+            }
+        }
     }
 
     #[test]

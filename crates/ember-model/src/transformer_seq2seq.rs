@@ -537,7 +537,9 @@ impl TransformerSeq2Seq {
             }
             x = out;
         }
-        cache.len += len;
+        if decoding {
+            cache.len += len;
+        }
         self.decoder_norm.forward(x)
     }
 
