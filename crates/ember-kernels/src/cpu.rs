@@ -134,11 +134,14 @@ fn sigmoid(u: f32) -> f32 {
 /// `x·σ(A·x + B·x³)` element-wise.
 pub fn gelu_tanh(x: &[f32]) -> Vec<f32> {
     par_collect(x.len(), CHUNK, |start, out| {
-        simd::dispatch(|| {
-            for (o, &x) in out.iter_mut().zip(&x[start..]) {
-                o.write(x * sigmoid(x * (GELU_A + GELU_B * x * x)));
-            }
-        })
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (o, &x) in out.iter_mut().zip(&x[start..]) {
+                    o.write(x * sigmoid(x * (GELU_A + GELU_B * x * x)));
+                }
+            },
+        )
     })
 }
 
@@ -148,13 +151,16 @@ pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), grad.len(), "gelu_tanh_backward: shapes differ");
     par_collect(x.len(), CHUNK, |start, out| {
         let end = start + out.len();
-        simd::dispatch(|| {
-            for ((o, &x), &g) in out.iter_mut().zip(&x[start..end]).zip(&grad[start..end]) {
-                let x2 = x * x;
-                let s = sigmoid(x * (GELU_A + GELU_B * x2));
-                o.write(g * s * (1.0 + x * (1.0 - s) * (GELU_A + 3.0 * GELU_B * x2)));
-            }
-        })
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for ((o, &x), &g) in out.iter_mut().zip(&x[start..end]).zip(&grad[start..end]) {
+                    let x2 = x * x;
+                    let s = sigmoid(x * (GELU_A + GELU_B * x2));
+                    o.write(g * s * (1.0 + x * (1.0 - s) * (GELU_A + 3.0 * GELU_B * x2)));
+                }
+            },
+        )
     })
 }
 
@@ -168,18 +174,21 @@ fn row_chunk(width: usize) -> usize {
 pub fn softmax_rows(x: &[f32], width: usize) -> Vec<f32> {
     par_collect(x.len(), row_chunk(width), |start, out| {
         let rows = x[start..start + out.len()].chunks(width);
-        simd::dispatch(|| {
-            for (row, out) in rows.zip(out.chunks_mut(width)) {
-                let max = row_max(row);
-                let sum = exp_sum(row, max, Some(&mut *out));
-                let inv = 1.0 / sum;
-                for o in out.iter_mut() {
-                    // SAFETY: written by `exp_sum` just above.
-                    let e = unsafe { o.assume_init() };
-                    o.write(e * inv);
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (row, out) in rows.zip(out.chunks_mut(width)) {
+                    let max = row_max(row);
+                    let sum = exp_sum(row, max, Some(&mut *out));
+                    let inv = 1.0 / sum;
+                    for o in out.iter_mut() {
+                        // SAFETY: written by `exp_sum` just above.
+                        let e = unsafe { o.assume_init() };
+                        o.write(e * inv);
+                    }
                 }
-            }
-        })
+            },
+        )
     })
 }
 
@@ -203,6 +212,7 @@ pub fn softmax_rows_backward(y: &[f32], grad: &[f32], width: usize) -> Vec<f32> 
 }
 
 /// `logsumexp` of one row, in two passes (max, then the shifted sum).
+#[inline(always)]
 fn logsumexp(row: &[f32]) -> f32 {
     let max = row_max(row);
     if max == f32::NEG_INFINITY {
@@ -232,7 +242,10 @@ pub fn nll_rows(logits: &[f32], classes: usize, targets: &[i64]) -> (Vec<f32>, V
         .zip(targets.par_iter())
         .enumerate()
         .map(|(i, (row, &t))| {
-            let lse = simd::dispatch(|| logsumexp(row));
+            let lse = simd::dispatch(
+                #[inline(always)]
+                || logsumexp(row),
+            );
             if t < 0 {
                 (0.0, lse)
             } else {
@@ -276,11 +289,14 @@ pub fn nll_rows_backward(
         }
         check_target(t, classes, i);
         let (g, lse) = (grad[i], lse[i]);
-        simd::dispatch(|| {
-            for (o, &v) in out.iter_mut().zip(row) {
-                o.write(g * exp(v - lse));
-            }
-        });
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    o.write(g * exp(v - lse));
+                }
+            },
+        );
         let t = t as usize;
         out[t].write(g * (exp(row[t] - lse) - 1.0));
     })
@@ -347,7 +363,10 @@ pub fn matmul_few_rows(lhs: &[f32], m: usize, rhs: &[f32], k: usize, n: usize) -
         .map(|block| {
             let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(k);
             let mut acc = vec![0.0f32; m * n];
-            simd::dispatch(|| accumulate_rows(lhs, m, k, rhs, n, n, rows.clone(), &mut acc));
+            simd::dispatch(
+                #[inline(always)]
+                || accumulate_rows(lhs, m, k, rhs, n, n, rows.clone(), &mut acc),
+            );
             acc
         })
         .collect();
@@ -436,14 +455,17 @@ pub fn matmul_nt_few_rows(lhs: &[f32], m: usize, rhs: &[f32], n: usize, k: usize
     // `[n, m]`: each task writes whole groups of `m` outputs, one group per row of `rhs`.
     let transposed = par_collect(n * m, TABLE_ROWS_PER_TASK * m, |start, out| {
         let first = start / m;
-        simd::dispatch(|| {
-            for (j, out) in out.chunks_mut(m).enumerate() {
-                let row = &rhs[(first + j) * k..(first + j + 1) * k];
-                for (r, o) in out.iter_mut().enumerate() {
-                    o.write(dot(&lhs[r * k..(r + 1) * k], row));
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (j, out) in out.chunks_mut(m).enumerate() {
+                    let row = &rhs[(first + j) * k..(first + j + 1) * k];
+                    for (r, o) in out.iter_mut().enumerate() {
+                        o.write(dot(&lhs[r * k..(r + 1) * k], row));
+                    }
                 }
-            }
-        })
+            },
+        )
     });
     if m == 1 {
         return transposed;
@@ -496,22 +518,25 @@ pub fn matmul_few_rows_batched(
     }
     par_collect(pairs.len() * m * n, m * n, |start, out| {
         let (lhs, rhs) = pairs[start / (m * n)];
-        simd::dispatch(|| {
-            if transposed {
-                for (r, out) in out.chunks_mut(n).enumerate() {
-                    let row = &lhs[r * k..(r + 1) * k];
-                    for (j, o) in out.iter_mut().enumerate() {
-                        o.write(dot(row, rhs.row(j)));
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                if transposed {
+                    for (r, out) in out.chunks_mut(n).enumerate() {
+                        let row = &lhs[r * k..(r + 1) * k];
+                        for (j, o) in out.iter_mut().enumerate() {
+                            o.write(dot(row, rhs.row(j)));
+                        }
+                    }
+                } else {
+                    let mut acc = vec![0.0f32; m * n];
+                    accumulate_rows(lhs, m, k, rhs.values, n, rhs.stride, 0..k, &mut acc);
+                    for (o, &v) in out.iter_mut().zip(&acc) {
+                        o.write(v);
                     }
                 }
-            } else {
-                let mut acc = vec![0.0f32; m * n];
-                accumulate_rows(lhs, m, k, rhs.values, n, rhs.stride, 0..k, &mut acc);
-                for (o, &v) in out.iter_mut().zip(&acc) {
-                    o.write(v);
-                }
-            }
-        })
+            },
+        )
     })
 }
 
@@ -519,6 +544,9 @@ pub fn matmul_few_rows_batched(
 /// SSE2's 4: ~5–10% more read bandwidth measured for the few-rows products). The kernels use
 /// no fused multiply-add, so both builds give the same bits.
 mod simd {
+    /// Runs `kernel` compiled for AVX2 where the CPU has it. Only code inlined into `kernel`
+    /// gets AVX2: every closure passed here is `#[inline(always)]`, as is every function it
+    /// calls, or LLVM may keep it as a separate baseline (SSE2) function behind a jump.
     #[inline(always)]
     pub fn dispatch<R>(kernel: impl FnOnce() -> R) -> R {
         #[cfg(target_arch = "x86_64")]
