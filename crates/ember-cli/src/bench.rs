@@ -213,6 +213,27 @@ fn rounds_note(rounds: u32) -> String {
     }
 }
 
+/// `rounds` rounds of ember's measurement (`ours(round)`) and the reference's (`theirs`, given
+/// ember's runs so far), alternating which goes first from round 1 on, so that a drift in the
+/// machine's speed falls on both sides. Round 0 runs ember first.
+fn alternate_rounds<T>(
+    rounds: u32,
+    mut ours: impl FnMut(u32) -> Result<T>,
+    mut theirs: impl FnMut(&[T]) -> Option<Value>,
+) -> Result<(Vec<T>, Vec<Option<Value>>)> {
+    let (mut ours_runs, mut theirs_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 1 {
+            theirs_runs.push(theirs(&ours_runs));
+            ours_runs.push(ours(round)?);
+        } else {
+            ours_runs.push(ours(round)?);
+            theirs_runs.push(theirs(&ours_runs));
+        }
+    }
+    Ok((ours_runs, theirs_runs))
+}
+
 /// The median of `values` (the mean of the middle two for an even count); NaN for none.
 fn median(values: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
@@ -566,19 +587,12 @@ fn train_bench(
                 r.run("bench_train_torch.py", &args)
             })
         };
-        // Round 0 runs ember first (its JSON names the model for the reference), then the
-        // order alternates, so that a drift in the machine's speed falls on both sides.
-        let mut ember_runs: Vec<Value> = Vec::new();
-        let mut torch_runs: Vec<Option<Value>> = Vec::new();
-        for round in 0..rounds {
-            if round % 2 == 1 {
-                torch_runs.push(run_torch(&ember_runs[0]));
-                ember_runs.push(run_ember()?);
-            } else {
-                ember_runs.push(run_ember()?);
-                torch_runs.push(run_torch(&ember_runs[0]));
-            }
-        }
+        // Ember's first run's JSON names the model for the reference.
+        let (ember_runs, torch_runs) = alternate_rounds(
+            rounds,
+            |_| run_ember(),
+            |runs: &[Value]| run_torch(&runs[0]),
+        )?;
         warn_missing_rounds(&format!("PyTorch, {name}"), &torch_runs);
         let (mut row, torch) = median_round(ember_runs, torch_runs);
         let ours = row["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -721,26 +735,24 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
             out
         })
     };
-    // Rounds alternate which side goes first, so that a drift in the machine's speed falls on
-    // both; greedy decoding must give the same tokens every round.
-    let mut cached_runs = Vec::new();
-    let mut reference_runs: Vec<Option<Value>> = Vec::new();
-    let mut cached_tokens = Vec::new();
-    for round in 0..args.rounds {
-        if round % 2 == 1 {
-            reference_runs.push(run_reference());
-        }
-        let (tokens, rate) = timed(true)?;
-        anyhow::ensure!(
-            round == 0 || tokens == cached_tokens,
-            "round {round} decoded other tokens than round 0"
-        );
-        cached_tokens = tokens;
-        cached_runs.push(rate);
-        if round % 2 == 0 {
-            reference_runs.push(run_reference());
-        }
-    }
+    let mut cached_tokens: Option<Vec<Vec<u32>>> = None;
+    // Greedy decoding must give the same tokens every round.
+    let (cached_runs, reference_runs) = alternate_rounds(
+        args.rounds,
+        |round| {
+            let (tokens, rate) = timed(true)?;
+            match &cached_tokens {
+                Some(first) => anyhow::ensure!(
+                    tokens == *first,
+                    "round {round} decoded other tokens than round 0"
+                ),
+                None => cached_tokens = Some(tokens),
+            }
+            Ok(rate)
+        },
+        |_| run_reference(),
+    )?;
+    let cached_tokens = cached_tokens.unwrap_or_default();
     let cached = median(&cached_runs);
     if args.rounds > 1 {
         println!("{:>24}: {cached:8.1} tokens/s", "ember, median");

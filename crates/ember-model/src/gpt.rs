@@ -217,9 +217,7 @@ impl CausalSelfAttention {
         threads: usize,
     ) -> Tensor<3> {
         let (q, k, v) = self.project(x, threads);
-        let layer = LayerCache::append(cache.take(), k, v);
-        let (k, v) = layer.filled();
-        *cache = Some(layer);
+        let (k, v) = LayerCache::extend(cache, k, v);
         self.attend(q, k, v, hide, threads)
     }
 

@@ -26,25 +26,14 @@ pub fn attention(
     hide: Tensor<4, Bool>,
     dropout: &Dropout,
 ) -> Tensor<3> {
-    attend(q, k, v, hide, dropout, false).0
+    attention_keeping_weights(q, k, v, hide, dropout, false).0
 }
 
-/// [`attention`] and its weights `[batch, heads, queries, keys]` (before dropout), for a caller
-/// that shows them (the seq2seq decoder's attention map) without computing them twice.
-pub fn attention_with_weights(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    hide: Tensor<4, Bool>,
-    dropout: &Dropout,
-) -> (Tensor<3>, Tensor<4>) {
-    let (out, weights) = attend(q, k, v, hide, dropout, true);
-    (out, weights.expect("kept on request"))
-}
-
-/// The weights are kept only when asked: a second handle on them would stop dropout from
-/// working in place in training.
-fn attend(
+/// [`attention`] that also returns its weights `[batch, heads, queries, keys]` (before dropout)
+/// when `keep_weights`, for a caller that shows them (the seq2seq decoder's attention map)
+/// without computing them twice. They are kept only when asked: a second handle on them would
+/// stop dropout from working in place in training.
+pub fn attention_keeping_weights(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
@@ -138,7 +127,7 @@ pub struct LayerCache {
 
 impl LayerCache {
     /// `past` with `keys`, `values: [batch, heads, new, head_dim]` appended.
-    pub fn append(past: Option<Self>, keys: Tensor<4>, values: Tensor<4>) -> Self {
+    fn append(past: Option<Self>, keys: Tensor<4>, values: Tensor<4>) -> Self {
         let [batch, heads, new, head_dim] = keys.dims();
         let (len, capacity) = match &past {
             Some(past) => (past.len, past.keys.dims()[2]),
@@ -177,6 +166,21 @@ impl LayerCache {
         }
     }
 
+    /// Appends `keys`, `values: [batch, heads, new, head_dim]` to the cache in `slot` (made on
+    /// the first call) and returns views of all its positions `[batch, heads, len, head_dim]`.
+    /// The cache is taken out of `slot` while it is written, so that its buffers have one owner
+    /// and the write happens in place.
+    pub fn extend(
+        slot: &mut Option<Self>,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let cache = Self::append(slot.take(), keys, values);
+        let filled = cache.filled();
+        *slot = Some(cache);
+        filled
+    }
+
     /// Positions filled.
     pub fn len(&self) -> usize {
         self.len
@@ -200,7 +204,7 @@ impl LayerCache {
     }
 
     /// Views of the filled positions: keys and values `[batch, heads, len, head_dim]`.
-    pub fn filled(&self) -> (Tensor<4>, Tensor<4>) {
+    fn filled(&self) -> (Tensor<4>, Tensor<4>) {
         (
             self.keys.clone().narrow(2, 0, self.len),
             self.values.clone().narrow(2, 0, self.len),
@@ -290,8 +294,15 @@ mod tests {
                 &device,
             );
             let dropout = burn::nn::DropoutConfig::new(drop_rate).init();
-            let (out, weights) =
-                attention_with_weights(q.clone(), k.clone(), v.clone(), hide.clone(), &dropout);
+            let (out, weights) = attention_keeping_weights(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                hide.clone(),
+                &dropout,
+                true,
+            );
+            let weights = weights.expect("weights asked for");
             // Burn's own ops, one at a time.
             let scores = q
                 .clone()

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, read_checked, set_layer_norm, set_linear, transpose};
-use crate::layers::{LayerCache, attention, attention_with_weights, linear, split_heads};
+use crate::layers::{LayerCache, attention_keeping_weights, linear, split_heads};
 use crate::weights::{HostTensor, TensorSet};
 
 /// How positions enter the embeddings.
@@ -115,23 +115,25 @@ impl MultiHeadAttention {
     /// `x: [batch, queries, d]` attending over `keys`/`values` already split into heads
     /// `[batch, heads, keys, head_dim]`, `hide` broadcastable to `[batch, heads, queries, keys]`.
     fn attend(&self, x: Tensor<3>, k: Tensor<4>, v: Tensor<4>, hide: Tensor<4, Bool>) -> Tensor<3> {
-        let q = split_heads(linear(&self.query, x), self.n_heads);
-        linear(&self.out, attention(q, k, v, hide, &self.drop))
+        self.attend_keeping_weights(x, k, v, hide, false).0
     }
 
-    /// [`attend`](Self::attend) and its weights averaged over the heads
-    /// `[batch, queries, keys]`.
-    fn attend_with_weights(
+    /// [`attend`](Self::attend), with its weights averaged over the heads
+    /// `[batch, queries, keys]` when `keep_weights`.
+    fn attend_keeping_weights(
         &self,
         x: Tensor<3>,
         k: Tensor<4>,
         v: Tensor<4>,
         hide: Tensor<4, Bool>,
-    ) -> (Tensor<3>, Tensor<3>) {
+        keep_weights: bool,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
         let q = split_heads(linear(&self.query, x), self.n_heads);
-        let (out, weights) = attention_with_weights(q, k, v, hide, &self.drop);
-        let [batch, _, queries, keys] = weights.dims();
-        let mean = weights.mean_dim(1).reshape([batch, queries, keys]);
+        let (out, weights) = attention_keeping_weights(q, k, v, hide, &self.drop, keep_weights);
+        let mean = weights.map(|weights| {
+            let [batch, _, queries, keys] = weights.dims();
+            weights.mean_dim(1).reshape([batch, queries, keys])
+        });
         (linear(&self.out, out), mean)
     }
 
@@ -206,17 +208,13 @@ impl DecoderLayer {
             .self_attn
             .attend(x.clone(), self_kv.0, self_kv.1, self_hide);
         let x = self.norm1.forward(x + self.drop.forward(a));
-        let (c, weights) = if cross_weights {
-            let (c, weights) =
-                self.cross_attn
-                    .attend_with_weights(x.clone(), cross_kv.0, cross_kv.1, memory_hide);
-            (c, Some(weights))
-        } else {
-            let c = self
-                .cross_attn
-                .attend(x.clone(), cross_kv.0, cross_kv.1, memory_hide);
-            (c, None)
-        };
+        let (c, weights) = self.cross_attn.attend_keeping_weights(
+            x.clone(),
+            cross_kv.0,
+            cross_kv.1,
+            memory_hide,
+            cross_weights,
+        );
         let x = self.norm2.forward(x + self.drop.forward(c));
         (self.ff.forward(x), weights)
     }
@@ -517,10 +515,7 @@ impl TransformerSeq2Seq {
                 if cache.self_kv.len() <= i {
                     cache.self_kv.push(None);
                 }
-                // Taken out of the cache, so that the buffer has one owner and is written in place.
-                let layer_cache = LayerCache::append(cache.self_kv[i].take(), k, v);
-                (k, v) = layer_cache.filled();
-                cache.self_kv[i] = Some(layer_cache);
+                (k, v) = LayerCache::extend(&mut cache.self_kv[i], k, v);
             }
             let last_step = decoding && i + 1 == self.decoder.len() && len == 1;
             let (out, weights) = layer.forward(
