@@ -7,7 +7,8 @@ short warm-up. Prints one JSON object: {"tokens_per_s", "seconds", "new_tokens",
 "transformers_version", "torch_version"}.
 
 Run:  scripts/.venv-hf/bin/python scripts/bench_generate_hf.py --emb 768 --layers 12 --heads 12 \
-          --vocab 50257 --context 1024 --prompt 16 --new-tokens 256 --threads 2 [--batch 1]
+          --vocab 50257 --context 1024 --prompt 16 --new-tokens 256 --threads 2 [--batch 1] \
+          [--device cuda]
 """
 import argparse
 import json
@@ -23,13 +24,16 @@ def main():
     for name in ["emb", "layers", "heads", "vocab", "context", "prompt", "new-tokens", "threads"]:
         p.add_argument(f"--{name}", type=int, required=True)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no CUDA device")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=a.vocab, n_positions=a.context, n_embd=a.emb, n_layer=a.layers,
                         n_head=a.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config).eval()
-    prompt = torch.randint(0, a.vocab, (a.batch, a.prompt))
+    model = GPT2LMHeadModel(config).eval().to(a.device)
+    prompt = torch.randint(0, a.vocab, (a.batch, a.prompt)).to(a.device)
 
     def run(new_tokens):
         with torch.inference_mode():
@@ -37,6 +41,8 @@ def main():
                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  do_sample=False, use_cache=True, pad_token_id=0)
         assert out.shape[1] == a.prompt + new_tokens, out.shape
+        if a.device == "cuda":
+            torch.cuda.synchronize()
 
     run(8)  # warm-up
     started = time.perf_counter()

@@ -5,8 +5,12 @@ same configuration, initialisation scheme (N(0, 0.02) weights, zero biases, Laye
 thread count and random batches as ember's bench.
 
 Usage: python bench_train_torch.py --emb 768 --layers 12 --heads 12 --vocab 50257 \
-           --context 256 --batch 2 --steps 3 --threads 2 [--qkv-bias] [--tie]
-Prints one JSON object: {"tokens_per_s": …, "peak_rss_mb": …}.
+           --context 256 --batch 2 --steps 3 --threads 2 [--qkv-bias] [--tie] \
+           [--device cuda] [--compile]
+Prints one JSON object: {"tokens_per_s": …, "peak_rss_mb": …}, with --device cuda also
+"peak_gpu_mb" (torch.cuda.max_memory_allocated), with --compile also "compiled_tokens_per_s":
+the same step with the model under torch.compile (default mode), timed after its own warm-up
+(which compiles it). fp32 throughout, TF32 left at PyTorch's default (off for matmuls).
 """
 import argparse
 import json
@@ -75,29 +79,49 @@ def main():
         p.add_argument(f"--{name}", type=int, required=True)
     p.add_argument("--qkv-bias", action="store_true")
     p.add_argument("--tie", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--compile", action="store_true")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no CUDA device")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = GPTModel(a.vocab, a.context, a.emb, a.layers, a.heads, a.qkv_bias, a.tie)
+    device = torch.device(a.device)
+    model = GPTModel(a.vocab, a.context, a.emb, a.layers, a.heads, a.qkv_bias, a.tie).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    ids = torch.randint(0, a.vocab, (a.batch, a.context + 1))
+    ids = torch.randint(0, a.vocab, (a.batch, a.context + 1)).to(device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
 
-    def step():
-        opt.zero_grad()
-        logits = model(inputs)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    def finish():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
 
-    step()  # warm-up: allocations, AdamW state
-    started = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"tokens_per_s": a.batch * a.context * a.steps / seconds, "peak_rss_mb": peak_mb}))
+    def tokens_per_s(forward):
+        def step():
+            opt.zero_grad()
+            logits = forward(inputs)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        step()  # warm-up: allocations, AdamW state (and compiling, under torch.compile)
+        finish()
+        started = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        finish()
+        return a.batch * a.context * a.steps / (time.perf_counter() - started)
+
+    result = {"tokens_per_s": tokens_per_s(model)}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if a.device == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu"] = torch.cuda.get_device_name()
+    if a.compile:
+        result["compiled_tokens_per_s"] = tokens_per_s(torch.compile(model))
+    result["torch_version"] = torch.__version__
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1553,10 +1553,41 @@ fn bench_prints_and_writes_json_without_the_reference_environment() {
     assert!(row["gemv_probe"]["split_gb_s"].as_f64().unwrap() > 0.0);
 
     // One training case in its own process: its JSON line.
-    let out = ember(&["bench", "train", "--steps", "1", "--only", "0"]);
+    let out = ember(&["bench", "train", "--steps", "1", "--only", "gpt-tiny:256:8"]);
     assert!(out.status.success());
     let case: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(case["case"], "gpt-tiny ctx256 b8");
     assert_eq!(case["params"], 28_953_600);
     assert!(case["peak_rss_mb"].as_f64().unwrap() > 0.0);
+
+    // `--case` replaces the default cases, reaches the per-case process and the JSON report.
+    let out = ember(&[
+        "bench",
+        "train",
+        "--case",
+        "gpt-tiny:32:1",
+        "--steps",
+        "1",
+        "--no-reference",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let rows = report["train"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["case"], "gpt-tiny ctx32 b1");
+    assert_eq!(
+        (rows[0]["context"].as_u64(), rows[0]["batch"].as_u64()),
+        (Some(32), Some(1))
+    );
+    let bad = ember(&["bench", "train", "--case", "gpt-tiny:32"]);
+    let why = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(why.contains("expected MODEL:CONTEXT:BATCH"), "{why}");
 }
