@@ -77,19 +77,64 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             {
                 use burn::tensor::DeviceKind;
                 let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
-                return Ok(Device::wgpu(kind));
+                let device = Device::wgpu(kind);
+                ensure_usable(spec, &device)?;
+                return Ok(device);
             }
             #[allow(unreachable_code)]
             Err(not_compiled(spec, "wgpu"))
         }
         "cuda" => {
             #[cfg(feature = "cuda")]
-            return Ok(Device::cuda(index.unwrap_or(0)));
+            {
+                let device = Device::cuda(index.unwrap_or(0));
+                ensure_usable(spec, &device)?;
+                return Ok(device);
+            }
             #[allow(unreachable_code)]
             Err(not_compiled(spec, "cuda"))
         }
         _ => bail!("unknown device `{spec}`: expected cpu, flex, ndarray, wgpu[:N] or cuda[:N]"),
     }
+}
+
+/// Runs one tiny operation on a GPU device, so that a machine without a usable adapter or driver
+/// gets a one-line error here instead of a panic trace from the backend's device thread at the
+/// first tensor (Burn initialises GPU devices lazily and panics when it cannot).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn ensure_usable(spec: &str, device: &Device) -> Result<()> {
+    use std::panic::{AssertUnwindSafe, catch_unwind, set_hook, take_hook};
+    use std::sync::{Arc, Mutex};
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let seen = Arc::clone(&first_panic);
+    let previous = take_hook();
+    set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        if let Ok(mut first) = seen.lock() {
+            first.get_or_insert(text);
+        }
+    }));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let _ = burn::tensor::Tensor::<1>::zeros([1], device).into_data();
+    }));
+    set_hook(previous);
+    if outcome.is_ok() {
+        return Ok(());
+    }
+    let why = first_panic
+        .lock()
+        .ok()
+        .and_then(|mut first| first.take())
+        .unwrap_or_default();
+    let why = why.lines().next().unwrap_or("initialisation failed");
+    bail!(
+        "device `{spec}` is not usable: {why} (a GPU, its driver and, for wgpu on Linux, the Vulkan loader libvulkan1 are needed; `--device cpu` runs anywhere)"
+    )
 }
 
 /// Threads ember's CPU backends use: rayon's pool (RAYON_NUM_THREADS, else every core).
