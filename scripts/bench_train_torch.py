@@ -119,7 +119,10 @@ def main():
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["gpu"] = torch.cuda.get_device_name()
     if a.compile:
-        result["compiled_tokens_per_s"] = tokens_per_s(torch.compile(model))
+        try:
+            result["compiled_tokens_per_s"] = tokens_per_s(torch.compile(model))
+        except Exception as error:  # e.g. no C compiler for inductor: keep the eager figure
+            result["compile_error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     result["torch_version"] = torch.__version__
     print(json.dumps(result))
 

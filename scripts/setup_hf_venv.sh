@@ -3,7 +3,7 @@
 # HuggingFace-side checks (scripts/check_hf_export.py, scripts/make_gpt2_bin_fixture.py,
 # scripts/check_embed.py). Idempotent; prints the
 # venv's python at the end. Tests never need it. PyPI's Linux torch wheel brings its CUDA
-# libraries (~3 GB); only the CPU is used.
+# libraries (~3 GB): the checks use the CPU, `ember bench --device wgpu|cuda` the GPU.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="$here/.venv-hf"

@@ -105,6 +105,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 fn ensure_usable(spec: &str, device: &Device) -> Result<()> {
     use std::panic::{AssertUnwindSafe, catch_unwind, set_hook, take_hook};
     use std::sync::{Arc, Mutex};
+    // The panic hook is process-wide: one probe at a time, so that each puts back the hook it
+    // found. (A panic elsewhere during the probe is silenced; ember probes before other work.)
+    static PROBING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = PROBING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let first_panic = Arc::new(Mutex::new(None::<String>));
     let seen = Arc::clone(&first_panic);
     let previous = take_hook();
