@@ -103,6 +103,45 @@ fn cached_greedy_decoding_matches_pytorch_and_the_full_pass() {
     assert_close("cached vs full", &step_logits, &full, 1e-5);
 }
 
+/// Past the key/value buffers' first capacity (32) and two doublings: 100 cached steps of a
+/// random model with learned positions give, step by step, the logits of one teacher-forced pass
+/// over the same 100 tokens, for two source rows of different lengths decoded together.
+#[test]
+fn cached_decoding_matches_the_full_pass_across_buffer_growth() {
+    let device = Device::flex();
+    device.seed(5);
+    let mut config = tiny_config();
+    config.max_len = 128;
+    config.positions = Positions::Learned;
+    let model = config.init(&device);
+    let src = ids_tensor(&[vec![1, 9, 33, 41, 7, 2], vec![1, 5, 2, 0, 0, 0]], &device);
+    let memory = model.encode(src.clone());
+    let mut cache = model.start_decoding(memory.clone(), src.clone());
+    let steps = 100;
+    // Fixed inputs (not the model's picks), so both rows run every step.
+    let inputs: Vec<Vec<i64>> = (0..2)
+        .map(|row| {
+            (0..steps)
+                .map(|t| 1 + ((7 * t + 13 * row) % 60) as i64)
+                .collect()
+        })
+        .collect();
+    let mut cached: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+    for (&first, &second) in inputs[0].iter().zip(&inputs[1]) {
+        let tokens =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![first, second], [2]), &device);
+        let logits = values(model.decode_step(tokens, &mut cache)); // [2, vocab]
+        let vocab = logits.len() / 2;
+        for (row, out) in cached.iter_mut().enumerate() {
+            out.extend_from_slice(&logits[row * vocab..(row + 1) * vocab]);
+        }
+    }
+    let full = values(model.decode(ids_tensor(&inputs, &device), memory, src)); // [2, 100, vocab]
+    let cached: Vec<f32> = cached.concat();
+    assert_eq!(cached.len(), full.len());
+    assert_close("cached vs full over 100 steps", &cached, &full, 1e-4);
+}
+
 fn lstm_config(attention: bool) -> LstmSeq2SeqConfig {
     LstmSeq2SeqConfig {
         src_vocab_size: 64,
