@@ -14,6 +14,8 @@ use clap::{Args, Subcommand};
 use ember_data::datasets::DataCache;
 use serde_json::{Value, json};
 
+use crate::device::is_gpu_spec;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Every bench below, one after the other, and one JSON file with all of them.
@@ -164,15 +166,14 @@ impl std::str::FromStr for TrainCase {
     }
 }
 
-/// Whether `device_spec` names a GPU backend; the references then run on PyTorch's CUDA device
-/// and the CPU-only probes (GEMV bandwidth) are skipped.
-fn on_gpu(device_spec: &str) -> bool {
-    device_spec.starts_with("wgpu") || device_spec.starts_with("cuda")
-}
-
-/// The `--device` the reference scripts run on beside ember's `device_spec`.
+/// The `--device` the reference scripts run on beside ember's `device_spec`: PyTorch's CUDA
+/// device beside a GPU backend (where the CPU-only GEMV probe is skipped too).
 fn reference_device(device_spec: &str) -> &'static str {
-    if on_gpu(device_spec) { "cuda" } else { "cpu" }
+    if is_gpu_spec(device_spec) {
+        "cuda"
+    } else {
+        "cpu"
+    }
 }
 
 /// Issue 10's target ratios (ember ÷ reference).
@@ -380,22 +381,16 @@ fn largest_peak<'a>(runs: impl Iterator<Item = &'a Value>) -> f64 {
         .fold(f64::NAN, f64::max)
 }
 
-/// The reference's rounds that ran, as its first run with the median tokens/s and the largest
-/// peak memory; `None` when none ran.
+/// The reference's rounds that ran, as its first run with the median tokens/s (and median
+/// `torch.compile` tokens/s) and the largest peak memory; `None` when none ran.
 fn median_reference(runs: &[Option<Value>]) -> Option<Value> {
     let ran: Vec<&Value> = runs.iter().flatten().collect();
     let mut merged = (*ran.first()?).clone();
-    let rates: Vec<f64> = ran
-        .iter()
-        .filter_map(|run| run["tokens_per_s"].as_f64())
-        .collect();
-    merged["tokens_per_s"] = json!(median(&rates));
-    let compiled: Vec<f64> = ran
-        .iter()
-        .filter_map(|run| run["compiled_tokens_per_s"].as_f64())
-        .collect();
-    if !compiled.is_empty() {
-        merged["compiled_tokens_per_s"] = json!(median(&compiled));
+    for key in ["tokens_per_s", "compiled_tokens_per_s"] {
+        let rates: Vec<f64> = ran.iter().filter_map(|run| run[key].as_f64()).collect();
+        if !rates.is_empty() {
+            merged[key] = json!(median(&rates));
+        }
     }
     if ran.iter().any(|run| run["peak_rss_mb"].is_number()) {
         merged["peak_rss_mb"] = json!(largest_peak(ran.into_iter()));
@@ -508,6 +503,10 @@ fn ratio(ours: f64, theirs: Option<f64>) -> Value {
 
 fn fmt_ratio(value: &Value) -> String {
     value.as_f64().map_or("-".into(), |r| format!("{r:.2}×"))
+}
+
+fn fmt_target(target: Option<f64>) -> String {
+    target.map_or("-".into(), |t| format!("{t:.1}×"))
 }
 
 fn fmt_num(value: Option<f64>, decimals: usize) -> String {
@@ -687,8 +686,7 @@ fn train_bench(
     );
     let exe = std::env::current_exe().context("locating the ember binary")?;
     let mut rows = Vec::new();
-    let gpu = on_gpu(device_spec);
-    let mut compiled_rows = Vec::new();
+    let gpu = is_gpu_spec(device_spec);
     for case in cases {
         let name = case.name();
         let run_ember = || -> Result<Value> {
@@ -742,18 +740,11 @@ fn train_bench(
         let target = case.target(gpu);
         row["ratio"] = ratio(ours, torch_rate);
         row["target"] = json!(target);
-        let compiled = torch
-            .as_ref()
-            .and_then(|t| t["compiled_tokens_per_s"].as_f64());
         if torch_compile {
+            let compiled = torch
+                .as_ref()
+                .and_then(|t| t["compiled_tokens_per_s"].as_f64());
             row["compiled_ratio"] = ratio(ours, compiled);
-            let failed = torch.as_ref().and_then(|t| t["compile_error"].as_str());
-            compiled_rows.push((
-                name.clone(),
-                compiled,
-                row["compiled_ratio"].clone(),
-                failed.map(str::to_string),
-            ));
         }
         // Host memory on both sides: on a GPU that says nothing about the GPU's memory.
         row["memory_ratio"] = if gpu {
@@ -774,19 +765,21 @@ fn train_bench(
             100.0 * gflops / peak,
             fmt_num(torch_rate, 1),
             fmt_ratio(&row["ratio"]),
-            target.map_or("-".into(), |t| format!("{t:.1}×")),
+            fmt_target(target),
             row["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
             fmt_num(torch_mb, 0),
         );
         rows.push(row);
     }
-    for (name, compiled, compiled_ratio, failed) in &compiled_rows {
-        match failed {
+    for row in rows.iter().filter(|_| torch_compile) {
+        let name = row["case"].as_str().unwrap_or("?");
+        let reference = &row["reference"];
+        match reference["compile_error"].as_str() {
             Some(why) => println!("{name:<22} torch.compile failed: {why}"),
             None => println!(
                 "{name:<22} torch.compile: {} tokens/s → ember {}",
-                fmt_num(*compiled, 1),
-                fmt_ratio(compiled_ratio)
+                fmt_num(reference["compiled_tokens_per_s"].as_f64(), 1),
+                fmt_ratio(&row["compiled_ratio"])
             ),
         }
     }
@@ -857,7 +850,8 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         use_cache,
         threads: decode_threads,
     };
-    if on_gpu(device_spec) {
+    let gpu = is_gpu_spec(device_spec);
+    if gpu {
         // GPU backends compile kernels (and, with the `fusion` feature, tune and fuse them) for
         // each new shape on first use, and every cached decoding step has a longer key/value
         // length: one untimed decode of the same length meets the shapes the timed ones will.
@@ -940,13 +934,11 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     if args.rounds > 1 {
         println!("{:>24}: {cached:8.1} tokens/s", "ember, median");
     }
-    let gemv = if on_gpu(device_spec) {
+    let gemv = if gpu {
         // The probe measures CPU kernels and the CPU's read bandwidth.
         Value::Null
     } else {
-        gemv_probe(&device, decode_threads)
-    };
-    if !gemv.is_null() {
+        let gemv = gemv_probe(&device, decode_threads);
         println!(
             "{:>24}: {:.1} GB/s as ember decodes on {} threads ({:.1} tied-head layout, {:.1} Burn's own product; [1, 768]·[768, 3072], {} MB of weights), plain read {:.1} GB/s",
             "GEMV probe",
@@ -957,7 +949,8 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
             gemv["megabytes"],
             gemv["read_gb_s"].as_f64().unwrap_or(f64::NAN),
         );
-    }
+        gemv
+    };
     let weight_bytes = 4.0 * config.num_params() as f64;
     let mut row = json!({
         "case": format!("{} prompt{} new{} b{}", args.model, args.prompt_tokens, args.new_tokens, args.batch),
@@ -988,11 +981,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     let theirs = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
     row["ratio"] = ratio(cached, theirs);
     // On a GPU the aim is PyTorch's own speed; 2× is the CPU's bandwidth-derived target.
-    let target = if on_gpu(device_spec) {
-        TARGET_GPU
-    } else {
-        TARGET_GENERATE
-    };
+    let target = if gpu { TARGET_GPU } else { TARGET_GENERATE };
     row["target"] = json!(target);
     println!(
         "{:>24}: {:>8} tokens/s → ember with cache {} (target {target:.1}×){}",
@@ -1219,7 +1208,7 @@ fn print_summary(report: &Value) {
             println!(
                 "{name:<56} {:>8} {:>8} {met:>6}",
                 fmt_ratio(&row["ratio"]),
-                target.map_or("-".into(), |t| format!("{t:.1}×"))
+                fmt_target(target)
             );
         }
     }

@@ -48,7 +48,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }
         None => (spec, None),
     };
-    if index.is_some() && !matches!(kind, "wgpu" | "cuda") {
+    if index.is_some() && !is_gpu_spec(kind) {
         bail!("device `{spec}`: only wgpu and cuda take an index");
     }
     match kind {
@@ -96,6 +96,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }
         _ => bail!("unknown device `{spec}`: expected cpu, flex, ndarray, wgpu[:N] or cuda[:N]"),
     }
+}
+
+/// Whether `spec` (as `--device` takes it) names a GPU backend: `wgpu[:N]` or `cuda[:N]`.
+pub fn is_gpu_spec(spec: &str) -> bool {
+    let kind = spec.split_once(':').map_or(spec, |(kind, _)| kind);
+    matches!(kind, "wgpu" | "cuda")
 }
 
 /// Runs one tiny operation on a GPU device, so that a machine without a usable adapter or driver
@@ -176,6 +182,8 @@ mod tests {
         assert!(err.contains("unknown device `tpu`"), "{err}");
         assert!(parse_device("cuda:x").is_err());
         assert!(parse_device("cpu:1").is_err());
+        assert!(is_gpu_spec("wgpu") && is_gpu_spec("cuda:1"));
+        assert!(!is_gpu_spec("cpu") && !is_gpu_spec("flex") && !is_gpu_spec("wgpux"));
         #[cfg(not(feature = "cuda"))]
         {
             let err = parse_device("cuda:0").unwrap_err().to_string();
