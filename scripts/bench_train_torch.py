@@ -6,11 +6,13 @@ thread count and random batches as ember's bench.
 
 Usage: python bench_train_torch.py --emb 768 --layers 12 --heads 12 --vocab 50257 \
            --context 256 --batch 2 --steps 3 --threads 2 [--qkv-bias] [--tie] \
-           [--device cuda] [--compile]
+           [--device cuda] [--compile] [--drop-rate 0.1]
 Prints one JSON object: {"tokens_per_s": …, "peak_rss_mb": …}, with --device cuda also
 "peak_gpu_mb" (torch.cuda.max_memory_allocated), with --compile also "compiled_tokens_per_s":
 the same step with the model under torch.compile (default mode), timed after its own warm-up
 (which compiles it). fp32 throughout, TF32 left at PyTorch's default (off for matmuls).
+--drop-rate: the book's dropout (after the embeddings, on the attention weights and on both
+residual branches), 0 by default.
 """
 import argparse
 import json
@@ -22,8 +24,9 @@ import torch.nn as nn
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, d, heads, context, qkv_bias):
+    def __init__(self, d, heads, context, qkv_bias, drop):
         super().__init__()
+        self.drop = nn.Dropout(drop)
         self.heads, self.head_dim = heads, d // heads
         self.W_query = nn.Linear(d, d, bias=qkv_bias)
         self.W_key = nn.Linear(d, d, bias=qkv_bias)
@@ -36,27 +39,29 @@ class MultiHeadAttention(nn.Module):
         split = lambda y: y.view(b, t, self.heads, self.head_dim).transpose(1, 2)
         q, k, v = split(self.W_query(x)), split(self.W_key(x)), split(self.W_value(x))
         scores = (q @ k.transpose(2, 3)).masked_fill(self.mask[:t, :t], float("-inf"))
-        weights = torch.softmax(scores / self.head_dim**0.5, dim=-1)
+        weights = self.drop(torch.softmax(scores / self.head_dim**0.5, dim=-1))
         return self.out_proj((weights @ v).transpose(1, 2).reshape(b, t, d))
 
 
 class Block(nn.Module):
-    def __init__(self, d, heads, context, qkv_bias):
+    def __init__(self, d, heads, context, qkv_bias, drop):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.att = MultiHeadAttention(d, heads, context, qkv_bias)
+        self.att = MultiHeadAttention(d, heads, context, qkv_bias, drop)
+        self.drop = nn.Dropout(drop)
         self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
 
     def forward(self, x):
-        x = x + self.att(self.norm1(x))
-        return x + self.ff(self.norm2(x))
+        x = x + self.drop(self.att(self.norm1(x)))
+        return x + self.drop(self.ff(self.norm2(x)))
 
 
 class GPTModel(nn.Module):
-    def __init__(self, vocab, context, d, layers, heads, qkv_bias, tie):
+    def __init__(self, vocab, context, d, layers, heads, qkv_bias, tie, drop):
         super().__init__()
         self.tok_emb, self.pos_emb = nn.Embedding(vocab, d), nn.Embedding(context, d)
-        self.blocks = nn.Sequential(*[Block(d, heads, context, qkv_bias) for _ in range(layers)])
+        self.drop = nn.Dropout(drop)
+        self.blocks = nn.Sequential(*[Block(d, heads, context, qkv_bias, drop) for _ in range(layers)])
         self.final_norm = nn.LayerNorm(d)
         self.out_head = nn.Linear(d, vocab, bias=False)
         if tie:
@@ -69,7 +74,7 @@ class GPTModel(nn.Module):
 
     def forward(self, ids):
         t = ids.shape[1]
-        x = self.tok_emb(ids) + self.pos_emb(torch.arange(t, device=ids.device))
+        x = self.drop(self.tok_emb(ids) + self.pos_emb(torch.arange(t, device=ids.device)))
         return self.out_head(self.final_norm(self.blocks(x)))
 
 
@@ -81,13 +86,15 @@ def main():
     p.add_argument("--tie", action="store_true")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--drop-rate", type=float, default=0.0)
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: PyTorch sees no CUDA device")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     device = torch.device(a.device)
-    model = GPTModel(a.vocab, a.context, a.emb, a.layers, a.heads, a.qkv_bias, a.tie).to(device)
+    model = GPTModel(a.vocab, a.context, a.emb, a.layers, a.heads, a.qkv_bias, a.tie, a.drop_rate)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     ids = torch.randint(0, a.vocab, (a.batch, a.context + 1)).to(device)
     inputs, targets = ids[:, :-1], ids[:, 1:]

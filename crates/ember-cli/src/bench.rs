@@ -87,6 +87,11 @@ pub struct TrainBenchArgs {
     /// Also time the reference under `torch.compile` (compiling takes a minute or more).
     #[arg(long)]
     torch_compile: bool,
+    /// Dropout probability on both sides (embeddings, attention weights, residual branches, as
+    /// the book's model), replacing each config's drop_rate. 0 by default, as issue 10's
+    /// cases: the step's own work, without sampling masks.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_drop_rate)]
+    drop_rate: f64,
     /// Run only this case and print its JSON line (the bench runs each case in its own
     /// process, so each peak memory is its own).
     #[arg(long, hide = true, value_name = "MODEL:CONTEXT:BATCH")]
@@ -239,7 +244,10 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
     if let BenchCommand::Train(args) = &cmd
         && let Some(case) = &args.only
     {
-        println!("{}", train_case(case, args.steps, device_spec)?);
+        println!(
+            "{}",
+            train_case(case, args.steps, args.drop_rate, device_spec)?
+        );
         return Ok(());
     }
     if cfg!(debug_assertions) {
@@ -270,6 +278,7 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
                 rounds: args.rounds,
                 cases: TrainCase::defaults(),
                 torch_compile: false,
+                drop_rate: 0.0,
             };
             report["train"] = train_bench(reference, &train, device_spec)?;
             println!();
@@ -294,6 +303,7 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
                     args.cases.clone()
                 },
                 torch_compile: args.torch_compile,
+                drop_rate: args.drop_rate,
             };
             report["train"] = train_bench(&args.reference, &train, device_spec)?;
             args.reference.json
@@ -309,6 +319,14 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
 }
 
 /// `"; tokens/s: median of N rounds"` for table headings, empty for one round.
+/// A dropout probability in `[0, 1)`.
+fn parse_drop_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a probability in [0, 1)")),
+    }
+}
+
 fn rounds_note(rounds: u32) -> String {
     if rounds > 1 {
         format!("; tokens/s: median of {rounds} rounds")
@@ -528,7 +546,12 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// One case in this process: tokens/s of `steps` training steps after a warm-up.
-fn train_case(case: &TrainCase, steps: usize, device_spec: &str) -> Result<serde_json::Value> {
+fn train_case(
+    case: &TrainCase,
+    steps: usize,
+    drop_rate: f64,
+    device_spec: &str,
+) -> Result<serde_json::Value> {
     use burn::optim::GradientsParams;
     use burn::prelude::*;
     use ember_model::loss::lm_loss;
@@ -537,7 +560,7 @@ fn train_case(case: &TrainCase, steps: usize, device_spec: &str) -> Result<serde
     let device = crate::device::parse_device(device_spec)?.autodiff();
     let mut config = crate::models::load_gpt_config(&case.model, None)?;
     config.context_length = context;
-    config.drop_rate = 0.0;
+    config.drop_rate = drop_rate;
     device.seed(0);
     let mut model = config.init(&device);
     let options = ember_train::lm::TrainOptions {
@@ -630,7 +653,7 @@ fn train_case(case: &TrainCase, steps: usize, device_spec: &str) -> Result<serde
         },
         "emb": config.emb_dim, "layers": config.n_layers, "heads": config.n_heads,
         "vocab": config.vocab_size, "context": context, "batch": batch,
-        "qkv_bias": config.qkv_bias, "tie": config.tie_weights,
+        "qkv_bias": config.qkv_bias, "tie": config.tie_weights, "drop_rate": drop_rate,
     }))
 }
 
@@ -658,6 +681,7 @@ struct TrainOptions {
     rounds: u32,
     cases: Vec<TrainCase>,
     torch_compile: bool,
+    drop_rate: f64,
 }
 
 /// Runs each train case in its own process (its own peak memory) and PyTorch eager beside it.
@@ -671,12 +695,18 @@ fn train_bench(
         rounds,
         ref cases,
         torch_compile,
+        drop_rate,
     } = *options;
     anyhow::ensure!(steps >= 1, "--steps must be at least 1");
     let threads = crate::device::cpu_threads();
     let peak = sgemm_probe(device_spec)?;
     println!(
-        "train step (forward, backward, AdamW, clipping), device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s{}",
+        "train step (forward, backward, AdamW, clipping{}), device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s{}",
+        if drop_rate > 0.0 {
+            format!(", dropout {drop_rate}")
+        } else {
+            String::new()
+        },
         rounds_note(rounds)
     );
     let reference = reference.reference();
@@ -694,6 +724,7 @@ fn train_bench(
                 .args(["--device", device_spec, "bench", "train", "--steps"])
                 .arg(steps.to_string())
                 .args(["--only", &case.spec()])
+                .args(["--drop-rate", &drop_rate.to_string()])
                 .output()
                 .context("running a bench case")?;
             anyhow::ensure!(
@@ -713,6 +744,7 @@ fn train_bench(
                 args.extend(["--steps".into(), steps.to_string()]);
                 args.extend(["--threads".into(), threads.to_string()]);
                 args.extend(["--device".into(), reference_device(device_spec).into()]);
+                args.extend(["--drop-rate".into(), drop_rate.to_string()]);
                 if torch_compile {
                     args.push("--compile".into());
                 }

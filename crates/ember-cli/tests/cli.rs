@@ -1568,6 +1568,8 @@ fn bench_prints_and_writes_json_without_the_reference_environment() {
         "gpt-tiny:32:1",
         "--steps",
         "1",
+        "--drop-rate",
+        "0.1",
         "--no-reference",
         "--json",
         json_path.to_str().unwrap(),
@@ -1586,8 +1588,13 @@ fn bench_prints_and_writes_json_without_the_reference_environment() {
         (rows[0]["context"].as_u64(), rows[0]["batch"].as_u64()),
         (Some(32), Some(1))
     );
+    assert_eq!(rows[0]["drop_rate"].as_f64(), Some(0.1), "{report}");
     let bad = ember(&["bench", "train", "--case", "gpt-tiny:32"]);
     let why = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success());
     assert!(why.contains("expected MODEL:CONTEXT:BATCH"), "{why}");
+    let bad = ember(&["bench", "train", "--drop-rate", "1"]);
+    let why = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(why.contains("not a probability in [0, 1)"), "{why}");
 }

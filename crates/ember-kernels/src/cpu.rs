@@ -164,6 +164,140 @@ pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     })
 }
 
+/// A dropout mask as a function of `(seed, element index)`, so that the backward pass
+/// regenerates the forward's mask instead of keeping it: element `i` is kept when
+/// [`dropout_bits`] of `i` is at least `threshold` (`⌊p·2³²⌉` for drop probability `p`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutMask {
+    pub seed: u64,
+    pub threshold: u32,
+    /// `1 / (1 − p)`: kept elements are scaled so the expected value is unchanged.
+    pub scale: f32,
+}
+
+impl DropoutMask {
+    /// The mask of drop probability `prob` (in `[0, 1)`) drawn with `seed`.
+    pub fn new(seed: u64, prob: f64) -> Self {
+        assert!(
+            (0.0..1.0).contains(&prob),
+            "dropout probability {prob} is not in [0, 1)"
+        );
+        Self {
+            seed,
+            threshold: (prob * 4_294_967_296.0).round().min(u32::MAX as f64) as u32,
+            scale: (1.0 / (1.0 - prob)) as f32,
+        }
+    }
+}
+
+/// murmur3's 32-bit finaliser: every input bit flips each output bit with probability ~½.
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// 32 random bits for the element whose index has low half `low` in a block keyed by `key`:
+/// two finaliser rounds over 32-bit words, which vectorise (8 elements per AVX2 instruction;
+/// a 64-bit multiply does not), where a sequential generator would run on one thread.
+#[inline(always)]
+fn dropout_bits(low: u32, key: [u32; 2]) -> u32 {
+    fmix32(fmix32(low.wrapping_mul(0x9e37_79b1) ^ key[0]) ^ key[1])
+}
+
+/// The key of the `2³²`-element block `high` (the index's high half) under `seed`.
+fn dropout_key(seed: u64, high: u32) -> [u32; 2] {
+    [
+        seed as u32,
+        fmix32((seed >> 32) as u32 ^ fmix32(high.wrapping_add(0x68e3_1da4))),
+    ]
+}
+
+/// The factor of element `start + i` for `i` in a chunk starting at `start`: `scale` where the
+/// mask keeps it, else 0. Dropped elements are multiplied by 0, as the composed form does (a
+/// NaN stays NaN). Chunks of [`CHUNK`] never straddle a `2³²`-element block.
+#[inline(always)]
+fn dropout_factors(mask: DropoutMask, start: usize) -> impl Fn(usize) -> f32 {
+    let key = dropout_key(mask.seed, (start as u64 >> 32) as u32);
+    let low = start as u32;
+    #[inline(always)]
+    move |i| {
+        let keep = dropout_bits(low.wrapping_add(i as u32), key) >= mask.threshold;
+        if keep { mask.scale } else { 0.0 }
+    }
+}
+
+/// Inverted dropout of `x` (its elements in row-major order) under `mask`. The backward pass is
+/// the same function applied to the output's gradient.
+pub fn dropout(x: &[f32], mask: DropoutMask) -> Vec<f32> {
+    par_collect(x.len(), CHUNK, |start, out| {
+        let values = &x[start..start + out.len()];
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                let factor = dropout_factors(mask, start);
+                for (i, (o, &v)) in out.iter_mut().zip(values).enumerate() {
+                    o.write(v * factor(i));
+                }
+            },
+        )
+    })
+}
+
+/// [`dropout`] in place.
+pub fn dropout_in_place(x: &mut [f32], mask: DropoutMask) {
+    x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                let factor = dropout_factors(mask, c * CHUNK);
+                for (i, v) in part.iter_mut().enumerate() {
+                    *v *= factor(i);
+                }
+            },
+        )
+    });
+}
+
+/// `Σ x²` in `f64` (a gradient's share of the global norm), the chunks on all threads.
+pub fn squared_sum(x: &[f32]) -> f64 {
+    let chunks: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    // 16 lanes so the loop vectorises; f32 within a chunk, f64 across chunks.
+                    let mut lanes = [0.0f32; 16];
+                    let whole = chunk.chunks_exact(16);
+                    let tail: f32 = whole.remainder().iter().map(|v| v * v).sum();
+                    for part in whole {
+                        for (lane, &v) in lanes.iter_mut().zip(part) {
+                            *lane += v * v;
+                        }
+                    }
+                    lanes.iter().sum::<f32>() as f64 + tail as f64
+                },
+            )
+        })
+        .collect();
+    // Added in chunk order: the same bits whatever the thread count.
+    chunks.iter().sum()
+}
+
+/// `x · factor` in place.
+pub fn scale_in_place(x: &mut [f32], factor: f32) {
+    x.par_chunks_mut(CHUNK).for_each(|part| {
+        simd::dispatch(
+            #[inline(always)]
+            || part.iter_mut().for_each(|v| *v *= factor),
+        )
+    });
+}
+
 /// Whole rows of `width` per parallel task, about [`CHUNK`] elements.
 fn row_chunk(width: usize) -> usize {
     let width = width.max(1); // empty rows: any non-zero chunk (there is nothing to split)

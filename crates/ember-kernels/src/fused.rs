@@ -55,6 +55,13 @@ pub trait FusedOps: Backend {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    /// Inverted dropout of drop probability `prob` whose mask is a function of `seed` and the
+    /// element index ([`cpu::DropoutMask`]); its backward pass is the same op on the gradient.
+    fn dropout(x: FloatTensor<Self>, seed: u64, prob: f64) -> FloatTensor<Self>;
+    /// `[1]`: the sum of the squares of all elements (not differentiable).
+    fn squared_sum(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x · factor`, in place where `x`'s storage is its own (not differentiable).
+    fn scale(x: FloatTensor<Self>, factor: f32) -> FloatTensor<Self>;
     /// `(param, moment_1, moment_2)` after one step; settings as in [`AdamWStep`].
     #[allow(clippy::too_many_arguments)]
     fn adamw_update(
@@ -97,6 +104,22 @@ pub(crate) fn matmul_batched<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> 
 
 pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_last(x.into_dispatch()))
+}
+
+pub(crate) fn dropout<const D: usize>(x: Tensor<D>, seed: u64, prob: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::dropout(
+        x.into_dispatch(),
+        seed,
+        prob,
+    ))
+}
+
+pub(crate) fn squared_sum<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::squared_sum(x.into_dispatch()))
+}
+
+pub(crate) fn scale<const D: usize>(x: Tensor<D>, factor: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::scale(x.into_dispatch(), factor))
 }
 
 pub(crate) fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
@@ -187,13 +210,19 @@ fn tensor_from(values: Vec<f32>, shape: Shape) -> FlexTensor {
     )
 }
 
+/// Whether `tensor` alone holds its storage, contiguous and exactly its elements: then it can
+/// be updated in place.
+fn is_exclusive(tensor: &FlexTensor) -> bool {
+    let n = tensor.layout().num_elements();
+    tensor.is_unique()
+        && tensor.layout().contiguous_offsets() == Some((0, n))
+        && tensor.bytes().len() == n * 4
+}
+
 /// `tensor` with storage of its own, contiguous and exactly its elements, so it can be updated
 /// in place: itself when it already is, else a copy.
 fn owned_contiguous(tensor: FlexTensor) -> FlexTensor {
-    let n = tensor.layout().num_elements();
-    let exact =
-        tensor.layout().contiguous_offsets() == Some((0, n)) && tensor.bytes().len() == n * 4;
-    if tensor.is_unique() && exact {
+    if is_exclusive(&tensor) {
         tensor
     } else {
         tensor_from(
@@ -420,6 +449,30 @@ impl FusedOps for Flex {
         tensor_from(dlogits, logits.layout().shape().clone())
     }
 
+    /// In place when the input's storage is its own (a product's output, which the product's
+    /// backward does not keep), else into a new tensor.
+    fn dropout(x: FlexTensor, seed: u64, prob: f64) -> FlexTensor {
+        let mask = cpu::DropoutMask::new(seed, prob);
+        if is_exclusive(&x) {
+            let mut x = x;
+            cpu::dropout_in_place(x.try_storage_mut::<f32>().expect("exclusive"), mask);
+            x
+        } else {
+            tensor_from(cpu::dropout(&values(&x), mask), x.layout().shape().clone())
+        }
+    }
+
+    fn squared_sum(x: FlexTensor) -> FlexTensor {
+        let sum = cpu::squared_sum(&values(&x)) as f32;
+        tensor_from(vec![sum], Shape::new([1]))
+    }
+
+    fn scale(x: FlexTensor, factor: f32) -> FlexTensor {
+        let mut x = owned_contiguous(x);
+        cpu::scale_in_place(x.try_storage_mut::<f32>().expect("owned"), factor);
+        x
+    }
+
     fn adamw_update(
         param: FlexTensor,
         grad: FlexTensor,
@@ -557,6 +610,23 @@ impl<B: Backend + FusedOps> Backward<B, 1> for NllRows {
     }
 }
 
+/// Dropout's backward: the same mask (regenerated from its seed) on the gradient.
+#[derive(Debug)]
+struct DropoutOp {
+    seed: u64,
+    prob: f64,
+}
+
+impl<B: Backend + FusedOps> Backward<B, 1> for DropoutOp {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::dropout(grad, self.seed, self.prob)
+        });
+    }
+}
+
 /// Under autodiff: the forward ops record one node each with the backward above; the backward
 /// and optimizer ops run on the inner backend and return constants (not differentiable again).
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -609,6 +679,23 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             Self::inner(lse),
             Self::inner(grad),
         ))
+    }
+
+    fn squared_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::squared_sum(Self::inner(x)))
+    }
+
+    fn scale(x: FloatTensor<Self>, factor: f32) -> FloatTensor<Self> {
+        Self::from_inner(B::scale(Self::inner(x), factor))
+    }
+
+    fn dropout(x: FloatTensor<Self>, seed: u64, prob: f64) -> FloatTensor<Self> {
+        let (x, guard) = x.into_parts();
+        let y = B::dropout(x, seed, prob);
+        DropoutOp { seed, prob }
+            .prepare::<C>([guard])
+            .compute_bound()
+            .stateless(y)
     }
 
     fn adamw_update(

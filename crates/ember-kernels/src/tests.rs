@@ -266,8 +266,8 @@ fn softmax_of_empty_rows_is_empty() {
     assert_eq!(softmax(x, 2).dims(), [2, 3, 0]);
 }
 
-/// `[rows, cols]` values of a tensor.
-fn values_of(x: Tensor<2>) -> Vec<f32> {
+/// A tensor's values in row-major order.
+fn values_of<const D: usize>(x: Tensor<D>) -> Vec<f32> {
     x.into_data().try_to_vec::<f32>().unwrap()
 }
 
@@ -434,4 +434,128 @@ fn the_vectorised_exp_is_within_two_ulp_of_f64_exp() {
     assert_eq!(cpu::exp(f32::NEG_INFINITY), 0.0);
     assert_eq!(cpu::exp(100.0), f32::INFINITY);
     assert!(cpu::exp(f32::NAN).is_nan());
+}
+
+#[test]
+fn dropout_drops_the_given_share_everywhere_and_scales_the_rest() {
+    let device = Device::flex();
+    device.seed(5);
+    let n = 1 << 20; // 64 parallel chunks
+    let x = Tensor::<1>::random([n], Distribution::Uniform(1.0, 2.0), &device);
+    let xs = values_of(x.clone());
+    for prob in [0.1, 0.5, 0.9] {
+        let ys = values_of(dropout(x.clone(), prob));
+        let scale = (1.0 / (1.0 - prob)) as f32;
+        assert!(
+            xs.iter()
+                .zip(&ys)
+                .all(|(x, y)| *y == 0.0 || *y == x * scale)
+        );
+        // The share dropped, over all elements (6 standard deviations: 0.003) and in each
+        // block of 2¹⁴ (0.024): no position is favoured.
+        let share = |ys: &[f32]| ys.iter().filter(|y| **y == 0.0).count() as f64 / ys.len() as f64;
+        assert!((share(&ys) - prob).abs() < 0.003, "{prob}: {}", share(&ys));
+        for block in ys.chunks(1 << 14) {
+            assert!(
+                (share(block) - prob).abs() < 0.024,
+                "{prob}: {}",
+                share(block)
+            );
+        }
+        // Neighbours are independent: both dropped with probability p².
+        let pairs = ys.windows(2).filter(|w| w[0] == 0.0 && w[1] == 0.0).count() as f64;
+        let both = pairs / (n - 1) as f64;
+        assert!((both - prob * prob).abs() < 0.003, "{prob}: {both}");
+    }
+    // Each call draws a new mask; two masks agree where both keep or both drop.
+    let (a, b) = (
+        values_of(dropout(x.clone(), 0.5)),
+        values_of(dropout(x.clone(), 0.5)),
+    );
+    let same = a
+        .iter()
+        .zip(&b)
+        .filter(|(a, b)| (**a == 0.0) == (**b == 0.0))
+        .count();
+    assert!((same as f64 / n as f64 - 0.5).abs() < 0.003, "{same}");
+    // The device's seed makes it repeatable.
+    device.seed(11);
+    let first = values_of(dropout(x.clone(), 0.2));
+    device.seed(11);
+    assert_eq!(first, values_of(dropout(x, 0.2)));
+}
+
+#[test]
+fn dropout_reads_strided_inputs() {
+    let device = Device::flex();
+    device.seed(6);
+    let x = Tensor::<2>::random([300, 70], Distribution::Uniform(1.0, 2.0), &device);
+    let transposed = x.swap_dims(0, 1); // a view with strides
+    let (xs, ys) = (
+        values_of(transposed.clone()),
+        values_of(dropout(transposed, 0.25)),
+    );
+    let scale = (1.0f64 / 0.75) as f32;
+    assert!(
+        xs.iter()
+            .zip(&ys)
+            .all(|(x, y)| *y == 0.0 || *y == x * scale)
+    );
+    assert!(ys.iter().any(|y| *y == 0.0) && ys.iter().any(|y| *y != 0.0));
+}
+
+#[test]
+fn dropouts_gradient_applies_the_forward_mask() {
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let shape = [3, 50, 700];
+    let x = Tensor::<3>::random(shape, Distribution::Uniform(1.0, 2.0), &device).require_grad();
+    let weights = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    // A shared input (copied) and a product's own output (updated in place).
+    for factor in [1.0f32, 2.0] {
+        let input = if factor == 1.0 {
+            x.clone()
+        } else {
+            x.clone() * factor
+        };
+        let y = dropout(input, 0.3);
+        let ys = values_of(y.clone());
+        let dx = values_of(grad_of(&x, (y * weights.clone()).sum()));
+        let scale = factor / 0.7;
+        for ((g, w), y) in dx.iter().zip(values_of(weights.clone())).zip(&ys) {
+            let want = if *y == 0.0 { 0.0 } else { w * scale };
+            assert!(
+                (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{g} vs {want}"
+            );
+        }
+        let dropped = ys.iter().filter(|y| **y == 0.0).count() as f64 / ys.len() as f64;
+        assert!((dropped - 0.3).abs() < 0.01, "{dropped}");
+    }
+}
+
+#[test]
+fn squared_sum_and_scale_match_the_composed_ops() {
+    let device = Device::flex();
+    device.seed(9);
+    // Not a multiple of the chunk or of 16 lanes; a strided view too.
+    let x = Tensor::<2>::random([301, 117], Distribution::Normal(0.0, 3.0), &device);
+    for x in [x.clone(), x.clone().swap_dims(0, 1)] {
+        let want: f32 = x.clone().powi_scalar(2).sum().into_scalar();
+        let got: f32 = squared_sum(x.clone()).into_scalar();
+        assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        let before = values_of(x.clone());
+        // A shared tensor is copied, not scaled under its other owner's feet.
+        let scaled = values_of(scale(x.clone(), 0.25));
+        assert_eq!(values_of(x.clone()), before);
+        assert!(scaled.iter().zip(&before).all(|(s, b)| *s == b * 0.25));
+    }
+    // An exclusive one is scaled in place, with the same values.
+    let fresh = x.clone() * 1.0;
+    let scaled = values_of(scale(fresh, -3.0));
+    assert!(scaled.iter().zip(values_of(x)).all(|(s, b)| *s == b * -3.0));
+    assert_eq!(
+        squared_sum(Tensor::<1>::zeros([0], &device)).into_scalar::<f32>(),
+        0.0
+    );
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::Trainable;
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
-use crate::layers::{attention, linear, padding_hide, split_heads, tied_logits};
+use crate::layers::{attention, dropout, linear, padding_hide, split_heads, tied_logits};
 use crate::loss::cross_entropy;
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
@@ -260,7 +260,7 @@ impl BertEmbeddings {
         let x = self.word_embeddings.forward(ids)
             + self.position_embeddings.forward(positions)
             + self.token_type_embeddings.forward(token_types);
-        self.drop.forward(self.layer_norm.forward(x))
+        dropout(&self.drop, self.layer_norm.forward(x))
     }
 }
 
@@ -288,7 +288,7 @@ impl BertAttention {
         let k = split_heads(linear(&self.key, x.clone()), heads);
         let v = split_heads(linear(&self.value, x.clone()), heads);
         let context = attention(q, k, v, hide, &self.attn_drop);
-        let out = self.resid_drop.forward(linear(&self.output, context));
+        let out = dropout(&self.resid_drop, linear(&self.output, context));
         self.output_norm.forward(x + out)
     }
 }
@@ -312,7 +312,7 @@ impl BertLayer {
         let x = self.attention.forward(x, hide);
         let hidden = self.act.forward(linear(&self.intermediate, x.clone()));
         let ff = linear(&self.output, hidden);
-        self.output_norm.forward(x + self.resid_drop.forward(ff))
+        self.output_norm.forward(x + dropout(&self.resid_drop, ff))
     }
 }
 
@@ -530,7 +530,7 @@ impl BertClassifier {
         let types = Tensor::<2, Int>::zeros([batch, seq], &device);
         let hidden = self.bert.forward(ids, types, mask);
         self.head
-            .forward(self.drop.forward(self.bert.pooled(hidden)))
+            .forward(dropout(&self.drop, self.bert.pooled(hidden)))
     }
 
     /// Freezes everything but the weights `trainable` names: `head` (with the pooler, which

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, gelu_tanh, linear_split, split_heads, tied_logits_split,
+    LayerCache, attention, dropout, gelu_tanh, linear_split, split_heads, tied_logits_split,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
@@ -295,14 +295,8 @@ pub struct GptBlock {
 
 impl GptBlock {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .resid_drop
-                .forward(self.attn.forward(self.ln_1.forward(x)));
-        x.clone()
-            + self
-                .resid_drop
-                .forward(self.mlp.forward(self.ln_2.forward(x)))
+        let x = x.clone() + dropout(&self.resid_drop, self.attn.forward(self.ln_1.forward(x)));
+        x.clone() + dropout(&self.resid_drop, self.mlp.forward(self.ln_2.forward(x)))
     }
 
     /// [`GptBlock::forward`] with attention through a key/value cache; `threads`: see
@@ -317,11 +311,12 @@ impl GptBlock {
         let attn = self
             .attn
             .forward_cached(self.ln_1.forward(x.clone()), hide, cache, threads);
-        let x = x + self.resid_drop.forward(attn);
+        let x = x + dropout(&self.resid_drop, attn);
         x.clone()
-            + self
-                .resid_drop
-                .forward(self.mlp.forward_split(self.ln_2.forward(x), threads))
+            + dropout(
+                &self.resid_drop,
+                self.mlp.forward_split(self.ln_2.forward(x), threads),
+            )
     }
 }
 
@@ -485,9 +480,10 @@ impl Gpt {
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &ids.device())
             .reshape([1, seq])
             .expand([batch, seq]);
-        let mut x = self
-            .drop
-            .forward(self.wte.forward(ids) + self.wpe.forward(positions));
+        let mut x = dropout(
+            &self.drop,
+            self.wte.forward(ids) + self.wpe.forward(positions),
+        );
         for block in &self.h {
             x = block.forward(x);
         }
@@ -513,9 +509,10 @@ impl Gpt {
             self.context_length
         );
         cache.layers.resize(self.h.len(), None);
-        let mut x = self
-            .drop
-            .forward(self.wte.forward(ids) + self.wpe.forward(positions));
+        let mut x = dropout(
+            &self.drop,
+            self.wte.forward(ids) + self.wpe.forward(positions),
+        );
         for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
             x = block.forward_cached(x, hide.clone(), layer, cache.threads);
         }

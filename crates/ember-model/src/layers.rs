@@ -5,6 +5,16 @@ use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 use ember_kernels::{matmul_batched, softmax};
 
+/// Burn's `Dropout` module applied by [`ember_kernels::dropout`]: the module's switch (active
+/// only in training: on an autodiff device, the module not set to evaluation, a non-zero
+/// probability), with the kernel's fused mask on the CPU backend. Any shape.
+pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
+    if !module.training.is_enabled() || !x.device().is_autodiff() || module.prob == 0.0 {
+        return x;
+    }
+    ember_kernels::dropout(x, module.prob)
+}
+
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [batch, seq, width] = x.dims();
@@ -50,7 +60,7 @@ pub fn attention_keeping_weights(
         .mask_fill(hide, f32::MIN); // [batch, heads, queries, keys]
     let weights = softmax(scores, 3);
     let kept = keep_weights.then(|| weights.clone());
-    let out = matmul_batched(dropout.forward(weights), v) // [batch, heads, queries, head_dim]
+    let out = matmul_batched(self::dropout(dropout, weights), v) // [batch, heads, queries, head_dim]
         .swap_dims(1, 2)
         .reshape([batch, queries, heads * head_dim]);
     (out, kept)

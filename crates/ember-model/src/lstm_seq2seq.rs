@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, param, read_checked, set_linear, transpose};
+use crate::layers::dropout;
 use crate::weights::TensorSet;
 
 /// Hyper-parameters of an [`LstmSeq2Seq`] (`configs/seq2seq/*.toml`).
@@ -271,7 +272,7 @@ impl LstmSeq2Seq {
         let mut x = emb.clone();
         let mut finals = Vec::new();
         for (l, layer) in self.encoder.iter().enumerate() {
-            let input = if l == 0 { x } else { self.drop.forward(x) };
+            let input = if l == 0 { x } else { dropout(&self.drop, x) };
             let (out, state) = layer.run(input, (zeros(), zeros()), &keep, false);
             finals.push(state);
             x = out;
@@ -284,7 +285,7 @@ impl LstmSeq2Seq {
             let input = if l == 0 {
                 back
             } else {
-                self.drop.forward(back)
+                dropout(&self.drop, back)
             };
             back = layer.run(input, (zeros(), zeros()), &keep, true).0;
         }
@@ -340,13 +341,13 @@ impl LstmSeq2Seq {
             state.last_attention = Some(weights);
         }
         for (l, layer) in self.decoder.iter().enumerate() {
-            let input = if l == 0 { x } else { self.drop.forward(x) };
+            let input = if l == 0 { x } else { dropout(&self.drop, x) };
             let (h, c) = state.layers[l].clone();
             let next = layer.step(layer.input.forward(input), h, c);
             x = next.0.clone();
             state.layers[l] = next;
         }
-        self.generator.forward(self.drop.forward(x))
+        self.generator.forward(dropout(&self.drop, x))
     }
 
     /// Teacher-forced logits `[batch, tgt, tgt_vocab]` of target inputs `tgt: [batch, tgt]`.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, read_checked, set_layer_norm, set_linear, transpose};
-use crate::layers::{LayerCache, attention_keeping_weights, linear, split_heads};
+use crate::layers::{LayerCache, attention_keeping_weights, dropout, linear, split_heads};
 use crate::weights::{HostTensor, TensorSet};
 
 /// How positions enter the embeddings.
@@ -157,9 +157,9 @@ pub struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self.drop.forward(relu(linear(&self.linear1, x.clone())));
+        let hidden = dropout(&self.drop, relu(linear(&self.linear1, x.clone())));
         let y = linear(&self.linear2, hidden);
-        self.norm.forward(x + self.drop.forward(y))
+        self.norm.forward(x + dropout(&self.drop, y))
     }
 }
 
@@ -177,7 +177,7 @@ impl EncoderLayer {
         let (k, v) = self.self_attn.keys_values(x.clone());
         let a = self.self_attn.attend(x.clone(), k, v, hide);
         self.ff
-            .forward(self.norm1.forward(x + self.drop.forward(a)))
+            .forward(self.norm1.forward(x + dropout(&self.drop, a)))
     }
 }
 
@@ -207,7 +207,7 @@ impl DecoderLayer {
         let a = self
             .self_attn
             .attend(x.clone(), self_kv.0, self_kv.1, self_hide);
-        let x = self.norm1.forward(x + self.drop.forward(a));
+        let x = self.norm1.forward(x + dropout(&self.drop, a));
         let (c, weights) = self.cross_attn.attend_keeping_weights(
             x.clone(),
             cross_kv.0,
@@ -215,7 +215,7 @@ impl DecoderLayer {
             memory_hide,
             cross_weights,
         );
-        let x = self.norm2.forward(x + self.drop.forward(c));
+        let x = self.norm2.forward(x + dropout(&self.drop, c));
         (self.ff.forward(x), weights)
     }
 }
@@ -429,8 +429,7 @@ impl TransformerSeq2Seq {
                 self.d_model,
             ]),
         };
-        self.drop
-            .forward(x + pos.expand([batch, len, self.d_model]))
+        dropout(&self.drop, x + pos.expand([batch, len, self.d_model]))
     }
 
     /// `[batch, src]` → `[batch, 1, 1, src]`, true at padded source keys.

@@ -148,6 +148,40 @@ fn the_same_seed_builds_the_same_model() {
     assert_ne!(run(123), run(124));
 }
 
+/// Dropout (every site: embeddings, attention weights, residual branches) acts while training
+/// — on an autodiff device — with a new mask each pass, and not at all for inference.
+#[test]
+fn dropout_acts_in_training_only() {
+    let device = Device::flex().autodiff();
+    device.seed(8);
+    let model = GptConfig {
+        drop_rate: 0.5,
+        ..tiny(30, 8)
+    }
+    .init(&device);
+    let ids = Tensor::<2, Int>::from_data([[1, 2, 3, 4, 5, 6]], &device);
+    let logits = |model: &ember_model::gpt::Gpt, ids: Tensor<2, Int>| {
+        model.forward(ids).into_data().to_vec::<f32>().unwrap()
+    };
+    let differ = |a: &[f32], b: &[f32]| a.iter().zip(b).any(|(a, b)| (a - b).abs() > 1e-4);
+    let (first, second) = (logits(&model, ids.clone()), logits(&model, ids.clone()));
+    assert!(
+        differ(&first, &second),
+        "two training passes drew the same masks"
+    );
+    // The same weights without autodiff: no dropout, and the same logits as with rate 0.
+    let inference = model.valid();
+    let plain_ids = ids.clone().inner();
+    let plain = logits(&inference, plain_ids.clone());
+    assert_eq!(plain, logits(&inference, plain_ids));
+    assert!(differ(&first, &plain));
+    let without = logits(&model.with_drop_rate(0.0), ids);
+    assert!(
+        !differ(&without, &plain),
+        "rate 0 in training differs from inference"
+    );
+}
+
 #[test]
 fn a_tiny_model_overfits_a_short_text() {
     let device = Device::flex().autodiff();

@@ -16,7 +16,7 @@ struct SquaredNorm<'a> {
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(grad) = self.grads.get::<D>(param.id) {
-            let squares = grad.powi_scalar(2).sum();
+            let squares = ember_kernels::squared_sum(grad);
             self.total = Some(match self.total.take() {
                 Some(total) => total + squares,
                 None => squares,
@@ -34,7 +34,8 @@ struct Scale<'a> {
 impl ModuleVisitor for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(grad) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, grad.mul_scalar(self.factor));
+            self.grads
+                .register(param.id, ember_kernels::scale(grad, self.factor as f32));
         }
     }
 }
