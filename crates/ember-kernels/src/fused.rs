@@ -8,7 +8,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
+};
 use burn::prelude::*;
 use burn::tensor::{Bytes, DType};
 use burn_flex::{FlexTensor, Layout};
@@ -339,6 +341,133 @@ fn few_rows_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
 /// Products below this many multiply-adds run on one thread (the flex backend's threshold).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
+/// A matrix operand for gemm: its first element and its (row, column) strides in elements.
+type Strided = (*const f32, isize, isize);
+
+/// Writes `lhs: [m, k] · rhs: [k, n]` into the `m·n` row-major elements at `out`, on all threads
+/// when `parallel`. A product over `k = 0` is zeros.
+///
+/// # Safety
+/// `lhs` and `rhs` must address `[m, k]` and `[k, n]` readable elements, `out` `m·n` writable
+/// ones that overlap neither.
+unsafe fn gemm_into(
+    out: *mut f32,
+    [m, k, n]: [usize; 3],
+    lhs: Strided,
+    rhs: Strided,
+    parallel: bool,
+) {
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        // SAFETY: `out` has `m·n` writable elements (the caller's contract).
+        unsafe { std::ptr::write_bytes(out, 0, m * n) };
+        return;
+    }
+    let parallelism = match parallel {
+        true => gemm::Parallelism::Rayon(0),
+        false => gemm::Parallelism::None,
+    };
+    let ((lhs_ptr, lhs_rs, lhs_cs), (rhs_ptr, rhs_rs, rhs_cs)) = (lhs, rhs);
+    // SAFETY: the caller's contract; with `read_dst` false gemm writes every output element
+    // without reading any.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            n as isize,
+            false,
+            lhs_ptr,
+            lhs_cs,
+            lhs_rs,
+            rhs_ptr,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `lhs: [.., m, k] · rhs: [.., k, n]` with the same batch dimensions, each batch element a
+/// gemm that reads the operands through their strides (a head of a projection's output, a
+/// transposed key view) and writes straight into the output: the batch elements on all threads
+/// when there are enough of them, else each product on all threads. `None` when the batch
+/// dimensions differ (broadcasting: flex's own product).
+fn gemm_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
+    let (lhs_shape, rhs_shape) = (lhs.layout().shape(), rhs.layout().shape());
+    let dims = lhs_shape.num_dims();
+    if dims < 3
+        || rhs_shape.num_dims() != dims
+        || (0..dims - 2).any(|d| lhs_shape[d] != rhs_shape[d])
+    {
+        return None;
+    }
+    let (m, k, n) = (
+        lhs_shape[dims - 2],
+        lhs_shape[dims - 1],
+        rhs_shape[dims - 1],
+    );
+    if rhs_shape[dims - 2] != k {
+        return None;
+    }
+    let batch_dims = &lhs_shape[..dims - 2];
+    let batch: usize = batch_dims.iter().product();
+    // Each batch element's first element and (row, column) strides, as addresses so that the
+    // parallel tasks can share them.
+    let elements = |tensor: &FlexTensor| -> Vec<(usize, isize, isize)> {
+        let strides = tensor.layout().strides();
+        let base = tensor.storage::<f32>().as_ptr() as usize;
+        (0..batch)
+            .map(|b| {
+                let (mut rest, mut offset) = (b, tensor.layout().start_offset() as isize);
+                for d in (0..dims - 2).rev() {
+                    offset += (rest % batch_dims[d]) as isize * strides[d];
+                    rest /= batch_dims[d];
+                }
+                let address = base.wrapping_add_signed(offset * 4);
+                (address, strides[dims - 2], strides[dims - 1])
+            })
+            .collect()
+    };
+    let (lhs_elements, rhs_elements) = (elements(lhs), elements(rhs));
+    let operand = |(address, rs, cs): (usize, isize, isize)| (address as *const f32, rs, cs);
+    let size = m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(batch * size);
+    let product = |b: usize, dst: *mut f32, parallel: bool| {
+        let (lhs, rhs) = (operand(lhs_elements[b]), operand(rhs_elements[b]));
+        // SAFETY: the layouts place batch element `b` of each operand at these addresses and
+        // strides inside its storage; `dst` is batch element `b` of the output.
+        unsafe { gemm_into(dst, [m, k, n], lhs, rhs, parallel) };
+    };
+    if size > 0 && batch >= rayon::current_num_threads() {
+        use rayon::prelude::*;
+        out.spare_capacity_mut()[..batch * size]
+            .par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(b, dst)| product(b, dst.as_mut_ptr().cast(), false));
+    } else {
+        for b in 0..batch {
+            // SAFETY: inside the reserved `batch·size` elements.
+            let dst = unsafe { out.as_mut_ptr().add(b * size) };
+            product(b, dst, size * k >= PARALLEL_MACS);
+        }
+    }
+    // SAFETY: every output element was written (gemm writes all `m·n` of each batch element).
+    unsafe { out.set_len(batch * size) };
+    let mut shape: Vec<usize> = batch_dims.to_vec();
+    shape.extend([m, n]);
+    Some(tensor_from(out, Shape::from(shape)))
+}
+
 impl FusedOps for Flex {
     /// The flex backend's own 2-D product writes into a zeroed buffer that `Bytes` then copies
     /// to realign (three passes over the output on one thread before the product starts); here
@@ -350,55 +479,33 @@ impl FusedOps for Flex {
             return tensor_from(out, Shape::new([m, n]));
         }
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
-        if k == 0 {
-            out.resize(m * n, 0.0);
-        } else if m * n > 0 {
-            let parallelism = if m * n * k >= PARALLEL_MACS {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            };
-            let (lhs_ptr, lhs_rs, lhs_cs) = strided_2d(&lhs);
-            let (rhs_ptr, rhs_rs, rhs_cs) = strided_2d(&rhs);
-            // SAFETY: the pointers and strides address `[m, k]` and `[k, n]` elements inside
-            // the operands' storage (their layouts say so); `out` has room for `m·n` and, with
-            // `read_dst` false, gemm writes every element without reading any.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    lhs_ptr,
-                    lhs_cs,
-                    lhs_rs,
-                    rhs_ptr,
-                    rhs_cs,
-                    rhs_rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-                out.set_len(m * n);
-            }
+        let (lhs, rhs) = (strided_2d(&lhs), strided_2d(&rhs));
+        // SAFETY: `strided_2d` addresses `[m, k]` and `[k, n]` elements inside the operands'
+        // storage (their layouts say so); `out` has room for `m·n`.
+        unsafe {
+            gemm_into(
+                out.as_mut_ptr(),
+                [m, k, n],
+                lhs,
+                rhs,
+                m * n * k >= PARALLEL_MACS,
+            );
+            out.set_len(m * n);
         }
         tensor_from(out, Shape::new([m, n]))
     }
 
     /// Few rows per batch element (one query per head while decoding): each batch element's
-    /// product by [`cpu::matmul_few_rows_batched`], the elements on all threads; otherwise
-    /// flex's batched gemm, which runs such small products one after the other on one thread.
+    /// product by [`cpu::matmul_few_rows_batched`], the elements on all threads (flex's batched
+    /// gemm runs such small products one after the other on one thread); otherwise
+    /// [`gemm_batched`], which writes straight into its output (flex zero-fills its output and
+    /// copies it once more on one thread before the products start); with broadcast batch
+    /// dimensions flex's own product.
     fn matmul_batched(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
-        match few_rows_batched(&lhs, &rhs) {
-            Some(out) => out,
-            None => <Flex as FloatTensorOps<Flex>>::float_matmul(lhs, rhs),
+        if let Some(out) = few_rows_batched(&lhs, &rhs).or_else(|| gemm_batched(&lhs, &rhs)) {
+            return out;
         }
+        <Flex as FloatTensorOps<Flex>>::float_matmul(lhs, rhs)
     }
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
@@ -595,6 +702,27 @@ fn matmul_tracked<B: Backend + FusedOps, C: CheckpointStrategy>(
     }
 }
 
+/// `lhs: [.., m, k] · rhs: [.., k, n]` with the same batch dimensions; the gradients are
+/// batched products with transposed views of the other operand (no copies).
+#[derive(Debug)]
+struct MatmulBatched;
+
+impl<B: Backend + FusedOps> Backward<B, 2> for MatmulBatched {
+    /// Both operands: each one's gradient is a product with the other.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (lhs, rhs) = ops.state;
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| B::matmul_batched(grad, B::float_transpose(rhs)), // [.., m, n]·[.., n, k]
+            |grad| B::matmul_batched(B::float_transpose(lhs), grad), // [.., k, m]·[.., m, n]
+        );
+    }
+}
+
 #[derive(Debug)]
 struct NllRows;
 
@@ -644,6 +772,28 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn matmul_2d_nt(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         matmul_tracked::<B, C>(lhs, rhs, true)
+    }
+
+    /// With the same batch dimensions, tracked with [`MatmulBatched`]'s backward, whose
+    /// products are the inner backend's [`FusedOps::matmul_batched`]; with broadcast ones
+    /// Burn's tracked product (its backward sums the broadcast gradients).
+    fn matmul_batched(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (lhs_shape, rhs_shape) = (lhs.shape(), rhs.shape());
+        let dims = lhs_shape.num_dims();
+        if rhs_shape.num_dims() != dims || lhs_shape[..dims - 2] != rhs_shape[..dims - 2] {
+            return Self::float_matmul(lhs, rhs);
+        }
+        let (lhs, lhs_guard) = lhs.into_parts();
+        let (rhs, rhs_guard) = rhs.into_parts();
+        let out = B::matmul_batched(lhs.clone(), rhs.clone());
+        match MatmulBatched
+            .prepare::<C>([lhs_guard, rhs_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((lhs, rhs), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
     }
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -559,3 +559,61 @@ fn squared_sum_and_scale_match_the_composed_ops() {
         0.0
     );
 }
+
+#[test]
+fn batched_gemm_products_read_strided_heads_and_match_burns() {
+    let device = Device::flex();
+    device.seed(17);
+    // Attention in training: heads of projections [batch, seq, heads·head_dim] as queries and
+    // keys (rows 48 values apart), the keys transposed; more batch elements than threads.
+    let heads = |seq| {
+        Tensor::<3>::random([2, seq, 48], Distribution::Default, &device)
+            .reshape([2, seq, 3, 16])
+            .swap_dims(1, 2)
+    };
+    let (q, k) = (heads(20), heads(20));
+    let scores = matmul_batched(q.clone(), k.clone().swap_dims(2, 3));
+    let diff = max_diff(scores.clone(), q.clone().matmul(k.clone().swap_dims(2, 3)));
+    assert!(diff < 1e-5, "q·kᵀ: {diff}");
+    let context = matmul_batched(scores.clone(), k.clone());
+    assert!(max_diff(context, scores.matmul(k)) < 1e-4);
+    // One large batch element (the product itself on all threads), 3-D, transposed lhs.
+    let a = Tensor::<3>::random([1, 130, 260], Distribution::Default, &device);
+    let b = Tensor::<3>::random([1, 130, 250], Distribution::Default, &device);
+    let lhs = a.swap_dims(1, 2); // [1, 260, 130]
+    let diff = max_diff(matmul_batched(lhs.clone(), b.clone()), lhs.matmul(b));
+    assert!(diff < 1e-4, "{diff}");
+    // Empty inner and outer dimensions.
+    let zero_k = matmul_batched(
+        Tensor::<3>::zeros([3, 9, 0], &device),
+        Tensor::<3>::zeros([3, 0, 10], &device),
+    );
+    assert_eq!(zero_k.dims(), [3, 9, 10]);
+    assert_eq!(zero_k.abs().max().into_scalar::<f32>(), 0.0);
+    let zero_n = matmul_batched(
+        Tensor::<3>::ones([3, 9, 4], &device),
+        Tensor::<3>::ones([3, 4, 0], &device),
+    );
+    assert_eq!(zero_n.dims(), [3, 9, 0]);
+}
+
+#[test]
+fn a_batched_gemm_product_under_autodiff_has_burns_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(18);
+    let q = Tensor::<4>::random([2, 3, 20, 16], Distribution::Default, &device).require_grad();
+    let k = Tensor::<4>::random([2, 3, 20, 16], Distribution::Default, &device).require_grad();
+    let weights = Tensor::<4>::random([2, 3, 20, 20], Distribution::Default, &device);
+    // Through a transposed view, as attention's q·kᵀ.
+    let out = matmul_batched(q.clone(), k.clone().swap_dims(2, 3));
+    let grads = (out * weights.clone()).sum().backward();
+    let (q2, k2) = (
+        q.clone().detach().require_grad(),
+        k.clone().detach().require_grad(),
+    );
+    let burns = q2.clone().matmul(k2.clone().swap_dims(2, 3));
+    let grads_burn = (burns * weights).sum().backward();
+    let dq = max_diff(q.grad(&grads).unwrap(), q2.grad(&grads_burn).unwrap());
+    let dk = max_diff(k.grad(&grads).unwrap(), k2.grad(&grads_burn).unwrap());
+    assert!(dq < 1e-5 && dk < 1e-5, "{dq} {dk}");
+}
