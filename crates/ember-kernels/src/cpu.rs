@@ -298,6 +298,39 @@ pub fn scale_in_place(x: &mut [f32], factor: f32) {
     });
 }
 
+/// Rows `ids` of `table` (rows of `width`), on all threads. Panics on an id outside the table.
+pub fn gather_rows(table: &[f32], width: usize, ids: &[i64]) -> Vec<f32> {
+    let rows = table.len() / width.max(1);
+    par_collect(ids.len() * width, row_chunk(width), |start, out| {
+        let first = start / width.max(1);
+        for (i, out) in out.chunks_mut(width).enumerate() {
+            let id = ids[first + i];
+            let row = usize::try_from(id)
+                .ok()
+                .filter(|&r| r < rows)
+                .unwrap_or_else(|| panic!("token id {id} is outside the embedding's {rows} rows"));
+            for (o, &v) in out.iter_mut().zip(&table[row * width..(row + 1) * width]) {
+                o.write(v);
+            }
+        }
+    })
+}
+
+/// The gradient of [`gather_rows`]: a `[rows, width]` table of zeros (zeroed on all threads)
+/// with each row of `grad` added into row `ids[i]`, in order (repeated ids accumulate).
+pub fn scatter_add_rows(grad: &[f32], width: usize, ids: &[i64], rows: usize) -> Vec<f32> {
+    let mut table = par_collect(rows * width, CHUNK, |_, out| {
+        out.fill(MaybeUninit::new(0.0));
+    });
+    for (&id, g) in ids.iter().zip(grad.chunks(width.max(1))) {
+        let row = id as usize; // checked by the forward pass
+        for (t, &g) in table[row * width..(row + 1) * width].iter_mut().zip(g) {
+            *t += g;
+        }
+    }
+    table
+}
+
 /// Whole rows of `width` per parallel task, about [`CHUNK`] elements.
 fn row_chunk(width: usize) -> usize {
     let width = width.max(1); // empty rows: any non-zero chunk (there is nothing to split)

@@ -60,6 +60,15 @@ pub trait FusedOps: Backend {
     /// Inverted dropout of drop probability `prob` whose mask is a function of `seed` and the
     /// element index ([`cpu::DropoutMask`]); its backward pass is the same op on the gradient.
     fn dropout(x: FloatTensor<Self>, seed: u64, prob: f64) -> FloatTensor<Self>;
+    /// Rows `ids` (any shape) of `table: [vocab, emb]` → `[ids.., emb]`.
+    fn lookup_rows(table: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self>;
+    /// `[vocab, emb]` gradient of the table from the gradient `[ids.., emb]` of
+    /// [`lookup_rows`](FusedOps::lookup_rows)'s output.
+    fn lookup_rows_backward(
+        grad: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        vocab: usize,
+    ) -> FloatTensor<Self>;
     /// `[1]`: the sum of the squares of all elements (not differentiable).
     fn squared_sum(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x · factor`, in place where `x`'s storage is its own (not differentiable).
@@ -124,6 +133,13 @@ pub(crate) fn scale<const D: usize>(x: Tensor<D>, factor: f32) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::scale(x.into_dispatch(), factor))
 }
 
+pub(crate) fn embedding(table: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::lookup_rows(
+        table.into_dispatch(),
+        ids.into_dispatch(),
+    ))
+}
+
 pub(crate) fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let (nll, _lse) =
         <Dispatch as FusedOps>::nll_rows(logits.into_dispatch(), targets.into_dispatch());
@@ -170,7 +186,7 @@ fn values(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 }
 
 /// Integer targets as `i64`, whatever the int dtype.
-fn targets_i64(targets: &FlexTensor) -> Vec<i64> {
+fn int_values(targets: &FlexTensor) -> Vec<i64> {
     let targets = targets.to_contiguous();
     match targets.dtype() {
         DType::I64 => targets.as_slice::<i64>().expect("contiguous").to_vec(),
@@ -180,17 +196,13 @@ fn targets_i64(targets: &FlexTensor) -> Vec<i64> {
             .iter()
             .map(|&t| t as i64)
             .collect(),
-        dtype => panic!("cross-entropy targets must be i64 or i32, got {dtype:?}"),
+        dtype => panic!("integer tensors (targets, token ids) must be i64 or i32, got {dtype:?}"),
     }
 }
 
 fn dims_2d(tensor: &FlexTensor) -> [usize; 2] {
     let shape = tensor.layout().shape();
-    assert_eq!(
-        shape.num_dims(),
-        2,
-        "matmul_2d takes 2-D tensors, got {shape:?}"
-    );
+    assert_eq!(shape.num_dims(), 2, "expected a 2-D tensor, got {shape:?}");
     [shape[0], shape[1]]
 }
 
@@ -532,7 +544,7 @@ impl FusedOps for Flex {
 
     fn nll_rows(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
         let classes = logits.layout().shape()[1];
-        let targets = targets_i64(&targets);
+        let targets = int_values(&targets);
         let (nll, lse) = cpu::nll_rows(&values(&logits), classes, &targets);
         let rows = Shape::new([targets.len()]);
         (tensor_from(nll, rows.clone()), tensor_from(lse, rows))
@@ -545,7 +557,7 @@ impl FusedOps for Flex {
         grad: FlexTensor,
     ) -> FlexTensor {
         let classes = logits.layout().shape()[1];
-        let targets = targets_i64(&targets);
+        let targets = int_values(&targets);
         let dlogits = cpu::nll_rows_backward(
             &values(&logits),
             classes,
@@ -567,6 +579,23 @@ impl FusedOps for Flex {
         } else {
             tensor_from(cpu::dropout(&values(&x), mask), x.layout().shape().clone())
         }
+    }
+
+    fn lookup_rows(table: FlexTensor, ids: FlexTensor) -> FlexTensor {
+        let [_, emb] = dims_2d(&table);
+        let mut shape: Vec<usize> = ids.layout().shape().to_vec();
+        shape.push(emb);
+        let rows = cpu::gather_rows(&values(&table), emb, &int_values(&ids));
+        tensor_from(rows, Shape::from(shape))
+    }
+
+    /// Zeroes the table on all threads and adds the rows into it: Burn's zero-fills it and
+    /// copies it once more to realign it, on one thread (150 MB for GPT-2's vocabulary).
+    fn lookup_rows_backward(grad: FlexTensor, ids: FlexTensor, vocab: usize) -> FlexTensor {
+        let shape = grad.layout().shape();
+        let emb = shape[shape.num_dims() - 1];
+        let table = cpu::scatter_add_rows(&values(&grad), emb, &int_values(&ids), vocab);
+        tensor_from(table, Shape::new([vocab, emb]))
     }
 
     fn squared_sum(x: FlexTensor) -> FlexTensor {
@@ -723,6 +752,24 @@ impl<B: Backend + FusedOps> Backward<B, 2> for MatmulBatched {
     }
 }
 
+/// An embedding lookup's backward: the output's gradient added into a zero table at the ids.
+#[derive(Debug)]
+struct Embedding {
+    vocab: usize,
+}
+
+impl<B: Backend + FusedOps> Backward<B, 1> for Embedding {
+    /// The ids looked up.
+    type State = IntTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let ids = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::lookup_rows_backward(grad, ids, self.vocab)
+        });
+    }
+}
+
 #[derive(Debug)]
 struct NllRows;
 
@@ -829,6 +876,28 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             Self::inner(lse),
             Self::inner(grad),
         ))
+    }
+
+    fn lookup_rows(table: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self> {
+        let vocab = table.shape()[0];
+        let (table, guard) = table.into_parts();
+        let out = B::lookup_rows(table, ids.clone());
+        match (Embedding { vocab })
+            .prepare::<C>([guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(ids, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn lookup_rows_backward(
+        grad: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        vocab: usize,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::lookup_rows_backward(Self::inner(grad), ids, vocab))
     }
 
     fn squared_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -617,3 +617,33 @@ fn a_batched_gemm_product_under_autodiff_has_burns_gradients() {
     let dk = max_diff(k.grad(&grads).unwrap(), k2.grad(&grads_burn).unwrap());
     assert!(dq < 1e-5 && dk < 1e-5, "{dq} {dk}");
 }
+
+#[test]
+fn embedding_lookups_match_burns_in_value_and_gradient() {
+    let device = Device::flex().autodiff();
+    device.seed(19);
+    let table = Tensor::<2>::random([50, 24], Distribution::Default, &device);
+    // Repeated ids accumulate into their row; rows never looked up get zero.
+    let ids = Tensor::<2, Int>::from_data([[3, 7, 3, 49], [0, 3, 7, 12]], &device);
+    let weights = Tensor::<3>::random([2, 4, 24], Distribution::Default, &device);
+    let ours = table.clone().require_grad();
+    let theirs = table.require_grad();
+    let (a, b) = (
+        embedding(ours.clone(), ids.clone()),
+        burn::tensor::module::embedding(theirs.clone(), ids),
+    );
+    assert_eq!(a.dims(), [2, 4, 24]);
+    assert_eq!(max_diff(a.clone(), b.clone()), 0.0);
+    let grad_ours = grad_of(&ours, (a * weights.clone()).sum());
+    let grad_theirs = grad_of(&theirs, (b * weights).sum());
+    let diff = max_diff(grad_ours, grad_theirs);
+    assert!(diff < 1e-6, "{diff}");
+}
+
+#[test]
+#[should_panic(expected = "token id 50 is outside the embedding's 50 rows")]
+fn an_embedding_id_outside_the_table_is_named() {
+    let device = Device::flex();
+    let table = Tensor::<2>::zeros([50, 4], &device);
+    embedding(table, Tensor::<2, Int>::from_data([[1, 50]], &device));
+}

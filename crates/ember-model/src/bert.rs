@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::Trainable;
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
-use crate::layers::{attention, dropout, linear, padding_hide, split_heads, tied_logits};
+use crate::layers::{attention, dropout, linear, lookup, padding_hide, split_heads, tied_logits};
 use crate::loss::cross_entropy;
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
@@ -257,9 +257,9 @@ impl BertEmbeddings {
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &ids.device())
             .reshape([1, seq])
             .expand([batch, seq]);
-        let x = self.word_embeddings.forward(ids)
-            + self.position_embeddings.forward(positions)
-            + self.token_type_embeddings.forward(token_types);
+        let x = lookup(&self.word_embeddings, ids)
+            + lookup(&self.position_embeddings, positions)
+            + lookup(&self.token_type_embeddings, token_types);
         dropout(&self.drop, self.layer_norm.forward(x))
     }
 }

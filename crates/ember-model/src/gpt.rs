@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, dropout, gelu_tanh, linear_split, split_heads, tied_logits_split,
+    LayerCache, attention, dropout, gelu_tanh, linear_split, lookup, split_heads, tied_logits_split,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
@@ -482,7 +482,7 @@ impl Gpt {
             .expand([batch, seq]);
         let mut x = dropout(
             &self.drop,
-            self.wte.forward(ids) + self.wpe.forward(positions),
+            lookup(&self.wte, ids) + lookup(&self.wpe, positions),
         );
         for block in &self.h {
             x = block.forward(x);
@@ -511,7 +511,7 @@ impl Gpt {
         cache.layers.resize(self.h.len(), None);
         let mut x = dropout(
             &self.drop,
-            self.wte.forward(ids) + self.wpe.forward(positions),
+            lookup(&self.wte, ids) + lookup(&self.wpe, positions),
         );
         for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
             x = block.forward_cached(x, hide.clone(), layer, cache.threads);

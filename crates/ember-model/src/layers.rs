@@ -1,7 +1,7 @@
 //! Building blocks shared by the model families: multi-head scaled dot-product attention and
 //! the output head tied to a token embedding.
 
-use burn::nn::{Dropout, Linear};
+use burn::nn::{Dropout, Embedding, Linear};
 use burn::prelude::*;
 use ember_kernels::{matmul_batched, softmax};
 
@@ -13,6 +13,13 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
         return x;
     }
     ember_kernels::dropout(x, module.prob)
+}
+
+/// Burn's `Embedding` module's lookup `ids: [batch, seq]` → `[batch, seq, emb]` by
+/// [`ember_kernels::embedding`], whose gradient on the CPU backend skips two single-threaded
+/// passes over the whole table.
+pub fn lookup(module: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
+    ember_kernels::embedding(module.weight.val(), ids)
 }
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.

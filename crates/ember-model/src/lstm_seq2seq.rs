@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, param, read_checked, set_linear, transpose};
-use crate::layers::dropout;
+use crate::layers::{dropout, lookup};
 use crate::weights::TensorSet;
 
 /// Hyper-parameters of an [`LstmSeq2Seq`] (`configs/seq2seq/*.toml`).
@@ -268,7 +268,7 @@ impl LstmSeq2Seq {
         let real = src.clone().not_equal_elem(self.pad_id as i64).float(); // [batch, src]
         let keep: Vec<Tensor<2>> = (0..len).map(|s| real.clone().narrow(1, s, 1)).collect();
         let zeros = || Tensor::<2>::zeros([batch, self.hidden()], &device);
-        let emb = self.src_emb.forward(src);
+        let emb = lookup(&self.src_emb, src);
         let mut x = emb.clone();
         let mut finals = Vec::new();
         for (l, layer) in self.encoder.iter().enumerate() {
@@ -334,7 +334,7 @@ impl LstmSeq2Seq {
     /// One decoding step: `tokens: [batch]` → logits `[batch, tgt_vocab]`, updating `state`.
     pub fn decode_step(&self, tokens: Tensor<1, Int>, state: &mut LstmState) -> Tensor<2> {
         let batch = tokens.dims()[0];
-        let emb = self.tgt_emb.forward(tokens.reshape([batch, 1]));
+        let emb = lookup(&self.tgt_emb, tokens.reshape([batch, 1]));
         let mut x = emb.reshape([batch, self.tgt_emb.weight.dims()[1]]);
         if let Some((context, weights)) = self.attend(state) {
             x = Tensor::cat(vec![x, context], 1);

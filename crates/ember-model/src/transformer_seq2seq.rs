@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, read_checked, set_layer_norm, set_linear, transpose};
-use crate::layers::{LayerCache, attention_keeping_weights, dropout, linear, split_heads};
+use crate::layers::{LayerCache, attention_keeping_weights, dropout, linear, lookup, split_heads};
 use crate::weights::{HostTensor, TensorSet};
 
 /// How positions enter the embeddings.
@@ -416,12 +416,12 @@ impl TransformerSeq2Seq {
     ) -> Tensor<3> {
         let [batch, len] = ids.dims();
         let device = ids.device();
-        let x = table.forward(ids).mul_scalar((self.d_model as f32).sqrt());
+        let x = lookup(table, ids).mul_scalar((self.d_model as f32).sqrt());
         let pos = match positions {
             Some(table) => {
                 let index = Tensor::<1, Int>::arange(start as i64..(start + len) as i64, &device)
                     .reshape([1, len]);
-                table.forward(index)
+                lookup(table, index)
             }
             None => sinusoidal_positions(start, len, self.d_model, &device).reshape([
                 1,
