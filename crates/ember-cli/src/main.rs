@@ -90,17 +90,19 @@ enum Command {
 ///
 /// A training step allocates and frees tensors of 100–400 MB (logits, embedding-sized gradients,
 /// AdamW's moments). glibc serves every allocation above 32 MB with a fresh `mmap` and unmaps it
-/// on free, so each such tensor page-faults and zeroes all its pages again, every step; small
-/// ones are trimmed from the heap top and faulted back alike. Serving all from the heap and
+/// on free, so each such tensor page-faults and zeroes all its pages again, every step; freed
+/// memory at the heap's top is trimmed and faulted back alike. Serving all from the heap and
 /// never trimming it made training steps 20–35% faster here (gpt-tiny batch 8, gpt2-small
-/// batch 2), for 4–10% more peak memory (`ember bench train` shows both).
+/// batch 2), for 4–10% more peak memory (`ember bench train` shows both). The trim threshold
+/// −1 turns trimming off entirely (mallopt(3)); `c_int::MAX` would still trim a free top above
+/// 2 GiB, which larger batches can free at once.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator settings; it is called before any other thread
     // exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
     }
 }
 
@@ -148,24 +150,7 @@ fn info(device_spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// glibc hands freed memory back to the kernel eagerly, and training frees and reallocates
-/// the same large buffers every step, so each step page-faults them in again. Keeping freed
-/// memory (trim threshold 1 GiB) and serving buffers up to 32 MiB from the heap took a micro
-/// model's training from 14 s of system time to 0.2 s (1.7× tokens/s, same losses).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
