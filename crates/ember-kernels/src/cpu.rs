@@ -331,6 +331,126 @@ pub fn scatter_add_rows(grad: &[f32], width: usize, ids: &[i64], rows: usize) ->
     table
 }
 
+/// LayerNorm of each row of `width`: `(x − μ)·r·γ + β` with the row's mean `μ` and
+/// `r = 1/√(σ² + ε)` (biased variance, as PyTorch), on all threads. Returns the output and each
+/// row's `[μ, r]`, which the backward pass reuses.
+pub fn layer_norm_rows(
+    x: &[f32],
+    width: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        gamma.len() == width && beta.len() == width,
+        "layer_norm: γ/β of the wrong width"
+    );
+    let rows = x.len() / width.max(1);
+    let chunk_rows = (CHUNK / width.max(1)).max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(x.len());
+    let mut stats = vec![0.0f32; 2 * rows];
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(chunk_rows * width.max(1))
+        .zip(stats.par_chunks_mut(2 * chunk_rows))
+        .enumerate()
+        .for_each(|(c, (out, stats))| {
+            let first = c * chunk_rows * width;
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    let rows = out.chunks_mut(width).zip(stats.chunks_mut(2));
+                    for (r, (out, stat)) in rows.enumerate() {
+                        let row = &x[first + r * width..first + (r + 1) * width];
+                        let mean = lane_sum(row, |v| v) / width as f32;
+                        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / width as f32;
+                        let rstd = 1.0 / (var + epsilon).sqrt();
+                        for (((o, &v), &g), &b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
+                            o.write((v - mean) * rstd * g + b);
+                        }
+                        stat.copy_from_slice(&[mean, rstd]);
+                    }
+                },
+            )
+        });
+    // SAFETY: every row of every chunk was written just above.
+    unsafe { out.set_len(x.len()) };
+    (out, stats)
+}
+
+/// `Σ f(v)` over `row` in 16 lanes, so that it vectorises.
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let whole = row.chunks_exact(16);
+    let tail: f32 = whole.remainder().iter().map(|&v| f(v)).sum();
+    for part in whole {
+        for (lane, &v) in lanes.iter_mut().zip(part) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The gradients `(dx, dγ, dβ)` of [`layer_norm_rows`] from the output's gradient `dy`, with
+/// `x̂ = (x − μ)·r`: `dβ = Σ_rows dy`, `dγ = Σ_rows dy·x̂`, and per row with `g = dy·γ`:
+/// `dx = r·(g − mean(g) − x̂·mean(g·x̂))`. The column sums are per chunk of rows, added in
+/// chunk order (the same bits on any thread count).
+pub fn layer_norm_rows_backward(
+    x: &[f32],
+    width: usize,
+    gamma: &[f32],
+    stats: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    assert!(
+        x.len() == dy.len() && gamma.len() == width,
+        "layer_norm_backward: shapes differ"
+    );
+    let chunk_rows = (CHUNK / width.max(1)).max(1);
+    let mut dx: Vec<f32> = Vec::with_capacity(x.len());
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(chunk_rows * width.max(1))
+        .enumerate()
+        .map(|(c, dx)| {
+            let first = c * chunk_rows;
+            let (mut dgamma, mut dbeta) = (vec![0.0f32; width], vec![0.0f32; width]);
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for (r, dx) in dx.chunks_mut(width).enumerate() {
+                        let at = (first + r) * width;
+                        let (row, dy) = (&x[at..at + width], &dy[at..at + width]);
+                        let (mean, rstd) = (stats[2 * (first + r)], stats[2 * (first + r) + 1]);
+                        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+                        for j in 0..width {
+                            let xhat = (row[j] - mean) * rstd;
+                            let g = dy[j] * gamma[j];
+                            sum_g += g;
+                            sum_gx += g * xhat;
+                            dgamma[j] += dy[j] * xhat;
+                            dbeta[j] += dy[j];
+                        }
+                        let (mean_g, mean_gx) = (sum_g / width as f32, sum_gx / width as f32);
+                        for (j, o) in dx.iter_mut().enumerate() {
+                            let xhat = (row[j] - mean) * rstd;
+                            o.write(rstd * (dy[j] * gamma[j] - mean_g - xhat * mean_gx));
+                        }
+                    }
+                },
+            );
+            (dgamma, dbeta)
+        })
+        .collect();
+    // SAFETY: every row of every chunk was written just above.
+    unsafe { dx.set_len(x.len()) };
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; width], vec![0.0f32; width]);
+    for (g, b) in &partials {
+        dgamma.iter_mut().zip(g).for_each(|(t, v)| *t += v);
+        dbeta.iter_mut().zip(b).for_each(|(t, v)| *t += v);
+    }
+    (dx, dgamma, dbeta)
+}
+
 /// Whole rows of `width` per parallel task, about [`CHUNK`] elements.
 fn row_chunk(width: usize) -> usize {
     let width = width.max(1); // empty rows: any non-zero chunk (there is nothing to split)

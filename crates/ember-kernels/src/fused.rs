@@ -60,6 +60,22 @@ pub trait FusedOps: Backend {
     /// Inverted dropout of drop probability `prob` whose mask is a function of `seed` and the
     /// element index ([`cpu::DropoutMask`]); its backward pass is the same op on the gradient.
     fn dropout(x: FloatTensor<Self>, seed: u64, prob: f64) -> FloatTensor<Self>;
+    /// LayerNorm over the last dimension of `x` with scale `gamma` and shift `beta`
+    /// (`[width]`): the output and `[rows, 2]` per-row statistics (mean, 1/std) for the
+    /// backward pass.
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// `(dx, dγ, dβ)` of [`layer_norm`](FusedOps::layer_norm) from the output's gradient.
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// Rows `ids` (any shape) of `table: [vocab, emb]` → `[ids.., emb]`.
     fn lookup_rows(table: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self>;
     /// `[vocab, emb]` gradient of the table from the gradient `[ids.., emb]` of
@@ -138,6 +154,21 @@ pub(crate) fn embedding(table: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
         table.into_dispatch(),
         ids.into_dispatch(),
     ))
+}
+
+pub(crate) fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let (y, _stats) = <Dispatch as FusedOps>::layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    Tensor::from_dispatch(y)
 }
 
 pub(crate) fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
@@ -598,6 +629,50 @@ impl FusedOps for Flex {
         tensor_from(table, Shape::new([vocab, emb]))
     }
 
+    fn layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().clone();
+        let width = shape[shape.num_dims() - 1];
+        let (y, stats) = cpu::layer_norm_rows(
+            &values(&x),
+            width,
+            &values(&gamma),
+            &values(&beta),
+            epsilon as f32,
+        );
+        let rows = stats.len() / 2;
+        (
+            tensor_from(y, shape),
+            tensor_from(stats, Shape::new([rows, 2])),
+        )
+    }
+
+    fn layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        stats: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().clone();
+        let width = shape[shape.num_dims() - 1];
+        let (dx, dgamma, dbeta) = cpu::layer_norm_rows_backward(
+            &values(&x),
+            width,
+            &values(&gamma),
+            &values(&stats),
+            &values(&grad),
+        );
+        (
+            tensor_from(dx, shape),
+            tensor_from(dgamma, Shape::new([width])),
+            tensor_from(dbeta, Shape::new([width])),
+        )
+    }
+
     fn squared_sum(x: FlexTensor) -> FlexTensor {
         let sum = cpu::squared_sum(&values(&x)) as f32;
         tensor_from(vec![sum], Shape::new([1]))
@@ -770,6 +845,27 @@ impl<B: Backend + FusedOps> Backward<B, 1> for Embedding {
     }
 }
 
+/// LayerNorm's backward: the input, the scale and the per-row statistics give all three
+/// gradients in one pass.
+#[derive(Debug)]
+struct LayerNormOp;
+
+impl<B: Backend + FusedOps> Backward<B, 3> for LayerNormOp {
+    /// The input, γ, and `[rows, 2]` (mean, 1/std).
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma, stats) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let (dx, dgamma, dbeta) = B::layer_norm_backward(x, gamma, stats, grad);
+        for (parent, grad) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct NllRows;
 
@@ -898,6 +994,46 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         vocab: usize,
     ) -> FloatTensor<Self> {
         Self::from_inner(B::lookup_rows_backward(Self::inner(grad), ids, vocab))
+    }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, x_guard) = x.into_parts();
+        let (gamma, gamma_guard) = gamma.into_parts();
+        let (beta, beta_guard) = beta.into_parts();
+        let (y, stats) = <B as FusedOps>::layer_norm(x.clone(), gamma.clone(), beta, epsilon);
+        let y = match LayerNormOp
+            .prepare::<C>([x_guard, gamma_guard, beta_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, stats.clone()), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, Self::from_inner(stats))
+    }
+
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dgamma, dbeta) = B::layer_norm_backward(
+            Self::inner(x),
+            Self::inner(gamma),
+            Self::inner(stats),
+            Self::inner(grad),
+        );
+        (
+            Self::from_inner(dx),
+            Self::from_inner(dgamma),
+            Self::from_inner(dbeta),
+        )
     }
 
     fn squared_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -239,6 +239,34 @@ pub fn embedding(table: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
     burn::tensor::module::embedding(table, ids)
 }
 
+/// LayerNorm over the last dimension (biased variance, `epsilon` inside the square root, as
+/// PyTorch and Burn): `(x − mean)/√(var + ε)·gamma + beta`, `gamma`, `beta: [width]`. On the CPU
+/// backend one pass over the rows on all threads whose backward gives `dx`, `dγ` and `dβ` in one
+/// more; Burn's, under autodiff, is about ten single-threaded tensor ops forward and more
+/// backward, each allocating an activation-sized tensor. Elsewhere [`layer_norm_composed`].
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(x.dtype(), &x.device()) {
+        return fused::layer_norm(x, gamma, beta, epsilon);
+    }
+    layer_norm_composed(x, gamma, beta, epsilon)
+}
+
+/// [`layer_norm`] by Burn's op.
+pub fn layer_norm_composed<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    burn::tensor::module::layer_norm(x, gamma, Some(beta), epsilon)
+}
+
 /// Negative log-likelihood of each row's target class: `logits: [n, classes]`, `targets: [n]`
 /// → `[n]`, `logsumexp(row) − row[target]`, and 0 for rows whose target is negative (PyTorch's
 /// `ignore_index = -100` convention). Targets must be below `classes`.

@@ -647,3 +647,36 @@ fn an_embedding_id_outside_the_table_is_named() {
     let table = Tensor::<2>::zeros([50, 4], &device);
     embedding(table, Tensor::<2, Int>::from_data([[1, 50]], &device));
 }
+
+#[test]
+fn layer_norm_matches_burns_in_value_and_every_gradient() {
+    let device = Device::flex().autodiff();
+    device.seed(20);
+    // Rows not a multiple of a parallel chunk, width not of 16 lanes, a large mean (the
+    // variance is taken about it), and BERT's epsilon.
+    let x = Tensor::<3>::random([5, 70, 37], Distribution::Normal(3.0, 2.0), &device);
+    let gamma = Tensor::<1>::random([37], Distribution::Normal(1.0, 0.5), &device);
+    let beta = Tensor::<1>::random([37], Distribution::Normal(0.0, 0.5), &device);
+    let weights = Tensor::<3>::random([5, 70, 37], Distribution::Default, &device);
+    for epsilon in [1e-5, 1e-12] {
+        let leaves = || {
+            (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            )
+        };
+        let (x1, g1, b1) = leaves();
+        let (x2, g2, b2) = leaves();
+        let ours = layer_norm(x1.clone(), g1.clone(), b1.clone(), epsilon);
+        let theirs = layer_norm_composed(x2.clone(), g2.clone(), b2.clone(), epsilon);
+        assert!(max_diff(ours.clone(), theirs.clone()) < 1e-5);
+        let grads = (ours * weights.clone()).sum().backward();
+        let grads_burn = (theirs * weights.clone()).sum().backward();
+        let dx = max_diff(x1.grad(&grads).unwrap(), x2.grad(&grads_burn).unwrap());
+        let dg = max_diff(g1.grad(&grads).unwrap(), g2.grad(&grads_burn).unwrap());
+        let db = max_diff(b1.grad(&grads).unwrap(), b2.grad(&grads_burn).unwrap());
+        // dγ and dβ are sums over 350 rows of magnitude ~100: f32 rounding of ~1e-6 relative.
+        assert!(dx < 1e-5 && dg < 1e-3 && db < 1e-3, "{dx} {dg} {db}");
+    }
+}

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::Trainable;
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
-use crate::layers::{attention, dropout, linear, lookup, padding_hide, split_heads, tied_logits};
+use crate::layers::{
+    attention, dropout, layer_norm, linear, lookup, padding_hide, split_heads, tied_logits,
+};
 use crate::loss::cross_entropy;
 
 /// Hyper-parameters of a BERT encoder (`configs/models/bert-*.toml`, or HF `config.json`).
@@ -260,7 +262,7 @@ impl BertEmbeddings {
         let x = lookup(&self.word_embeddings, ids)
             + lookup(&self.position_embeddings, positions)
             + lookup(&self.token_type_embeddings, token_types);
-        dropout(&self.drop, self.layer_norm.forward(x))
+        dropout(&self.drop, layer_norm(&self.layer_norm, x))
     }
 }
 
@@ -289,7 +291,7 @@ impl BertAttention {
         let v = split_heads(linear(&self.value, x.clone()), heads);
         let context = attention(q, k, v, hide, &self.attn_drop);
         let out = dropout(&self.resid_drop, linear(&self.output, context));
-        self.output_norm.forward(x + out)
+        layer_norm(&self.output_norm, x + out)
     }
 }
 
@@ -312,7 +314,7 @@ impl BertLayer {
         let x = self.attention.forward(x, hide);
         let hidden = self.act.forward(linear(&self.intermediate, x.clone()));
         let ff = linear(&self.output, hidden);
-        self.output_norm.forward(x + dropout(&self.resid_drop, ff))
+        layer_norm(&self.output_norm, x + dropout(&self.resid_drop, ff))
     }
 }
 

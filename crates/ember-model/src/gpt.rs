@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, dropout, gelu_tanh, linear_split, lookup, split_heads, tied_logits_split,
+    LayerCache, attention, dropout, gelu_tanh, layer_norm, linear_split, lookup, split_heads,
+    tied_logits_split,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
@@ -295,8 +296,16 @@ pub struct GptBlock {
 
 impl GptBlock {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + dropout(&self.resid_drop, self.attn.forward(self.ln_1.forward(x)));
-        x.clone() + dropout(&self.resid_drop, self.mlp.forward(self.ln_2.forward(x)))
+        let x = x.clone()
+            + dropout(
+                &self.resid_drop,
+                self.attn.forward(layer_norm(&self.ln_1, x)),
+            );
+        x.clone()
+            + dropout(
+                &self.resid_drop,
+                self.mlp.forward(layer_norm(&self.ln_2, x)),
+            )
     }
 
     /// [`GptBlock::forward`] with attention through a key/value cache; `threads`: see
@@ -308,14 +317,14 @@ impl GptBlock {
         cache: &mut Option<LayerCache>,
         threads: usize,
     ) -> Tensor<3> {
-        let attn = self
-            .attn
-            .forward_cached(self.ln_1.forward(x.clone()), hide, cache, threads);
+        let attn =
+            self.attn
+                .forward_cached(layer_norm(&self.ln_1, x.clone()), hide, cache, threads);
         let x = x + dropout(&self.resid_drop, attn);
         x.clone()
             + dropout(
                 &self.resid_drop,
-                self.mlp.forward_split(self.ln_2.forward(x), threads),
+                self.mlp.forward_split(layer_norm(&self.ln_2, x), threads),
             )
     }
 }
@@ -487,7 +496,7 @@ impl Gpt {
         for block in &self.h {
             x = block.forward(x);
         }
-        self.ln_f.forward(x)
+        layer_norm(&self.ln_f, x)
     }
 
     /// Final hidden states `[batch, new, emb]` of `ids: [batch, new]`, continuing the sequence
@@ -516,7 +525,7 @@ impl Gpt {
         for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
             x = block.forward_cached(x, hide.clone(), layer, cache.threads);
         }
-        self.ln_f.forward(x)
+        layer_norm(&self.ln_f, x)
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.

@@ -1,7 +1,7 @@
 //! Building blocks shared by the model families: multi-head scaled dot-product attention and
 //! the output head tied to a token embedding.
 
-use burn::nn::{Dropout, Embedding, Linear};
+use burn::nn::{Dropout, Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 use ember_kernels::{matmul_batched, softmax};
 
@@ -20,6 +20,27 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
 /// passes over the whole table.
 pub fn lookup(module: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
     ember_kernels::embedding(module.weight.val(), ids)
+}
+
+/// Burn's `LayerNorm` module applied by [`ember_kernels::layer_norm`] (one pass forward and
+/// one backward on the CPU backend, instead of about ten single-threaded ops each way under
+/// autodiff). The module keeps its epsilon private; it is read from the module's display
+/// (Rust prints an `f64` as the shortest decimal that parses back to it), and a module without a
+/// shift or whose display does not say takes Burn's own forward.
+pub fn layer_norm<const D: usize>(module: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    match (&module.beta, layer_norm_epsilon(module)) {
+        (Some(beta), Some(epsilon)) => {
+            ember_kernels::layer_norm(x, module.gamma.val(), beta.val(), epsilon)
+        }
+        _ => module.forward(x),
+    }
+}
+
+/// The epsilon of a `LayerNorm`, from its display `LayerNorm {d_model: 6, epsilon: 0.00001, …}`.
+fn layer_norm_epsilon(module: &LayerNorm) -> Option<f64> {
+    let shown = module.to_string();
+    let rest = &shown[shown.find("epsilon: ")? + "epsilon: ".len()..];
+    rest[..rest.find([',', '}'])?].trim().parse().ok()
 }
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
@@ -231,6 +252,25 @@ impl LayerCache {
 
 #[cfg(test)]
 mod tests {
+    /// The fused LayerNorm reads the module's epsilon: the same output as Burn's forward for
+    /// GPT-2's and BERT's values and a non-round one.
+    #[test]
+    fn layer_norm_reads_the_modules_epsilon() {
+        let device = Device::flex();
+        let x = Tensor::<2>::from_data([[1.0, 1.0 + 1e-3, 1.0 - 1e-3, 1.0]], &device);
+        for epsilon in [1e-5, 1e-12, 3.7e-6, 0.25] {
+            let module = burn::nn::LayerNormConfig::new(4)
+                .with_epsilon(epsilon)
+                .init(&device);
+            assert_eq!(super::layer_norm_epsilon(&module), Some(epsilon));
+            let diff: f32 = (layer_norm(&module, x.clone()) - module.forward(x.clone()))
+                .abs()
+                .max()
+                .into_scalar();
+            assert!(diff < 1e-4, "{epsilon}: {diff}");
+        }
+    }
+
     use super::*;
     use burn::nn::LinearConfig;
 

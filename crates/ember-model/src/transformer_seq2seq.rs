@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Validate, check, config_from_toml, load_config};
 use crate::hf::{HfError, read_checked, set_layer_norm, set_linear, transpose};
-use crate::layers::{LayerCache, attention_keeping_weights, dropout, linear, lookup, split_heads};
+use crate::layers::{
+    LayerCache, attention_keeping_weights, dropout, layer_norm, linear, lookup, split_heads,
+};
 use crate::weights::{HostTensor, TensorSet};
 
 /// How positions enter the embeddings.
@@ -159,7 +161,7 @@ impl FeedForward {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = dropout(&self.drop, relu(linear(&self.linear1, x.clone())));
         let y = linear(&self.linear2, hidden);
-        self.norm.forward(x + dropout(&self.drop, y))
+        layer_norm(&self.norm, x + dropout(&self.drop, y))
     }
 }
 
@@ -177,7 +179,7 @@ impl EncoderLayer {
         let (k, v) = self.self_attn.keys_values(x.clone());
         let a = self.self_attn.attend(x.clone(), k, v, hide);
         self.ff
-            .forward(self.norm1.forward(x + dropout(&self.drop, a)))
+            .forward(layer_norm(&self.norm1, x + dropout(&self.drop, a)))
     }
 }
 
@@ -207,7 +209,7 @@ impl DecoderLayer {
         let a = self
             .self_attn
             .attend(x.clone(), self_kv.0, self_kv.1, self_hide);
-        let x = self.norm1.forward(x + dropout(&self.drop, a));
+        let x = layer_norm(&self.norm1, x + dropout(&self.drop, a));
         let (c, weights) = self.cross_attn.attend_keeping_weights(
             x.clone(),
             cross_kv.0,
@@ -215,7 +217,7 @@ impl DecoderLayer {
             memory_hide,
             cross_weights,
         );
-        let x = self.norm2.forward(x + dropout(&self.drop, c));
+        let x = layer_norm(&self.norm2, x + dropout(&self.drop, c));
         (self.ff.forward(x), weights)
     }
 }
@@ -450,7 +452,7 @@ impl TransformerSeq2Seq {
         for layer in &self.encoder {
             x = layer.forward(x, hide.clone());
         }
-        self.encoder_norm.forward(x)
+        layer_norm(&self.encoder_norm, x)
     }
 
     /// Teacher-forced logits `[batch, tgt, tgt_vocab]` of target inputs `tgt: [batch, tgt]`
@@ -534,7 +536,7 @@ impl TransformerSeq2Seq {
         if decoding {
             cache.len += len;
         }
-        self.decoder_norm.forward(x)
+        layer_norm(&self.decoder_norm, x)
     }
 
     /// One cached decoding step: `tokens: [batch]` at position `cache.len` → logits
