@@ -1,7 +1,8 @@
 //! Fused kernels for the element-wise work that dominates a CPU training step once the matrix
-//! products are fast: the GELU of every feed-forward block, the attention softmax, the
-//! cross-entropy over `[tokens, vocab]` logits and the AdamW update of every parameter; the
-//! 2-D matrix products themselves, whose outputs Burn's CPU backend zero-fills and copies once
+//! products are fast: the GELU of every feed-forward block, the attention softmax, LayerNorm,
+//! dropout, the embedding lookup's gradient, the cross-entropy over `[tokens, vocab]` logits,
+//! the gradient norm for clipping and the AdamW update of every parameter; the 2-D and batched
+//! matrix products themselves, whose outputs Burn's CPU backend zero-fills and copies once
 //! more on one thread before the product starts; and the products of a decoding step (one row
 //! per sequence, attention over one query per head), which only read weights and the key/value
 //! cache and so run as passes at the machine's read bandwidth on every thread.

@@ -25,11 +25,12 @@ pub fn lookup(module: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
 /// Burn's `LayerNorm` module applied by [`ember_kernels::layer_norm`] (one pass forward and
 /// one backward on the CPU backend, instead of about ten single-threaded ops each way under
 /// autodiff). The module keeps its epsilon private; it is read from the module's display
-/// (Rust prints an `f64` as the shortest decimal that parses back to it), and a module without a
-/// shift or whose display does not say takes Burn's own forward.
+/// (Rust prints an `f64` as the shortest decimal that parses back to it). A module without a
+/// shift or whose display does not say, and inputs other than `f32` (which Burn's forward
+/// normalises in a wider type), take Burn's own forward.
 pub fn layer_norm<const D: usize>(module: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
     match (&module.beta, layer_norm_epsilon(module)) {
-        (Some(beta), Some(epsilon)) => {
+        (Some(beta), Some(epsilon)) if x.dtype() == burn::tensor::DType::F32 => {
             ember_kernels::layer_norm(x, module.gamma.val(), beta.val(), epsilon)
         }
         _ => module.forward(x),
