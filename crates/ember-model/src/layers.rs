@@ -1,5 +1,6 @@
-//! Building blocks shared by the model families: multi-head scaled dot-product attention and
-//! the output head tied to a token embedding.
+//! Building blocks shared by the model families: multi-head scaled dot-product attention, the
+//! output head tied to a token embedding, and Burn's `Dropout`, `Embedding` and `LayerNorm`
+//! modules applied through ember's fused CPU kernels.
 
 use burn::nn::{Dropout, Embedding, LayerNorm, Linear};
 use burn::prelude::*;
