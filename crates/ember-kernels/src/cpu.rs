@@ -266,21 +266,11 @@ pub fn dropout_in_place(x: &mut [f32], mask: DropoutMask) {
 pub fn squared_sum(x: &[f32]) -> f64 {
     let chunks: Vec<f64> = x
         .par_chunks(CHUNK)
+        // f32 within a chunk, f64 across chunks.
         .map(|chunk| {
             simd::dispatch(
                 #[inline(always)]
-                || {
-                    // 16 lanes so the loop vectorises; f32 within a chunk, f64 across chunks.
-                    let mut lanes = [0.0f32; 16];
-                    let whole = chunk.chunks_exact(16);
-                    let tail: f32 = whole.remainder().iter().map(|v| v * v).sum();
-                    for part in whole {
-                        for (lane, &v) in lanes.iter_mut().zip(part) {
-                            *lane += v * v;
-                        }
-                    }
-                    lanes.iter().sum::<f32>() as f64 + tail as f64
-                },
+                || dot(chunk, chunk) as f64,
             )
         })
         .collect();
@@ -346,11 +336,11 @@ pub fn layer_norm_rows(
         "layer_norm: γ/β of the wrong width"
     );
     let rows = x.len() / width.max(1);
-    let chunk_rows = (CHUNK / width.max(1)).max(1);
+    let chunk_rows = row_chunk(width) / width.max(1);
     let mut out: Vec<f32> = Vec::with_capacity(x.len());
     let mut stats = vec![0.0f32; 2 * rows];
     out.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(chunk_rows * width.max(1))
+        .par_chunks_mut(row_chunk(width))
         .zip(stats.par_chunks_mut(2 * chunk_rows))
         .enumerate()
         .for_each(|(c, (out, stats))| {
@@ -406,10 +396,10 @@ pub fn layer_norm_rows_backward(
         x.len() == dy.len() && gamma.len() == width,
         "layer_norm_backward: shapes differ"
     );
-    let chunk_rows = (CHUNK / width.max(1)).max(1);
+    let chunk_rows = row_chunk(width) / width.max(1);
     let mut dx: Vec<f32> = Vec::with_capacity(x.len());
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(chunk_rows * width.max(1))
+        .par_chunks_mut(row_chunk(width))
         .enumerate()
         .map(|(c, dx)| {
             let first = c * chunk_rows;

@@ -313,6 +313,21 @@ fn few_rows_product(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3]) -
     })
 }
 
+/// The element offset in a tensor laid out as `layout` of the output's batch element `b`
+/// (row-major over `batch_dims`, the output's batch dimensions, which the tensor's leading
+/// dimensions equal or broadcast against with size 1).
+fn batch_offset(layout: &Layout, batch_dims: &[usize], b: usize) -> isize {
+    let (shape, strides) = (layout.shape(), layout.strides());
+    let (mut rest, mut offset) = (b, layout.start_offset() as isize);
+    for d in (0..batch_dims.len()).rev() {
+        if shape[d] != 1 {
+            offset += (rest % batch_dims[d]) as isize * strides[d];
+        }
+        rest /= batch_dims[d];
+    }
+    offset
+}
+
 /// [`FusedOps::matmul_batched`] on flex when every batch element has at most
 /// [`crate::SPLIT_MAX_ROWS`] rows, the batch dimensions agree or broadcast (size 1), and each
 /// batch element of `rhs` has contiguous rows or columns (a head of a cache buffer or of a
@@ -348,31 +363,19 @@ fn few_rows_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     let storage = rhs.storage::<f32>();
     let lhs_values = values(lhs);
     let batch: usize = batch_dims.iter().product();
+    // `lhs_values` are `lhs`'s elements in row-major order.
+    let lhs_layout = Layout::contiguous(lhs_shape.clone());
     let mut pairs = Vec::with_capacity(batch);
     for b in 0..batch {
-        // Element offsets of batch element `b` in `rhs` (strided) and the contiguous `lhs`.
-        let (mut rest, mut rhs_offset, mut lhs_index) =
-            (b, rhs.layout().start_offset() as isize, 0);
-        let mut lhs_stride = 1;
-        for d in (0..dims - 2).rev() {
-            let index = rest % batch_dims[d];
-            rest /= batch_dims[d];
-            if rhs_shape[d] != 1 {
-                rhs_offset += index as isize * strides[d];
-            }
-            if lhs_shape[d] != 1 {
-                lhs_index += index * lhs_stride;
-            }
-            lhs_stride *= lhs_shape[d];
-        }
-        let rhs_offset = usize::try_from(rhs_offset).ok()?;
+        let rhs_offset = usize::try_from(batch_offset(rhs.layout(), &batch_dims, b)).ok()?;
         let rhs_batch = cpu::Rows {
             values: storage.get(rhs_offset..rhs_offset + extent)?,
             rows,
             len,
             stride,
         };
-        let lhs_batch = &lhs_values[lhs_index * m * k..(lhs_index + 1) * m * k];
+        let lhs_offset = batch_offset(&lhs_layout, &batch_dims, b) as usize;
+        let lhs_batch = &lhs_values[lhs_offset..lhs_offset + m * k];
         pairs.push((lhs_batch, rhs_batch));
     }
     let out = cpu::matmul_few_rows_batched(&pairs, [m, k, n], transposed);
@@ -471,11 +474,7 @@ fn gemm_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
         let base = tensor.storage::<f32>().as_ptr() as usize;
         (0..batch)
             .map(|b| {
-                let (mut rest, mut offset) = (b, tensor.layout().start_offset() as isize);
-                for d in (0..dims - 2).rev() {
-                    offset += (rest % batch_dims[d]) as isize * strides[d];
-                    rest /= batch_dims[d];
-                }
+                let offset = batch_offset(tensor.layout(), batch_dims, b);
                 let address = base.wrapping_add_signed(offset * 4);
                 (address, strides[dims - 2], strides[dims - 1])
             })
