@@ -10,6 +10,7 @@ mod generate;
 mod hf;
 mod instruct;
 mod interrupt;
+mod memory;
 mod models;
 mod pretrain;
 mod progress;
@@ -21,6 +22,9 @@ mod tokenize;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: memory::HugePages = memory::HugePages;
 
 #[derive(Parser)]
 #[command(name = "ember", version, about, long_about = None)]
@@ -86,28 +90,8 @@ enum Command {
     Info,
 }
 
-/// Keeps freed memory in the process for the next allocation of its size.
-///
-/// A training step allocates and frees tensors of 100–400 MB (logits, embedding-sized gradients,
-/// AdamW's moments). glibc serves every allocation above 32 MB with a fresh `mmap` and unmaps it
-/// on free, so each such tensor page-faults and zeroes all its pages again, every step; freed
-/// memory at the heap's top is trimmed and faulted back alike. Serving all from the heap and
-/// never trimming it made training steps 20–35% faster here (gpt-tiny batch 8, gpt2-small
-/// batch 2), for 4–10% more peak memory (`ember bench train` shows both). The trim threshold
-/// −1 turns trimming off entirely (mallopt(3)); `c_int::MAX` would still trim a free top above
-/// 2 GiB, which larger batches can free at once.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator settings; it is called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
-    keep_freed_memory();
+    memory::keep_freed_memory();
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
