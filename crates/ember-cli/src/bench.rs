@@ -840,6 +840,9 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     use ember_model::generate::{GenerateOptions, generate};
     use ember_model::sampling::SamplingConfig;
 
+    // As `ember generate` decodes: weights (and the GEMV probe's) on huge pages.
+    crate::memory::huge_pages_from_now();
+
     let device = crate::device::parse_device(device_spec)?;
     let config = crate::models::load_gpt_config(&args.model, None)?;
     anyhow::ensure!(

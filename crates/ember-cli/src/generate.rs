@@ -69,6 +69,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
+    crate::memory::huge_pages_from_now();
     let device = device::parse_device(device_spec)?;
     let source = args
         .checkpoint

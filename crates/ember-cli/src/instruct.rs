@@ -545,6 +545,7 @@ pub fn response_options(
 }
 
 pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
+    crate::memory::huge_pages_from_now();
     if args.out.exists() && !args.force {
         bail!(
             "{} exists; choose another --out or pass --force to replace it",

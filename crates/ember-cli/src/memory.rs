@@ -13,12 +13,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// batch 2), for 4–10% more peak memory (`ember bench train` shows both). The trim threshold
 /// −1 turns trimming off entirely (mallopt(3)); `c_int::MAX` would still trim a free top above
 /// 2 GiB, which larger batches can free at once.
-///
-/// The heap also grows by at least 64 MiB at a time (`M_TOP_PAD`, untouched address space
-/// until used): glibc writes the new top's header into fresh memory before [`HugePages`] can
-/// advise it, and a 2 MiB stretch holding such a touched page stays on 4 KiB pages. With
-/// glibc's default padding (128 KiB) 383 of 485 MB of a decoding run's heap were on huge
-/// pages, with 64 MiB 471.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator settings; it is called before any other thread
@@ -26,9 +20,22 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Puts the heap's growth from now on on transparent huge pages ([`HugePages`]), for commands
+/// that decode: call it before loading the model, whose weights then land there.
+pub fn huge_pages_from_now() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator settings (under the allocator's own lock).
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+    HUGE_PAGES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`HugePages`] advises the heap's growth ([`huge_pages_from_now`]).
+static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The system allocator, with the heap marked for transparent huge pages as it grows
 /// (`madvise(MADV_HUGEPAGE)` over each new stretch of 2 MiB pages past the program break), where
@@ -40,9 +47,16 @@ pub fn keep_freed_memory() {
 /// costs a TLB walk. Measured here (2 cores): summing 500 MB read 30.4–33.1 GB/s on 4 KiB pages
 /// and 35.6–36.4 on 2 MiB pages; glibc's switch took decoding from 47.6–54.5 to 55.4–60.3
 /// tokens/s, and this allocator from 45.1–47.8 to 48.4–52.3 (+7–13% in each of 4 alternated
-/// pairs); training steps moved within the noise (gpt-tiny −4%, gpt2-small ±0 in medians of
-/// 3) at the same peak memory. The main thread's blocks come from that heap
-/// ([`keep_freed_memory`] sends even the largest there), the weights among them.
+/// pairs). The main thread's blocks come from that heap ([`keep_freed_memory`] sends even the
+/// largest there), the weights among them.
+///
+/// Only after [`huge_pages_from_now`], which the decoding commands call: on the whole heap,
+/// training steps were slower (gpt2-small batch 2 146.6–158.2 against 164.7–169.7 tokens/s,
+/// batch 8 178.6–184.6 against 185.4–191.9, 3 alternated pairs). That call also makes the heap
+/// grow by at least 64 MiB at a time (`M_TOP_PAD`, untouched address space until used): glibc
+/// writes the new top's header into fresh memory before it can be advised, and a 2 MiB stretch
+/// holding such a touched page stays on 4 KiB pages — with glibc's default padding (128 KiB)
+/// 383 of 485 MB of a decoding run's heap were on huge pages, with 64 MiB 471.
 pub struct HugePages;
 
 const HUGE_PAGE: usize = 2 << 20;
@@ -51,7 +65,7 @@ impl HugePages {
     /// Advises the heap between the last advised 2 MiB boundary and the current break.
     fn advise_heap_growth() {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        {
+        if HUGE_PAGES.load(std::sync::atomic::Ordering::Relaxed) {
             use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
             /// The end of the advised part of the heap; 0 until the first call.
             static ADVISED_TO: AtomicUsize = AtomicUsize::new(0);
@@ -59,7 +73,11 @@ impl HugePages {
             let brk = unsafe { libc::sbrk(0) } as usize;
             let end = brk / HUGE_PAGE * HUGE_PAGE;
             let from = ADVISED_TO.load(Relaxed);
-            if from == 0 {
+            if end < from {
+                // The heap was trimmed (not with `keep_freed_memory`'s settings): what grows
+                // back is a new mapping, to be advised again.
+                let _ = ADVISED_TO.compare_exchange(from, end, Relaxed, Relaxed);
+            } else if from == 0 {
                 // The heap below the first break seen is small and already in use.
                 let _ = ADVISED_TO.compare_exchange(
                     0,
