@@ -50,8 +50,8 @@ static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// pairs). The main thread's blocks come from that heap ([`keep_freed_memory`] sends even the
 /// largest there), the weights among them.
 ///
-/// Only after [`huge_pages_from_now`], which the decoding commands call: on the whole heap,
-/// training steps were slower (gpt2-small batch 2 146.6–158.2 against 164.7–169.7 tokens/s,
+/// Only after [`huge_pages_from_now`], which the decoding commands call: with it (and its
+/// padding, below) on the whole heap from the start, training steps were slower (gpt2-small batch 2 146.6–158.2 against 164.7–169.7 tokens/s,
 /// batch 8 178.6–184.6 against 185.4–191.9, 3 alternated pairs). That call also makes the heap
 /// grow by at least 64 MiB at a time (`M_TOP_PAD`, untouched address space until used): glibc
 /// writes the new top's header into fresh memory before it can be advised, and a 2 MiB stretch
