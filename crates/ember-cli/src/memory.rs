@@ -38,7 +38,8 @@ pub fn huge_pages_from_now() {
 static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The system allocator, with the heap marked for transparent huge pages as it grows
-/// (`madvise(MADV_HUGEPAGE)` over each new stretch of 2 MiB pages past the program break), where
+/// (`madvise(MADV_HUGEPAGE)` over each stretch of 2 MiB pages the program break has passed
+/// since the last advice; Linux with glibc only), where
 /// the kernel leaves that to the program (`/sys/kernel/mm/transparent_hugepage/enabled` =
 /// `madvise`, a common default) — what glibc does itself under
 /// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which a program cannot set for itself once started.
@@ -56,9 +57,11 @@ static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// grow by at least 64 MiB at a time (`M_TOP_PAD`, untouched address space until used): glibc
 /// writes the new top's header into fresh memory before it can be advised, and a 2 MiB stretch
 /// holding such a touched page stays on 4 KiB pages — with glibc's default padding (128 KiB)
-/// 383 of 485 MB of a decoding run's heap were on huge pages, with 64 MiB 471.
+/// 383 of 485 MB of a decoding run's heap were on huge pages, with 64 MiB 471. (glibc also
+/// commits that padding for each new per-thread heap: address space, not resident memory.)
 pub struct HugePages;
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const HUGE_PAGE: usize = 2 << 20;
 
 impl HugePages {
@@ -72,12 +75,12 @@ impl HugePages {
             // SAFETY: sbrk(0) only reads the current break.
             let brk = unsafe { libc::sbrk(0) } as usize;
             let end = brk / HUGE_PAGE * HUGE_PAGE;
+            if brk == usize::MAX {
+                return; // sbrk's (void*)-1: no heap to advise.
+            }
+            // The heap is never trimmed ([`keep_freed_memory`]), so the break only grows.
             let from = ADVISED_TO.load(Relaxed);
-            if end < from {
-                // The heap was trimmed (not with `keep_freed_memory`'s settings): what grows
-                // back is a new mapping, to be advised again.
-                let _ = ADVISED_TO.compare_exchange(from, end, Relaxed, Relaxed);
-            } else if from == 0 {
+            if from == 0 {
                 // The heap below the first break seen is small and already in use.
                 let _ = ADVISED_TO.compare_exchange(
                     0,

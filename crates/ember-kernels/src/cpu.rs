@@ -622,7 +622,10 @@ pub fn adamw_update(
 /// waking them delays the next product. Measured on 2 cores: 768×3072 products with 30–100 µs
 /// of work on one thread between them streamed 31.0–35.0 GB/s without this and 33.9–39.8 with
 /// it (34–35 with no gap); gpt2-small decoding 51.4 → 54.1 tokens/s (medians of 7 alternated
-/// pairs, 5 faster, 2 even). Training never reaches these kernels (more than 8 rows).
+/// pairs, 5 faster, 2 even). Training steps of real configs do not reach these kernels (their
+/// products have more than 8 rows), only the sample decoded after an epoch. With more than two
+/// threads, a worker waiting inside another parallel operation in the gap can take a spinning
+/// job and be held up to the time limit.
 fn keeping_workers_awake<R>(product: impl FnOnce() -> R) -> R {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     static PRODUCTS: AtomicUsize = AtomicUsize::new(0);
