@@ -39,10 +39,10 @@ static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 
 /// The system allocator, with the heap marked for transparent huge pages as it grows
 /// (`madvise(MADV_HUGEPAGE)` over each stretch of 2 MiB pages the program break has passed
-/// since the last advice; Linux with glibc only), where
-/// the kernel leaves that to the program (`/sys/kernel/mm/transparent_hugepage/enabled` =
-/// `madvise`, a common default) — what glibc does itself under
-/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which a program cannot set for itself once started.
+/// since the last advice; Linux with glibc only), where the kernel leaves that to the program
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`, a common default) — what glibc
+/// does itself under `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which a program cannot set for
+/// itself once started.
 /// Why: decoding streams ~500 MB of gpt2-small weights per token and is bound by memory
 /// bandwidth; on 4 KiB pages the hardware prefetchers stop at every page boundary and each page
 /// costs a TLB walk. Measured here (2 cores): summing 500 MB read 30.4–33.1 GB/s on 4 KiB pages
@@ -52,13 +52,14 @@ static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// largest there), the weights among them.
 ///
 /// Only after [`huge_pages_from_now`], which the decoding commands call: with it (and its
-/// padding, below) on the whole heap from the start, training steps were slower (gpt2-small batch 2 146.6–158.2 against 164.7–169.7 tokens/s,
-/// batch 8 178.6–184.6 against 185.4–191.9, 3 alternated pairs). That call also makes the heap
-/// grow by at least 64 MiB at a time (`M_TOP_PAD`, untouched address space until used): glibc
-/// writes the new top's header into fresh memory before it can be advised, and a 2 MiB stretch
-/// holding such a touched page stays on 4 KiB pages — with glibc's default padding (128 KiB)
-/// 383 of 485 MB of a decoding run's heap were on huge pages, with 64 MiB 471. (glibc also
-/// commits that padding for each new per-thread heap: address space, not resident memory.)
+/// padding, below) on the whole heap from the start, training steps were slower (gpt2-small
+/// batch 2 146.6–158.2 against 164.7–169.7 tokens/s, batch 8 178.6–184.6 against
+/// 185.4–191.9, 3 alternated pairs). That call also makes the heap grow by at least 64 MiB at
+/// a time (`M_TOP_PAD`, untouched address space until used): glibc writes the new top's header
+/// into fresh memory before it can be advised, and a 2 MiB stretch holding such a touched page
+/// stays on 4 KiB pages — with glibc's default padding (128 KiB) 383 of 485 MB of a decoding
+/// run's heap were on huge pages, with 64 MiB 471. (glibc also commits that padding for each
+/// new per-thread heap: address space, not resident memory.)
 pub struct HugePages;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
