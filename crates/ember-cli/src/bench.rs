@@ -840,6 +840,7 @@ fn train_bench(
 
 fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> {
     use burn::prelude::*;
+    use burn::tensor::DType;
     use ember_model::generate::{GenerateOptions, generate};
     use ember_model::sampling::SamplingConfig;
 
@@ -901,23 +902,25 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
             started.elapsed().as_secs_f64()
         );
     }
-    let timed = |use_cache: bool| -> Result<(Vec<Vec<u32>>, f64)> {
+    let timed_with = |model: &ember_model::gpt::Gpt,
+                      use_cache: bool,
+                      label: &str|
+     -> Result<(Vec<Vec<u32>>, f64)> {
         let options = options(use_cache);
-        let label = if use_cache {
-            "ember, KV cache"
-        } else {
-            "ember, no cache"
-        };
         let bar = crate::progress::count_bar((args.new_tokens * args.batch) as u64, label);
         let started = Instant::now();
         let out =
-            generate(&model, &prompts, &options, |_, _| bar.inc(1)).map_err(anyhow::Error::msg)?;
+            generate(model, &prompts, &options, |_, _| bar.inc(1)).map_err(anyhow::Error::msg)?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let tokens: Vec<Vec<u32>> = out.into_iter().map(|g| g.tokens).collect();
         let rate = (args.new_tokens * args.batch) as f64 / seconds;
         println!("{label:>24}: {rate:8.1} tokens/s ({seconds:.1} s)");
         Ok((tokens, rate))
+    };
+    let timed = |use_cache: bool| match use_cache {
+        true => timed_with(&model, true, "ember, KV cache"),
+        false => timed_with(&model, false, "ember, no cache"),
     };
     let reference_args = {
         let mut list = Vec::new();
@@ -1013,6 +1016,28 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         row["no_cache_tokens_per_s"] = json!(plain);
         row["cache_tokens_agree"] = json!(cached_tokens == plain_tokens);
     }
+    // Weights stored in bf16 (`--weight-dtype bf16`) where the backend reads them as stored:
+    // half the bytes per token. Outside the target, which is for f32 weights on both sides.
+    let bf16 = if ember_kernels::weight_dtype_read(DType::F32, DType::BF16, &device) {
+        let model = model.clone().with_bf16_weights();
+        let (tokens, rate) = timed_with(&model, true, "ember, bf16 weights")?;
+        let agree = tokens
+            .iter()
+            .zip(&cached_tokens)
+            .map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count())
+            .min()
+            .unwrap_or(0);
+        println!(
+            "{:>24}: {:.2}× f32's tokens/s; the first {agree} of {} greedy tokens are f32's",
+            "bf16 weights",
+            rate / cached,
+            args.new_tokens
+        );
+        json!({"tokens_per_s": rate, "tokens_agreeing_with_f32": agree})
+    } else {
+        Value::Null
+    };
+    row["bf16_weights"] = bf16;
     let reference = median_reference(&reference_runs);
     row["rounds"] = rounds_json(&cached_runs, &reference_runs);
     warn_missing_rounds("transformers generate", &reference_runs);
@@ -1028,6 +1053,13 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         fmt_ratio(&row["ratio"]),
         rounds_note(args.rounds)
     );
+    if let (Some(rate), Some(theirs)) = (row["bf16_weights"]["tokens_per_s"].as_f64(), theirs) {
+        println!(
+            "{:>24}: {:.2}× transformers' f32 tokens/s (no target: other weights)",
+            "bf16 weights",
+            rate / theirs
+        );
+    }
     row["reference"] = reference.map_or(Value::Null, |mut r| {
         r["name"] = json!("transformers GPT2LMHeadModel.generate, use_cache=True");
         r

@@ -511,6 +511,8 @@ pub struct RespondArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    weight_dtype: crate::generate::WeightDtypeArg,
 }
 
 /// Loads a model for answering instructions, with its template.
@@ -559,6 +561,10 @@ pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?;
     let (model, tokenizer, template) =
         load_responder_parts(&args.checkpoint, args.template.as_deref(), &device)?;
+    let model = args
+        .weight_dtype
+        .weight_dtype
+        .apply(model, &device, device_spec)?;
     let responder = Responder {
         model: &model,
         tokenizer: &tokenizer,

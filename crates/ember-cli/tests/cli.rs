@@ -226,6 +226,22 @@ fn pretrain_then_generate_then_resume() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout(&out).starts_with("Every effort moves you"));
+    // Weights stored in bf16 for decoding.
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        run_str,
+        "--prompt",
+        "Every effort moves you",
+        "--max-new-tokens",
+        "5",
+        "--no-eos",
+        "--weight-dtype",
+        "bf16",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout(&out).starts_with("Every effort moves you"));
     // Sampling with a seed repeats itself.
     let sampled = |seed: &str| {
         stdout(&ember(&[

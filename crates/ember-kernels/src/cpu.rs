@@ -657,6 +657,27 @@ fn keeping_workers_awake<R>(product: impl FnOnce() -> R) -> R {
 /// gaps inside a decoding step, short enough that an idle process stops spinning at once.
 const SPIN_BETWEEN_PRODUCTS: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// A weight value as the few-rows products read it: `f32`, or bf16 (the upper half of an
+/// `f32`'s bits), which halves the bytes a decoding step streams. Widening is exact.
+pub trait Weight: Copy + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for burn::tensor::bf16 {
+    /// A shift, which vectorises (`half`'s conversion also quietens NaNs, a branch per value).
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
 /// Rows of the right operand per parallel task of [`matmul_few_rows`]: a fixed size, so every
 /// output is summed in the same order whatever the thread count, and small enough that GPT-2's
 /// weights (768 or 3072 rows) split evenly over 2, 3, 4, 6 or 12 threads.
@@ -669,7 +690,17 @@ const ROWS_PER_TASK: usize = 64;
 /// product only reads the weight, and gemm's packing and single thread for small products
 /// reach about two thirds of this machine's read bandwidth; contiguous blocks per thread are
 /// what the hardware prefetchers stream fastest (column slices per thread measured ~15% slower).
-pub fn matmul_few_rows(lhs: &[f32], m: usize, rhs: &[f32], k: usize, n: usize) -> Vec<f32> {
+///
+/// `rhs` may be stored in bf16 ([`Weight`]): each value is widened to `f32` as it is read, so
+/// the sums are bit for bit those of the `f32` product of the widened weight, from half the
+/// bytes.
+pub fn matmul_few_rows<W: Weight>(
+    lhs: &[f32],
+    m: usize,
+    rhs: &[W],
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
     assert!(
         lhs.len() == m * k && rhs.len() == k * n,
         "matmul_few_rows: shapes differ"
@@ -705,11 +736,11 @@ pub fn matmul_few_rows(lhs: &[f32], m: usize, rhs: &[f32], k: usize, n: usize) -
 /// is the `n` values from `i · row_stride`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn accumulate_rows(
+fn accumulate_rows<W: Weight>(
     lhs: &[f32],
     m: usize,
     k: usize,
-    rhs: &[f32],
+    rhs: &[W],
     n: usize,
     row_stride: usize,
     rows: std::ops::Range<usize>,
@@ -724,7 +755,7 @@ fn accumulate_rows(
             let (x0, x1, x2, x3) = (x[0], x[1], x[2], x[3]);
             let acc = &mut acc[r * n..(r + 1) * n];
             for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                *a += x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3;
+                *a += x0 * v0.widen() + x1 * v1.widen() + x2 * v2.widen() + x3 * v3.widen();
             }
         }
         i += 4;
@@ -734,26 +765,27 @@ fn accumulate_rows(
         for r in 0..m {
             let x = lhs[r * k + i];
             for (a, &v) in acc[r * n..(r + 1) * n].iter_mut().zip(w) {
-                *a += x * v;
+                *a += x * v.widen();
             }
         }
     }
 }
 
-/// `a · b` over equal-length slices, in 16 independent lanes (vectorised), then summed.
+/// `a · b` over equal-length slices, in 16 independent lanes (vectorised), then summed; `b`
+/// widened to `f32` as it is read.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     let mut lanes = [0.0f32; 16];
     let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a_chunks
         .remainder()
         .iter()
         .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * y.widen())
         .sum();
     for (x, y) in a_chunks.zip(b_chunks) {
         for l in 0..16 {
-            lanes[l] += x[l] * y[l];
+            lanes[l] += x[l] * y[l].widen();
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -765,7 +797,14 @@ const TABLE_ROWS_PER_TASK: usize = 32;
 /// `lhs: [m, k]` · `rhsᵀ` for `rhs: [n, k]` (both row-major) for `m` ≤
 /// [`crate::SPLIT_MAX_ROWS`]: one dot product per output, along contiguous rows of `rhs` (a
 /// tied head's embedding table), blocks of rows of `rhs` split across threads.
-pub fn matmul_nt_few_rows(lhs: &[f32], m: usize, rhs: &[f32], n: usize, k: usize) -> Vec<f32> {
+/// `rhs` may be stored in bf16, as for [`matmul_few_rows`].
+pub fn matmul_nt_few_rows<W: Weight>(
+    lhs: &[f32],
+    m: usize,
+    rhs: &[W],
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     assert!(
         lhs.len() == m * k && rhs.len() == n * k,
         "matmul_nt_few_rows: shapes differ"

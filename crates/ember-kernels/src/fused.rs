@@ -12,7 +12,7 @@ use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
 use burn::prelude::*;
-use burn::tensor::{Bytes, DType};
+use burn::tensor::{Bytes, DType, FloatDType, bf16};
 use burn_flex::{FlexTensor, Layout};
 
 use crate::AdamWStep;
@@ -22,6 +22,14 @@ use crate::cpu;
 /// with or without autodiff.
 pub(crate) fn runs_on(dtype: DType, device: &Device) -> bool {
     dtype == DType::F32 && device.clone().inner() == Device::flex()
+}
+
+/// Whether [`FusedOps::matmul_2d`] takes a weight of `weight` dtype times `x`-dtype rows on
+/// `device`: both `f32` as [`runs_on`], or a bf16 weight (read as stored by the few-rows
+/// kernels, widened once for larger products) outside autodiff, whose tracked product and
+/// backward pass are `f32`-only.
+pub(crate) fn reads_weight(x: DType, weight: DType, device: &Device) -> bool {
+    runs_on(x, device) && (weight == DType::F32 || weight == DType::BF16 && !device.is_autodiff())
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -304,13 +312,31 @@ fn few_rows_product(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3]) -
     if stride != if transposed { k } else { n } {
         return None; // rows apart from each other: not one dense block
     }
-    let start = rhs.layout().start_offset();
-    let rhs = rhs.storage::<f32>().get(start..start + k * n)?;
     let lhs = values(lhs);
-    Some(match transposed {
-        false => cpu::matmul_few_rows(&lhs, m, rhs, k, n),
-        true => cpu::matmul_nt_few_rows(&lhs, m, rhs, n, k),
+    let start = rhs.layout().start_offset();
+    Some(match rhs.dtype() {
+        DType::BF16 => {
+            let rhs = rhs.storage::<bf16>().get(start..start + k * n)?;
+            few_rows_by(&lhs, rhs, [m, k, n], transposed)
+        }
+        _ => {
+            let rhs = rhs.storage::<f32>().get(start..start + k * n)?;
+            few_rows_by(&lhs, rhs, [m, k, n], transposed)
+        }
     })
+}
+
+/// [`cpu::matmul_few_rows`] or, for `rhs` read as its transpose, [`cpu::matmul_nt_few_rows`].
+fn few_rows_by<W: cpu::Weight>(
+    lhs: &[f32],
+    rhs: &[W],
+    [m, k, n]: [usize; 3],
+    transposed: bool,
+) -> Vec<f32> {
+    match transposed {
+        false => cpu::matmul_few_rows(lhs, m, rhs, k, n),
+        true => cpu::matmul_nt_few_rows(lhs, m, rhs, n, k),
+    }
 }
 
 /// The element offset in a tensor laid out as `layout` of the output's batch element `b`
@@ -520,6 +546,11 @@ impl FusedOps for Flex {
         if let Some(out) = few_rows_product(&lhs, &rhs, [m, k, n]) {
             return tensor_from(out, Shape::new([m, n]));
         }
+        // A bf16 weight outside the few-rows products (a prompt's prefill): widened once here.
+        let rhs = match rhs.dtype() {
+            DType::BF16 => <Flex as FloatTensorOps<Flex>>::float_cast(rhs, FloatDType::F32),
+            _ => rhs,
+        };
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let (lhs, rhs) = (strided_2d(&lhs), strided_2d(&rhs));
         // SAFETY: `strided_2d` addresses `[m, k]` and `[k, n]` elements inside the operands'

@@ -73,12 +73,43 @@ pub const SPLIT_MAX_ROWS: usize = 8;
 /// backends run products below 192³ multiply-adds on one thread, i.e. at one core's bandwidth.
 /// On the flex backend [`matmul`] already reads such a product's weight on all of rayon's
 /// threads; elsewhere (ndarray) [`matmul_split_composed`].
+///
+/// `rhs` may be a weight stored in another dtype than `lhs` (bf16 weights for decoding, see
+/// [`weight_dtype_read`]): the flex backend reads it as it is stored; elsewhere it is cast to
+/// `lhs`'s dtype first.
 pub fn matmul_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
     #[cfg(feature = "flex")]
-    if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
+    if fused::reads_weight(lhs.dtype(), rhs.dtype(), &lhs.device()) {
         return fused::matmul_2d(lhs, rhs);
     }
+    let rhs = cast_like(rhs, &lhs);
     matmul_split_composed(lhs, rhs, threads)
+}
+
+/// Whether [`matmul_split`] and [`matmul_nt_split`] read a weight of `weight` dtype as it is
+/// stored when multiplying `activations`-dtype rows on `device`, rather than casting it on
+/// every call: `f32` or bf16 weights times `f32` rows on the CPU backend outside autodiff.
+/// What storing decoding weights in bf16 saves is bytes streamed per token; where this is
+/// false it would only add casts.
+pub fn weight_dtype_read(
+    activations: burn::tensor::DType,
+    weight: burn::tensor::DType,
+    device: &Device,
+) -> bool {
+    #[cfg(feature = "flex")]
+    if fused::reads_weight(activations, weight, device) {
+        return true;
+    }
+    let _ = device;
+    activations == weight
+}
+
+/// `weight` in `like`'s dtype (a no-op when they agree).
+fn cast_like(weight: Tensor<2>, like: &Tensor<2>) -> Tensor<2> {
+    match like.dtype() {
+        dtype if dtype == weight.dtype() => weight,
+        dtype => weight.cast(dtype),
+    }
 }
 
 /// [`matmul_split`] from Burn's products: for few rows and `threads` > 1, the output columns
@@ -97,9 +128,10 @@ pub fn matmul_split_composed(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> 
 /// [`matmul_split`]: on flex [`matmul_nt`], elsewhere [`matmul_nt_split_composed`].
 pub fn matmul_nt_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
     #[cfg(feature = "flex")]
-    if fused::runs_on(lhs.dtype(), &lhs.device()) && fused::runs_on(rhs.dtype(), &rhs.device()) {
+    if fused::reads_weight(lhs.dtype(), rhs.dtype(), &lhs.device()) {
         return fused::matmul_2d_nt(lhs, rhs);
     }
+    let rhs = cast_like(rhs, &lhs);
     matmul_nt_split_composed(lhs, rhs, threads)
 }
 

@@ -309,6 +309,53 @@ fn few_row_products_match_burns_for_every_shape_and_layout() {
 }
 
 #[test]
+fn bf16_weights_give_the_bits_of_their_f32_widening_in_every_product() {
+    use burn::tensor::DType;
+    let device = Device::flex();
+    device.seed(14);
+    assert!(weight_dtype_read(DType::F32, DType::BF16, &device));
+    assert!(!weight_dtype_read(
+        DType::F32,
+        DType::BF16,
+        &device.clone().autodiff()
+    ));
+    assert!(weight_dtype_read(DType::F32, DType::F32, &device));
+    // Few rows (the kernels read bf16 as stored) and 12 rows (widened once, then gemm); k not a
+    // multiple of the 16 lanes or the 4-row groups.
+    for (m, k, n) in [(1, 130, 33), (3, 768, 40), (8, 67, 5), (12, 130, 33)] {
+        let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let rhs = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+        let table = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+        let (rhs_bf16, table_bf16) = (rhs.clone().cast(DType::BF16), table.cast(DType::BF16));
+        let (rhs_wide, table_wide) = (
+            rhs_bf16.clone().cast(DType::F32),
+            table_bf16.clone().cast(DType::F32),
+        );
+        assert_eq!(
+            values_of(matmul(lhs.clone(), rhs_bf16.clone())),
+            values_of(matmul(lhs.clone(), rhs_wide.clone())),
+            "[{m}, {k}]·[{k}, {n}]"
+        );
+        assert_eq!(
+            values_of(matmul_nt(lhs.clone(), table_bf16.clone())),
+            values_of(matmul_nt(lhs.clone(), table_wide.clone())),
+            "[{m}, {k}]·[{n}, {k}]ᵀ"
+        );
+        // Under autodiff (training) the weight is cast back to f32 first: the same product.
+        let tracked = device.clone().autodiff();
+        let lhs_tracked = Tensor::<2>::from_data(lhs.to_data(), &tracked);
+        let rhs_tracked = Tensor::<2>::from_data(rhs.to_data(), &tracked).cast(DType::BF16);
+        assert_eq!(rhs_tracked.dtype(), DType::BF16);
+        let product = matmul(lhs_tracked, rhs_tracked).into_data();
+        let diff = max_diff(
+            Tensor::<2>::from_data(product, &device),
+            matmul(lhs, rhs_wide),
+        );
+        assert!(diff < 1e-5 * (k as f32).sqrt(), "autodiff: {diff}");
+    }
+}
+
+#[test]
 fn few_row_products_give_the_same_bits_on_any_number_of_threads() {
     let device = Device::flex();
     device.seed(13);

@@ -296,3 +296,86 @@ fn a_tiny_model_learns_to_copy_its_input() {
         "copy loss {loss_value} (ln 40 = 3.69 is chance)"
     );
 }
+
+/// `model` with every weight that [`Gpt::with_bf16_weights`] stores in bf16 widened back to f32.
+fn widened(mut model: ember_model::gpt::Gpt) -> ember_model::gpt::Gpt {
+    use burn::module::Param;
+    use burn::tensor::DType;
+    let f32 = |param: &mut Param<Tensor<2>>| {
+        *param = Param::from_tensor(param.val().cast(DType::F32));
+    };
+    for block in &mut model.h {
+        f32(&mut block.attn.c_attn.weight);
+        f32(&mut block.attn.c_proj.weight);
+        f32(&mut block.mlp.c_fc.weight);
+        f32(&mut block.mlp.c_proj.weight);
+    }
+    f32(&mut model.wte.weight);
+    if let Some(head) = &mut model.lm_head {
+        f32(&mut head.weight);
+    }
+    model
+}
+
+#[test]
+fn bf16_weights_decode_exactly_as_their_f32_widening() {
+    use burn::tensor::DType;
+    use ember_model::generate::{GenerateOptions, generate};
+    use ember_model::gpt::KvCache;
+
+    let device = Device::flex();
+    device.seed(5);
+    for tie_weights in [false, true] {
+        let config = GptConfig {
+            tie_weights,
+            emb_init_std: 0.02,
+            ..tiny(50, 32)
+        };
+        let bf16 = config.init(&device).with_bf16_weights();
+        assert_eq!(bf16.wte.weight.val().dtype(), DType::BF16);
+        assert_eq!(bf16.h[0].attn.c_attn.weight.val().dtype(), DType::BF16);
+        assert_eq!(bf16.wpe.weight.val().dtype(), DType::F32);
+        let wide = widened(bf16.clone());
+        assert_eq!(wide.wte.weight.val().dtype(), DType::F32);
+        let bits = |x: Tensor<3>| {
+            assert_eq!(x.dtype(), DType::F32);
+            x.into_data().try_to_vec::<f32>().unwrap()
+        };
+
+        // 12 positions (products widened once, then gemm) and a cached prefill of 5 then one
+        // more token (few-rows products reading bf16 as stored) on 2 threads.
+        let ids = Tensor::<2, Int>::from_data([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]], &device);
+        assert_eq!(bits(bf16.forward(ids.clone())), bits(wide.forward(ids)));
+        let step = |model: &ember_model::gpt::Gpt| {
+            let mut cache = KvCache::with_threads(2);
+            let ids = Tensor::<2, Int>::from_data([[7, 0, 49, 12, 3]], &device);
+            let positions = Tensor::<2, Int>::from_data([[0, 1, 2, 3, 4]], &device);
+            let hide = Tensor::<2, Bool>::tril_mask([5, 5], 0, &device).reshape([1, 1, 5, 5]);
+            let prefill = model.forward_cached(ids, positions, hide, &mut cache);
+            let next = model.forward_cached(
+                Tensor::from_data([[11]], &device),
+                Tensor::from_data([[5]], &device),
+                Tensor::<4, Bool>::from_data([[[[false; 6]]]], &device),
+                &mut cache,
+            );
+            (
+                bits(model.head_split(prefill, 2)),
+                bits(model.head_split(next, 2)),
+            )
+        };
+        assert_eq!(step(&bf16), step(&wide), "tie_weights {tie_weights}");
+
+        let options = GenerateOptions {
+            max_new_tokens: 20,
+            sampling: Default::default(),
+            eos_id: None,
+            seed: 1,
+            use_cache: true,
+            threads: 2,
+        };
+        let prompts = [vec![1, 2, 3], (0..12).collect::<Vec<u32>>()];
+        let run =
+            |model: &ember_model::gpt::Gpt| generate(model, &prompts, &options, |_, _| {}).unwrap();
+        assert_eq!(run(&bf16), run(&wide));
+    }
+}
