@@ -210,38 +210,24 @@ fn pretrain_then_generate_then_resume() {
     let png = std::fs::read(run.join("loss.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 
-    let out = ember(&[
-        "generate",
-        "--checkpoint",
-        run_str,
-        "--prompt",
-        "Every effort moves you",
-        "--max-new-tokens",
-        "5",
-        "--no-eos",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout(&out).starts_with("Every effort moves you"));
-    // Weights stored in bf16 for decoding.
-    let out = ember(&[
-        "generate",
-        "--checkpoint",
-        run_str,
-        "--prompt",
-        "Every effort moves you",
-        "--max-new-tokens",
-        "5",
-        "--no-eos",
-        "--weight-dtype",
-        "bf16",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stdout(&out).starts_with("Every effort moves you"));
+    // Greedy text with the weights in f32 and stored in bf16 for decoding.
+    for weight_dtype in ["f32", "bf16"] {
+        let out = ember(&[
+            "generate",
+            "--checkpoint",
+            run_str,
+            "--prompt",
+            "Every effort moves you",
+            "--max-new-tokens",
+            "5",
+            "--no-eos",
+            "--weight-dtype",
+            weight_dtype,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{weight_dtype}: {stderr}");
+        assert!(stdout(&out).starts_with("Every effort moves you"));
+    }
     // Sampling with a seed repeats itself.
     let sampled = |seed: &str| {
         stdout(&ember(&[
