@@ -77,9 +77,9 @@ pub struct GenerateArgs {
 pub struct WeightDtypeArg {
     /// Store the weight matrices in bf16 while decoding: half the memory, and half the bytes
     /// every token streams (CPU decoding runs at the machine's read bandwidth; gpt2-small
-    /// decoded 1.3–1.4× faster on 2 cores). Activations and
-    /// sums stay f32, so logits differ from f32's only by the weights' rounding (third
-    /// significant digit), yet a long greedy text can part ways with f32's. CPU device only.
+    /// decoded 1.2–1.4× faster on 2 cores). Activations and sums stay f32, so logits differ
+    /// from f32's only by the weights' rounding (third significant digit), yet a long greedy
+    /// text can part ways with f32's. CPU device only.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub weight_dtype: WeightDtype,
 }

@@ -539,13 +539,13 @@ impl Gpt {
     /// and an untied output head) stored in bf16, for decoding on the CPU. Why: a decoding step
     /// streams every weight once per token, so its speed is the machine's read bandwidth over
     /// the weights' bytes (494 MB for gpt2-small in f32): half the bytes and half the memory.
-    /// Measured on 2 cores (gpt2-small, 20–22 GB/s read): 1.3–1.4× the `f32` tokens/s, not 2×,
+    /// Measured on 2 cores (gpt2-small, 20–22 GB/s read): 1.2–1.4× the `f32` tokens/s, not 2×,
     /// as widening costs the products compute. Biases, LayerNorms and the position embedding
     /// stay `f32`, and so do the activations: each weight is widened exactly as it is read, so
     /// the only difference from the `f32` model is the weights' rounding to bf16 (8 significant
-    /// bits).
-    /// For inference: training needs `f32` weights. Where the backend cannot read bf16 weights
-    /// in its products ([`ember_kernels::weight_dtype_read`]), each product casts them back.
+    /// bits). For inference: training needs `f32` weights. Where the backend cannot read bf16
+    /// weights in its products ([`ember_kernels::weight_dtype_read`]), each product casts them
+    /// back.
     pub fn with_bf16_weights(mut self) -> Self {
         let bf16 = |param: &mut Param<Tensor<2>>| {
             *param = Param::from_tensor(param.val().cast(burn::tensor::DType::BF16));
