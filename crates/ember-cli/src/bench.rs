@@ -918,9 +918,13 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         println!("{label:>24}: {rate:8.1} tokens/s ({seconds:.1} s)");
         Ok((tokens, rate))
     };
-    let timed = |use_cache: bool| match use_cache {
-        true => timed_with(&model, true, "ember, KV cache"),
-        false => timed_with(&model, false, "ember, no cache"),
+    let timed = |use_cache: bool| {
+        let label = if use_cache {
+            "ember, KV cache"
+        } else {
+            "ember, no cache"
+        };
+        timed_with(&model, use_cache, label)
     };
     let reference_args = {
         let mut list = Vec::new();

@@ -81,7 +81,14 @@ pub struct WeightDtypeArg {
     /// from f32's only by the weights' rounding (third significant digit), yet a long greedy
     /// text can part ways with f32's. CPU device only.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
-    pub weight_dtype: WeightDtype,
+    weight_dtype: WeightDtype,
+}
+
+impl WeightDtypeArg {
+    /// See [`WeightDtype::apply`].
+    pub fn apply(self, model: Gpt, device: &Device, device_spec: &str) -> Result<Gpt> {
+        self.weight_dtype.apply(model, device, device_spec)
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +139,6 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         None => loaded.template,
     };
     let model = args
-        .weight_dtype
         .weight_dtype
         .apply(loaded.model, &device, device_spec)?;
     let eos_id = match (args.no_eos, args.eos_id) {

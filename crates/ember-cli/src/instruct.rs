@@ -561,10 +561,7 @@ pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?;
     let (model, tokenizer, template) =
         load_responder_parts(&args.checkpoint, args.template.as_deref(), &device)?;
-    let model = args
-        .weight_dtype
-        .weight_dtype
-        .apply(model, &device, device_spec)?;
+    let model = args.weight_dtype.apply(model, &device, device_spec)?;
     let responder = Responder {
         model: &model,
         tokenizer: &tokenizer,

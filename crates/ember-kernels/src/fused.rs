@@ -546,11 +546,9 @@ impl FusedOps for Flex {
         if let Some(out) = few_rows_product(&lhs, &rhs, [m, k, n]) {
             return tensor_from(out, Shape::new([m, n]));
         }
-        // A bf16 weight outside the few-rows products (a prompt's prefill): widened once here.
-        let rhs = match rhs.dtype() {
-            DType::BF16 => <Flex as FloatTensorOps<Flex>>::float_cast(rhs, FloatDType::F32),
-            _ => rhs,
-        };
+        // A bf16 weight outside the few-rows products (a prompt's prefill) is widened once here;
+        // an f32 one is returned as it is.
+        let rhs = <Flex as FloatTensorOps<Flex>>::float_cast(rhs, FloatDType::F32);
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let (lhs, rhs) = (strided_2d(&lhs), strided_2d(&rhs));
         // SAFETY: `strided_2d` addresses `[m, k]` and `[k, n]` elements inside the operands'

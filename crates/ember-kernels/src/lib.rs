@@ -76,13 +76,13 @@ pub const SPLIT_MAX_ROWS: usize = 8;
 ///
 /// `rhs` may be a weight stored in another dtype than `lhs` (bf16 weights for decoding, see
 /// [`weight_dtype_read`]): the flex backend reads it as it is stored; elsewhere it is cast to
-/// `lhs`'s dtype first.
+/// `lhs`'s dtype first (Burn's cast returns a tensor already in that dtype as it is).
 pub fn matmul_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor<2> {
     #[cfg(feature = "flex")]
     if fused::reads_weight(lhs.dtype(), rhs.dtype(), &lhs.device()) {
         return fused::matmul_2d(lhs, rhs);
     }
-    let rhs = cast_like(rhs, &lhs);
+    let rhs = rhs.cast(lhs.dtype());
     matmul_split_composed(lhs, rhs, threads)
 }
 
@@ -104,14 +104,6 @@ pub fn weight_dtype_read(
     activations == weight
 }
 
-/// `weight` in `like`'s dtype (a no-op when they agree).
-fn cast_like(weight: Tensor<2>, like: &Tensor<2>) -> Tensor<2> {
-    match like.dtype() {
-        dtype if dtype == weight.dtype() => weight,
-        dtype => weight.cast(dtype),
-    }
-}
-
 /// [`matmul_split`] from Burn's products: for few rows and `threads` > 1, the output columns
 /// cut into `threads` slices, each a single-threaded product reading its slice of `rhs` in
 /// place (`split_columns`).
@@ -131,7 +123,7 @@ pub fn matmul_nt_split(lhs: Tensor<2>, rhs: Tensor<2>, threads: usize) -> Tensor
     if fused::reads_weight(lhs.dtype(), rhs.dtype(), &lhs.device()) {
         return fused::matmul_2d_nt(lhs, rhs);
     }
-    let rhs = cast_like(rhs, &lhs);
+    let rhs = rhs.cast(lhs.dtype());
     matmul_nt_split_composed(lhs, rhs, threads)
 }
 

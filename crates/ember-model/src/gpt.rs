@@ -527,11 +527,7 @@ impl Gpt {
     /// table stored in bf16 by [`Gpt::with_bf16_weights`] gives bf16 rows).
     fn embed(&self, ids: Tensor<2, Int>, positions: Tensor<2, Int>) -> Tensor<3> {
         let positions = lookup(&self.wpe, positions);
-        let tokens = lookup(&self.wte, ids);
-        let tokens = match positions.dtype() {
-            dtype if dtype == tokens.dtype() => tokens,
-            dtype => tokens.cast(dtype),
-        };
+        let tokens = lookup(&self.wte, ids).cast(positions.dtype());
         dropout(&self.drop, tokens + positions)
     }
 
