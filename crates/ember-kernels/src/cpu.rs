@@ -57,7 +57,8 @@ pub fn exp(x: f32) -> f32 {
     } else {
         x
     };
-    let n = (z * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let rounded = z * core::f32::consts::LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = z - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_199_9e-3;
@@ -66,9 +67,14 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes' 5.0000001201e-1, which rounds to 0.5 in f32
     let e_r = p * r * r + r + 1.0;
-    let n = n as i32;
+    // The integer `n` read from the bits of `rounded` (`1.5·2²³ + n`, exact: one ulp there is
+    // 1), not by `n as i32`: Rust's saturating float-to-int cast does not vectorise (LLVM
+    // turned it into a scalar convert, compare and insert per element: a third of the
+    // cross-entropy's time, perf). Wrapping arithmetic: for NaN the bits are meaningless, and
+    // the result is NaN through `e_r` anyway.
+    let n = (rounded.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let half = n >> 1;
-    let scale = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    let scale = |k: i32| f32::from_bits((k.wrapping_add(127) as u32) << 23);
     let y = e_r * scale(half) * scale(n - half);
     if x < LOW {
         0.0
