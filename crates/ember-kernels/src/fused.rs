@@ -617,14 +617,15 @@ impl FusedOps for Flex {
     ) -> FlexTensor {
         let classes = logits.layout().shape()[1];
         let targets = int_values(&targets);
-        let dlogits = cpu::nll_rows_backward(
-            &values(&logits),
+        let mut dlogits = owned_contiguous(logits);
+        cpu::nll_rows_backward_in_place(
+            dlogits.try_storage_mut::<f32>().expect("exclusive"),
             classes,
             &targets,
             &values(&lse),
             &values(&grad),
         );
-        tensor_from(dlogits, logits.layout().shape().clone())
+        dlogits
     }
 
     /// In place when the input's storage is its own (a product's output, which the product's

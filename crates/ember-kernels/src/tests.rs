@@ -79,6 +79,37 @@ fn nll_matches_log_softmax_and_gather_with_ignored_rows() {
     // Ignored rows get no gradient at all.
     let row_1 = g_fused.narrow(0, 1, 1).abs().sum().into_scalar::<f32>();
     assert_eq!(row_1, 0.0);
+    // The logits the caller still holds are not overwritten by the gradient.
+    assert_eq!(max_diff(l_fused, l_composed), 0.0);
+}
+
+#[test]
+fn nll_gradient_over_logits_nobody_else_holds_matches_the_composed_one() {
+    // The logits are an intermediate (`2·w`), so the backward writes the gradient over them;
+    // 40 rows of 1000 span several parallel chunks, the last one partial.
+    let device = Device::flex().autodiff();
+    device.seed(6);
+    let w = Tensor::<2>::random([40, 1000], Distribution::Normal(0.0, 2.0), &device);
+    let targets: Vec<i64> = (0..40)
+        .map(|i| if i % 7 == 3 { -100 } else { (i * 97) % 1000 })
+        .collect();
+    let targets = Tensor::<1, Int>::from_data(targets.as_slice(), &device);
+    let row_weights = Tensor::<1>::random([40], Distribution::Default, &device);
+    let grads = [true, false].map(|fused| {
+        let w = w.clone().require_grad();
+        let logits = w.clone() * 2.0;
+        let nll = if fused {
+            nll_rows(logits, targets.clone())
+        } else {
+            nll_rows_composed(logits, targets.clone())
+        };
+        grad_of(&w, (nll * row_weights.clone()).sum())
+    });
+    let [fused, composed] = grads;
+    let diff = max_diff(fused.clone(), composed);
+    assert!(diff < 1e-5, "{diff}"); // gradients up to 2 in size: a few f32 ulps
+    let row_3 = fused.narrow(0, 3, 1).abs().sum().into_scalar::<f32>();
+    assert_eq!(row_3, 0.0);
 }
 
 #[test]
