@@ -921,11 +921,19 @@ pub fn matmul_few_rows_batched(
 /// SSE2's 4: ~5–10% more read bandwidth measured for the few-rows products). The kernels use
 /// no fused multiply-add, so both builds give the same bits.
 mod simd {
-    /// Runs `kernel` compiled for AVX2 where the CPU has it. Only code inlined into `kernel`
-    /// gets AVX2: every closure passed here is `#[inline(always)]`, as is every function it
-    /// calls, or LLVM may keep it as a separate baseline (SSE2) function behind a jump.
+    /// Runs `kernel` compiled for AVX-512F or AVX2, the widest the CPU has. Only code inlined
+    /// into `kernel` gets them: every closure passed here is `#[inline(always)]`, as is every
+    /// function it calls, or LLVM may keep it as a separate baseline (SSE2) function behind a
+    /// jump. AVX-512 pays for the exponentials (the cross-entropy's logsumexp over
+    /// `[2048, 50257]` logits 80 → 48 ms, GELU over `[2048, 4096]` 15.5 → 12 ms on a Xeon);
+    /// measured before `exp` vectorised, it did not.
     #[inline(always)]
     pub fn dispatch<R>(kernel: impl FnOnce() -> R) -> R {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(kernel) };
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
@@ -937,6 +945,12 @@ mod simd {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn avx2<R>(kernel: impl FnOnce() -> R) -> R {
+        kernel()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512<R>(kernel: impl FnOnce() -> R) -> R {
         kernel()
     }
 }
