@@ -965,9 +965,10 @@ pub fn matmul_few_rows_batched(
     })
 }
 
-/// Runs a kernel compiled for AVX2 when the CPU has it (8 floats per instruction instead of
-/// SSE2's 4: ~5–10% more read bandwidth measured for the few-rows products). The kernels use
-/// no fused multiply-add, so both builds give the same bits.
+/// Runs a kernel compiled for AVX-512F or AVX2 when the CPU has it (16 or 8 floats per
+/// instruction instead of SSE2's 4: ~5–10% more read bandwidth measured for the few-rows
+/// products with AVX2). The kernels use no fused multiply-add, so every build gives the same
+/// bits.
 mod simd {
     /// Runs `kernel` compiled for AVX-512F or AVX2, the widest the CPU has. Only code inlined
     /// into `kernel` gets them: every closure passed here is `#[inline(always)]`, as is every
