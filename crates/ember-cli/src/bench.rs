@@ -662,7 +662,10 @@ fn train_case(
 
 /// GFLOP/s of 2048² × 2048² matmuls on the device (best of repetitions), the machine's
 /// practical peak. Each repetition queues 8 products and reads one number back, so that on a GPU
-/// the read-back's latency is not counted against every product.
+/// the read-back's latency is not counted against every product. The products are
+/// [`ember_kernels::matmul`], as the train step runs them: on the CPU it writes straight into
+/// its output, where Burn's own product zero-fills, copies and page-faults a new 16 MB output
+/// each time (the probe read a few percent low); elsewhere it is Burn's product.
 fn sgemm_probe(device_spec: &str) -> Result<f64> {
     use burn::prelude::*;
     let device = crate::device::parse_device(device_spec)?;
@@ -670,7 +673,7 @@ fn sgemm_probe(device_spec: &str) -> Result<f64> {
     let a = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &device);
     let b = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &device);
     let run = || {
-        let sums = (0..products).map(|_| a.clone().matmul(b.clone()).sum());
+        let sums = (0..products).map(|_| ember_kernels::matmul(a.clone(), b.clone()).sum());
         let _ = Tensor::cat(sums.collect(), 0).sum().into_scalar::<f32>();
     };
     run();
