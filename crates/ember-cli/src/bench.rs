@@ -1026,7 +1026,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     // Weights stored in bf16 (`--weight-dtype bf16`) where the backend reads them as stored:
     // half the bytes per token. Outside the target, which is for f32 weights on both sides.
     let bf16 = if ember_kernels::weight_dtype_read(DType::F32, DType::BF16, &device) {
-        let model = model.clone().with_bf16_weights();
+        let model = model.clone().with_weight_dtype(DType::BF16);
         let (tokens, rate) = timed_with(&model, true, "ember, bf16 weights")?;
         let agree = tokens
             .iter()

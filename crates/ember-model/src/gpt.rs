@@ -524,7 +524,7 @@ impl Gpt {
 
     /// Token plus position embeddings `[batch, seq, emb]`, after dropout, of `ids` and
     /// `positions: [batch, seq]`, in the position table's dtype: the activations' (a token
-    /// table stored in bf16 by [`Gpt::with_bf16_weights`] gives bf16 rows).
+    /// table stored in bf16 by [`Gpt::with_weight_dtype`] gives bf16 rows).
     fn embed(&self, ids: Tensor<2, Int>, positions: Tensor<2, Int>) -> Tensor<3> {
         let positions = lookup(&self.wpe, positions);
         let tokens = lookup(&self.wte, ids).cast(positions.dtype());
@@ -532,29 +532,29 @@ impl Gpt {
     }
 
     /// The same model with its matrices (every block's four projections, the token embedding
-    /// and an untied output head) stored in bf16, for decoding on the CPU. Why: a decoding step
-    /// streams every weight once per token, so its speed is the machine's read bandwidth over
-    /// the weights' bytes (494 MB for gpt2-small in f32): half the bytes and half the memory.
-    /// Measured on 2 cores (gpt2-small, 20–22 GB/s read): 1.2–1.4× the `f32` tokens/s, not 2×,
-    /// as widening costs the products compute. Biases, LayerNorms and the position embedding
-    /// stay `f32`, and so do the activations: each weight is widened exactly as it is read, so
-    /// the only difference from the `f32` model is the weights' rounding to bf16 (8 significant
-    /// bits). For inference: training needs `f32` weights. Where the backend cannot read bf16
-    /// weights in its products ([`ember_kernels::weight_dtype_read`]), each product casts them
-    /// back.
-    pub fn with_bf16_weights(mut self) -> Self {
-        let bf16 = |param: &mut Param<Tensor<2>>| {
-            *param = Param::from_tensor(param.val().cast(burn::tensor::DType::BF16));
+    /// and an untied output head) stored in `dtype`: bf16 for decoding on the CPU, or `f32` to
+    /// widen such a model back. Why bf16: a decoding step streams every weight once per token,
+    /// so its speed is the machine's read bandwidth over the weights' bytes (494 MB for
+    /// gpt2-small in f32): half the bytes and half the memory. Measured on 2 cores (gpt2-small,
+    /// 20–25 GB/s read): 1.4–1.7× the `f32` tokens/s. Biases, LayerNorms and the position
+    /// embedding stay `f32`, and so do the activations: each weight is widened exactly as it is
+    /// read, so the only difference from the `f32` model is the weights' rounding to bf16 (8
+    /// significant bits). For inference: training needs `f32` weights. Where the backend cannot
+    /// read bf16 weights in its products ([`ember_kernels::weight_dtype_read`]), each product
+    /// casts them back.
+    pub fn with_weight_dtype(mut self, dtype: burn::tensor::DType) -> Self {
+        let cast = |param: &mut Param<Tensor<2>>| {
+            *param = Param::from_tensor(param.val().cast(dtype));
         };
         for block in &mut self.h {
-            bf16(&mut block.attn.c_attn.weight);
-            bf16(&mut block.attn.c_proj.weight);
-            bf16(&mut block.mlp.c_fc.weight);
-            bf16(&mut block.mlp.c_proj.weight);
+            cast(&mut block.attn.c_attn.weight);
+            cast(&mut block.attn.c_proj.weight);
+            cast(&mut block.mlp.c_fc.weight);
+            cast(&mut block.mlp.c_proj.weight);
         }
-        bf16(&mut self.wte.weight);
+        cast(&mut self.wte.weight);
         if let Some(head) = &mut self.lm_head {
-            bf16(&mut head.weight);
+            cast(&mut head.weight);
         }
         self
     }

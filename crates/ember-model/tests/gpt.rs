@@ -297,26 +297,6 @@ fn a_tiny_model_learns_to_copy_its_input() {
     );
 }
 
-/// `model` with every weight that [`Gpt::with_bf16_weights`] stores in bf16 widened back to f32.
-fn widened(mut model: ember_model::gpt::Gpt) -> ember_model::gpt::Gpt {
-    use burn::module::Param;
-    use burn::tensor::DType;
-    let f32 = |param: &mut Param<Tensor<2>>| {
-        *param = Param::from_tensor(param.val().cast(DType::F32));
-    };
-    for block in &mut model.h {
-        f32(&mut block.attn.c_attn.weight);
-        f32(&mut block.attn.c_proj.weight);
-        f32(&mut block.mlp.c_fc.weight);
-        f32(&mut block.mlp.c_proj.weight);
-    }
-    f32(&mut model.wte.weight);
-    if let Some(head) = &mut model.lm_head {
-        f32(&mut head.weight);
-    }
-    model
-}
-
 #[test]
 fn bf16_weights_decode_exactly_as_their_f32_widening() {
     use burn::tensor::DType;
@@ -331,11 +311,11 @@ fn bf16_weights_decode_exactly_as_their_f32_widening() {
             emb_init_std: 0.02,
             ..tiny(50, 32)
         };
-        let bf16 = config.init(&device).with_bf16_weights();
+        let bf16 = config.init(&device).with_weight_dtype(DType::BF16);
         assert_eq!(bf16.wte.weight.val().dtype(), DType::BF16);
         assert_eq!(bf16.h[0].attn.c_attn.weight.val().dtype(), DType::BF16);
         assert_eq!(bf16.wpe.weight.val().dtype(), DType::F32);
-        let wide = widened(bf16.clone());
+        let wide = bf16.clone().with_weight_dtype(DType::F32);
         assert_eq!(wide.wte.weight.val().dtype(), DType::F32);
         let bits = |x: Tensor<3>| {
             assert_eq!(x.dtype(), DType::F32);
