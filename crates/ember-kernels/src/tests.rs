@@ -340,6 +340,27 @@ fn few_row_products_match_burns_for_every_shape_and_layout() {
 }
 
 #[test]
+fn products_by_a_transposed_weight_split_across_threads_match_burns() {
+    let device = Device::flex();
+    device.seed(15);
+    // Large enough to run on all threads; n splits into uneven slices (80 + 50 columns on two
+    // threads); past the split's column limit gemm's own threading; a small product on one thread.
+    for (m, k, n) in [(200, 300, 130), (64, 200, 1100), (300, 200, 16)] {
+        let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+        let burns = lhs.clone().matmul(weight.clone().transpose());
+        let tolerance = 1e-5 * (k as f32).sqrt();
+        let diff = max_diff(
+            matmul(lhs.clone(), weight.clone().transpose()),
+            burns.clone(),
+        );
+        assert!(diff < tolerance, "[{m}, {k}]·[{n}, {k}]ᵀ: {diff}");
+        let diff = max_diff(matmul_nt(lhs, weight), burns);
+        assert!(diff < tolerance, "matmul_nt [{m}, {k}]·[{n}, {k}]ᵀ: {diff}");
+    }
+}
+
+#[test]
 fn bf16_weights_give_the_bits_of_their_f32_widening_in_every_product() {
     use burn::tensor::DType;
     let device = Device::flex();
