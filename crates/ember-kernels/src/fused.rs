@@ -425,6 +425,9 @@ type Strided = (*const f32, isize, isize);
 /// packs its own slice: alone +13–30% on gpt2-small's shapes; in the step (in-process A/B,
 /// alternate steps) gpt2-small b2 +1.6% and +5.2% over 25 pairs each, b8 +2%, gpt-tiny +1%.
 const SPLIT_MAX_COLUMNS: usize = 1024;
+/// Fewest output columns per thread for [`SPLIT_MAX_COLUMNS`]'s split: a narrower product keeps
+/// gemm's own threading, which also splits its rows.
+const SPLIT_MIN_COLUMNS: usize = 64;
 
 /// Writes `lhs: [m, k] · rhs: [k, n]` into the `m·n` row-major elements at `out`, on all threads
 /// when `parallel`. A product over `k = 0` is zeros.
@@ -449,7 +452,8 @@ unsafe fn gemm_into(
     }
     let threads = rayon::current_num_threads();
     let (rhs_ptr, rhs_rs, rhs_cs) = rhs;
-    if !(parallel && threads > 1 && n <= SPLIT_MAX_COLUMNS && rhs_cs != 1) {
+    let columns = SPLIT_MIN_COLUMNS * threads..=SPLIT_MAX_COLUMNS;
+    if !(parallel && threads > 1 && columns.contains(&n) && rhs_cs != 1) {
         // SAFETY: the caller's contract.
         unsafe { gemm_strided(out, n as isize, [m, k, n], lhs, rhs, parallel) };
         return;

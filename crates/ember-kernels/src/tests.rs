@@ -344,8 +344,14 @@ fn products_by_a_transposed_weight_split_across_threads_match_burns() {
     let device = Device::flex();
     device.seed(15);
     // Large enough to run on all threads; n splits into uneven slices (80 + 50 columns on two
-    // threads); past the split's column limit gemm's own threading; a small product on one thread.
-    for (m, k, n) in [(200, 300, 130), (64, 200, 1100), (300, 200, 16)] {
+    // threads); past the split's column limits gemm's own threading (1100 columns, and 40 on
+    // all threads); a small product on one thread.
+    for (m, k, n) in [
+        (200, 300, 130),
+        (64, 200, 1100),
+        (300, 200, 16),
+        (3000, 300, 40),
+    ] {
         let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
         let weight = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
         let burns = lhs.clone().matmul(weight.clone().transpose());
