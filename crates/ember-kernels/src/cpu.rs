@@ -453,14 +453,29 @@ fn row_chunk(width: usize) -> usize {
     width * (CHUNK / width).max(1)
 }
 
-/// Softmax of each row of `width` values.
-pub fn softmax_rows(x: &[f32], width: usize) -> Vec<f32> {
+/// Softmax of each row of `width` values. With `causal = Some(queries)` the rows form
+/// `[queries, width]` matrices (`width ≥ queries`) and row `i` of each sees only its first
+/// `i + width − queries + 1` values, the others' weights 0: a causal mask in the same pass.
+pub fn softmax_rows(x: &[f32], width: usize, causal: Option<usize>) -> Vec<f32> {
+    if let Some(queries) = causal {
+        assert!(
+            queries > 0 && queries <= width,
+            "causal softmax: {queries} queries over {width} keys"
+        );
+    }
+    let seen = |row: usize| match causal {
+        Some(queries) => row % queries + width - queries + 1,
+        None => width,
+    };
     par_collect(x.len(), row_chunk(width), |start, out| {
         let rows = x[start..start + out.len()].chunks(width);
+        let first = start / width.max(1);
         simd::dispatch(
             #[inline(always)]
             || {
-                for (row, out) in rows.zip(out.chunks_mut(width)) {
+                for (j, (row, out)) in rows.zip(out.chunks_mut(width)).enumerate() {
+                    let (out, hidden) = out.split_at_mut(seen(first + j));
+                    let row = &row[..out.len()];
                     let max = row_max(row);
                     let sum = exp_sum(row, max, Some(&mut *out));
                     let inv = 1.0 / sum;
@@ -468,6 +483,9 @@ pub fn softmax_rows(x: &[f32], width: usize) -> Vec<f32> {
                         // SAFETY: written by `exp_sum` just above.
                         let e = unsafe { o.assume_init() };
                         o.write(e * inv);
+                    }
+                    for h in hidden {
+                        h.write(0.0);
                     }
                 }
             },

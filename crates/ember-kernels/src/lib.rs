@@ -191,6 +191,38 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     burn::tensor::activation::softmax(x, dim)
 }
 
+/// Softmax over the last dimension of `x: [.., queries, keys]` (`keys ≥ queries`) with query
+/// `i` attending to keys ≤ `i + keys − queries` (a causal mask): the weights of the hidden keys
+/// are 0. On the CPU backend one pass per row that writes those zeros itself, where the composed
+/// form ([`softmax_causal_composed`], used elsewhere) fills the hidden scores with `f32::MIN` on
+/// one thread, again for the backward pass, and exponentiates them.
+pub fn softmax_causal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if fused::runs_on(x.dtype(), &x.device()) {
+        return fused::softmax_causal(x);
+    }
+    softmax_causal_composed(x)
+}
+
+/// [`softmax_causal`] from Burn's ops: the hidden scores set to `f32::MIN` (so that their
+/// weights are exactly 0), then a softmax over every key.
+pub fn softmax_causal_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let (queries, keys) = (dims[D - 2], dims[D - 1]);
+    assert!(
+        keys >= queries,
+        "causal softmax: {queries} queries over {keys} keys"
+    );
+    // True strictly above the diagonal shifted by the earlier keys: the future to hide.
+    let future =
+        Tensor::<2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, &x.device());
+    let mut shape = [1; D];
+    shape[D - 2] = queries;
+    shape[D - 1] = keys;
+    let future = future.reshape(shape).expand(dims);
+    burn::tensor::activation::softmax(x.mask_fill(future, f32::MIN), D - 1)
+}
+
 /// Inverted dropout: each element zeroed with probability `prob` (in `[0, 1)`), the others
 /// scaled by `1 / (1 − prob)`. Any shape. On the CPU backend one multi-threaded pass whose
 /// mask is a hash of the element's index and a seed drawn from the device's generator (so

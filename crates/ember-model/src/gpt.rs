@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, dropout, gelu_tanh, layer_norm, linear_split, lookup, split_heads,
-    tied_logits_split,
+    LayerCache, attention, causal_attention, dropout, gelu_tanh, layer_norm, linear_split, lookup,
+    split_heads, tied_logits_split,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 
@@ -198,13 +198,8 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, seq, _] = x.dims();
         let (q, k, v) = self.project(x, 1);
-        // tril_mask is true strictly above the diagonal: the future positions to hide.
-        let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &q.device())
-            .reshape([1, 1, seq, seq])
-            .expand([batch, 1, seq, seq]);
-        self.attend(q, k, v, future, 1)
+        self.attend(q, k, v, None, 1)
     }
 
     /// Attention over the cached positions and `x`'s new ones, appending the new keys and
@@ -219,7 +214,7 @@ impl CausalSelfAttention {
     ) -> Tensor<3> {
         let (q, k, v) = self.project(x, threads);
         let (k, v) = LayerCache::extend(cache, k, v);
-        self.attend(q, k, v, hide, threads)
+        self.attend(q, k, v, Some(hide), threads)
     }
 
     /// Queries, keys and values `[batch, heads, seq, head_dim]` of `x: [batch, seq, emb]`.
@@ -237,16 +232,20 @@ impl CausalSelfAttention {
         )
     }
 
-    /// [`attention`] with the heads projected back: `[batch, queries, emb]`.
+    /// [`attention`] with the heads projected back: `[batch, queries, emb]`; `hide: None` is
+    /// the causal mask ([`causal_attention`]).
     fn attend(
         &self,
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-        hide: Tensor<4, Bool>,
+        hide: Option<Tensor<4, Bool>>,
         threads: usize,
     ) -> Tensor<3> {
-        let context = attention(q, k, v, hide, &self.attn_drop);
+        let context = match hide {
+            Some(hide) => attention(q, k, v, hide, &self.attn_drop),
+            None => causal_attention(q, k, v, &self.attn_drop),
+        };
         with_adapter(
             linear_split(&self.c_proj, context.clone(), threads),
             &self.lora_out,
