@@ -512,6 +512,117 @@ pub fn softmax_rows_backward(y: &[f32], grad: &[f32], width: usize) -> Vec<f32> 
     })
 }
 
+/// Causal softmax in place of the rows of one head's `[seq, seq]` scores in `block` (whole
+/// rows of `seq`, the first of them query `first`): query `i` keeps weights over keys `≤ i`
+/// and zeros after them. The same arithmetic as [`softmax_rows`].
+pub fn softmax_causal_rows_in_place(block: &mut [f32], seq: usize, first: usize) {
+    simd::dispatch(
+        #[inline(always)]
+        || {
+            for (r, row) in block.chunks_mut(seq).enumerate() {
+                let (seen, hidden) = row.split_at_mut(first + r + 1);
+                let max = row_max(seen);
+                let inv = 1.0 / exp_sum_in_place(seen, max);
+                for v in seen.iter_mut() {
+                    *v *= inv;
+                }
+                hidden.fill(0.0);
+            }
+        },
+    )
+}
+
+/// [`exp_sum`] writing the terms over `row`.
+#[inline(always)]
+fn exp_sum_in_place(row: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (v, lane) in chunk.iter_mut().zip(lanes.iter_mut()) {
+            *v = exp(*v - shift);
+            *lane += *v;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - shift);
+        sum += *v;
+    }
+    sum
+}
+
+/// `row[j] ·= ` the factor of element `start + j` under `mask` (as [`dropout`] of a tensor
+/// whose element `start` is `row[0]`), in pieces that do not straddle a `2³²`-element block.
+#[inline(always)]
+fn dropout_row_in_place(row: &mut [f32], mask: DropoutMask, start: usize) {
+    let mut done = 0;
+    while done < row.len() {
+        let index = start + done;
+        let left_in_block = (1u64 << 32) - (index as u64 & 0xffff_ffff);
+        let len = left_in_block.min((row.len() - done) as u64) as usize;
+        let factor = dropout_factors(mask, index);
+        for (i, v) in row[done..done + len].iter_mut().enumerate() {
+            *v *= factor(i);
+        }
+        done += len;
+    }
+}
+
+/// The first `cols` values of each row of `src` (whole rows of `seq`) with dropout under
+/// `mask` into the same places of `dst`, row `r`'s first value being element `index + r·seq`
+/// of the tensor the mask is drawn over.
+pub fn dropout_rows_into(
+    src: &[f32],
+    dst: &mut [f32],
+    seq: usize,
+    cols: usize,
+    mask: DropoutMask,
+    index: usize,
+) {
+    simd::dispatch(
+        #[inline(always)]
+        || {
+            for (r, (src, dst)) in src.chunks(seq).zip(dst.chunks_mut(seq)).enumerate() {
+                let dst = &mut dst[..cols];
+                dst.copy_from_slice(&src[..cols]);
+                dropout_row_in_place(dst, mask, index + r * seq);
+            }
+        },
+    )
+}
+
+/// The scores' gradient from the weights' in place, for the rows of [`softmax_causal_rows_in_place`]
+/// (query `first` first) whose gradient `grads` holds over keys `..end` (the block's last
+/// query + 1): with `dropout = Some((mask, index))` the gradient first passes the forward's
+/// dropout (row `r` at element `index + r·seq`), then `w·(g − Σ w·g)` over each query's
+/// visible keys, and zeros over its hidden keys up to `end`.
+pub fn softmax_causal_backward_rows_in_place(
+    weights: &[f32],
+    grads: &mut [f32],
+    seq: usize,
+    first: usize,
+    end: usize,
+    dropout: Option<(DropoutMask, usize)>,
+) {
+    simd::dispatch(
+        #[inline(always)]
+        || {
+            for (r, (w, g)) in weights.chunks(seq).zip(grads.chunks_mut(seq)).enumerate() {
+                let (g, hidden) = g[..end].split_at_mut(first + r + 1);
+                let w = &w[..g.len()];
+                if let Some((mask, index)) = dropout {
+                    dropout_row_in_place(g, mask, index + r * seq);
+                }
+                let w_dot_g = dot(w, g);
+                for (g, &w) in g.iter_mut().zip(w) {
+                    *g = w * (*g - w_dot_g);
+                }
+                hidden.fill(0.0);
+            }
+        },
+    )
+}
+
 /// `logsumexp` of one row, in two passes (max, then the shifted sum).
 #[inline(always)]
 fn logsumexp(row: &[f32]) -> f32 {

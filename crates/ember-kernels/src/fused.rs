@@ -16,6 +16,7 @@ use burn::tensor::{Bytes, DType, FloatDType, bf16};
 use burn_flex::{FlexTensor, Layout};
 
 use crate::AdamWStep;
+use crate::attention::{self, AttentionShape};
 use crate::cpu;
 
 /// Whether a tensor of `dtype` on `device` takes the fused kernels: `f32` on the flex device,
@@ -58,6 +59,27 @@ pub trait FusedOps: Backend {
     fn softmax_causal(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`softmax_last`](FusedOps::softmax_last) from its output.
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Causal self-attention of `qkv: [batch, seq, 3·heads·head_dim]` ([`crate::attention`]):
+    /// `[batch, seq, heads·head_dim]`, and the weights `[batch, heads, seq, seq]` before
+    /// dropout when `keep_weights` (the backward pass's state). Dropout of probability `prob`
+    /// on the weights with the mask of `seed` ([`cpu::DropoutMask`]), none at 0.
+    fn causal_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        seed: u64,
+        prob: f64,
+        keep_weights: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+    /// The gradient of [`causal_attention`](FusedOps::causal_attention)'s `qkv` from its
+    /// output's, with the weights it kept.
+    fn causal_attention_backward(
+        qkv: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+        seed: u64,
+        prob: f64,
+    ) -> FloatTensor<Self>;
     /// `(nll [n], logsumexp [n])` of `logits: [n, classes]`.
     fn nll_rows(
         logits: FloatTensor<Self>,
@@ -148,6 +170,12 @@ pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 pub(crate) fn softmax_causal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_causal(x.into_dispatch()))
+}
+
+pub(crate) fn causal_attention(qkv: Tensor<3>, heads: usize, seed: u64, prob: f64) -> Tensor<3> {
+    let (out, _) =
+        <Dispatch as FusedOps>::causal_attention(qkv.into_dispatch(), heads, seed, prob, false);
+    Tensor::from_dispatch(out)
 }
 
 pub(crate) fn dropout<const D: usize>(x: Tensor<D>, seed: u64, prob: f64) -> Tensor<D> {
@@ -423,7 +451,7 @@ fn few_rows_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// A matrix operand for gemm: its first element and its (row, column) strides in elements.
-type Strided = (*const f32, isize, isize);
+pub(crate) type Strided = (*const f32, isize, isize);
 
 /// Most output columns of a product by a transposed right operand (`rhs: [k, n]` read from an
 /// `[n, k]` weight: a layer's input gradient `grad · Wᵀ`) that [`gemm_into`] splits by columns
@@ -464,7 +492,7 @@ unsafe fn gemm_into(
     let columns = SPLIT_MIN_COLUMNS * threads..=SPLIT_MAX_COLUMNS;
     if !(parallel && threads > 1 && columns.contains(&n) && rhs_cs != 1) {
         // SAFETY: the caller's contract.
-        unsafe { gemm_strided(out, n as isize, [m, k, n], lhs, rhs, parallel) };
+        unsafe { gemm_strided(out, n as isize, [m, k, n], lhs, rhs, 1.0, parallel) };
         return;
     }
     use rayon::prelude::*;
@@ -481,22 +509,23 @@ unsafe fn gemm_into(
         unsafe {
             let out = (out_at as *mut f32).add(start);
             let rhs = (rhs_start, rhs_rs, rhs_cs);
-            gemm_strided(out, n as isize, [m, k, len], lhs, rhs, false);
+            gemm_strided(out, n as isize, [m, k, len], lhs, rhs, 1.0, false);
         }
     });
 }
 
-/// One gemm call: `lhs: [m, k] · rhs: [k, n]` written (not accumulated) over the `[m, n]`
-/// elements at `out`, whose rows are `out_rs` elements apart.
+/// One gemm call: `scale · lhs: [m, k] · rhs: [k, n]` written (not accumulated) over the
+/// `[m, n]` elements at `out`, whose rows are `out_rs` elements apart.
 ///
 /// # Safety
 /// As [`gemm_into`], with `out`'s rows `out_rs ≥ n` apart and `m`, `n`, `k` > 0.
-unsafe fn gemm_strided(
+pub(crate) unsafe fn gemm_strided(
     out: *mut f32,
     out_rs: isize,
     [m, k, n]: [usize; 3],
     (lhs_ptr, lhs_rs, lhs_cs): Strided,
     (rhs_ptr, rhs_rs, rhs_cs): Strided,
+    scale: f32,
     parallel: bool,
 ) {
     let parallelism = match parallel {
@@ -521,7 +550,7 @@ unsafe fn gemm_strided(
             rhs_cs,
             rhs_rs,
             0.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -595,6 +624,27 @@ fn gemm_batched(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     let mut shape: Vec<usize> = batch_dims.to_vec();
     shape.extend([m, n]);
     Some(tensor_from(out, Shape::from(shape)))
+}
+
+/// The dimensions of a fused attention over `qkv: [batch, seq, 3·heads·head_dim]`.
+fn attention_shape(qkv: &FlexTensor, heads: usize) -> AttentionShape {
+    let shape = qkv.layout().shape();
+    assert_eq!(
+        shape.num_dims(),
+        3,
+        "attention: qkv must be [batch, seq, 3·emb]"
+    );
+    let width = shape[2];
+    assert!(
+        heads > 0 && width.is_multiple_of(3 * heads),
+        "attention: a projection {width} wide does not hold queries, keys and values of {heads} heads"
+    );
+    AttentionShape {
+        batch: shape[0],
+        seq: shape[1],
+        heads,
+        head_dim: width / (3 * heads),
+    }
 }
 
 impl FusedOps for Flex {
@@ -671,6 +721,43 @@ impl FusedOps for Flex {
         let width = shape[shape.num_dims() - 1];
         let dx = cpu::softmax_rows_backward(&values(&y), &values(&grad), width);
         tensor_from(dx, shape)
+    }
+
+    fn causal_attention(
+        qkv: FlexTensor,
+        heads: usize,
+        seed: u64,
+        prob: f64,
+        keep_weights: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let shape = attention_shape(&qkv, heads);
+        let mask = (prob > 0.0).then(|| cpu::DropoutMask::new(seed, prob));
+        let (out, weights) = attention::forward(&values(&qkv), shape, mask, keep_weights);
+        let AttentionShape { batch, seq, .. } = shape;
+        let out = tensor_from(out, Shape::new([batch, seq, heads * shape.head_dim]));
+        let weights =
+            keep_weights.then(|| tensor_from(weights, Shape::new([batch, heads, seq, seq])));
+        (out, weights)
+    }
+
+    fn causal_attention_backward(
+        qkv: FlexTensor,
+        weights: FlexTensor,
+        grad: FlexTensor,
+        heads: usize,
+        seed: u64,
+        prob: f64,
+    ) -> FlexTensor {
+        let shape = attention_shape(&qkv, heads);
+        let mask = (prob > 0.0).then(|| cpu::DropoutMask::new(seed, prob));
+        let dqkv = attention::backward(
+            &values(&qkv),
+            &values(&weights),
+            &values(&grad),
+            shape,
+            mask,
+        );
+        tensor_from(dqkv, qkv.layout().shape().clone())
     }
 
     fn nll_rows(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
@@ -935,6 +1022,27 @@ impl<B: Backend + FusedOps> Backward<B, 2> for MatmulBatched {
     }
 }
 
+/// Fused causal self-attention's backward: the projection's gradient from the projection and
+/// the weights, with the forward's dropout mask regenerated from its seed.
+#[derive(Debug)]
+struct CausalAttention {
+    heads: usize,
+    seed: u64,
+    prob: f64,
+}
+
+impl<B: Backend + FusedOps> Backward<B, 1> for CausalAttention {
+    /// The projection `qkv` and the weights before dropout.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (qkv, weights) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::causal_attention_backward(qkv, weights, grad, self.heads, self.seed, self.prob)
+        });
+    }
+}
+
 /// An embedding lookup's backward: the output's gradient added into a zero table at the ids.
 #[derive(Debug)]
 struct Embedding {
@@ -1057,6 +1165,48 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::from_inner(B::softmax_last_backward(Self::inner(y), Self::inner(grad)))
+    }
+
+    /// Tracked, the inner backend keeps the weights for the backward pass; untracked (no
+    /// gradient needed) it keeps none.
+    fn causal_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        seed: u64,
+        prob: f64,
+        _keep_weights: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (qkv, guard) = qkv.into_parts();
+        let op = CausalAttention { heads, seed, prob };
+        let out = match op.prepare::<C>([guard]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, weights) = B::causal_attention(qkv.clone(), heads, seed, prob, true);
+                let weights = weights.expect("the weights were asked for");
+                prep.finish((qkv, weights), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::causal_attention(qkv, heads, seed, prob, false).0)
+            }
+        };
+        (out, None)
+    }
+
+    fn causal_attention_backward(
+        qkv: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+        seed: u64,
+        prob: f64,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::causal_attention_backward(
+            Self::inner(qkv),
+            Self::inner(weights),
+            Self::inner(grad),
+            heads,
+            seed,
+            prob,
+        ))
     }
 
     fn nll_rows(

@@ -1,7 +1,8 @@
 //! Fused kernels for the element-wise work that dominates a CPU training step once the matrix
 //! products are fast: the GELU of every feed-forward block, the attention softmax, LayerNorm,
 //! dropout, the embedding lookup's gradient, the cross-entropy over `[tokens, vocab]` logits,
-//! the gradient norm for clipping and the AdamW update of every parameter; the 2-D and batched
+//! the gradient norm for clipping and the AdamW update of every parameter; GPT's causal
+//! self-attention over its fused q/k/v projection, one kernel per head; the 2-D and batched
 //! matrix products themselves, whose outputs Burn's CPU backend zero-fills and copies once
 //! more on one thread before the product starts; and the products of a decoding step (one row
 //! per sequence, attention over one query per head), which only read weights and the key/value
@@ -22,6 +23,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{log_softmax, sigmoid};
 
+#[cfg(feature = "flex")]
+mod attention;
 #[cfg(feature = "flex")]
 mod cpu;
 #[cfg(feature = "flex")]
@@ -221,6 +224,62 @@ pub fn softmax_causal_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     shape[D - 1] = keys;
     let future = future.reshape(shape).expand(dims);
     burn::tensor::activation::softmax(x.mask_fill(future, f32::MIN), D - 1)
+}
+
+/// Causal self-attention of a fused projection, as GPT computes it: `qkv: [batch, seq, 3·emb]`
+/// holds the queries, keys and values side by side (each `emb = heads·head_dim` wide, head
+/// after head) → `[batch, seq, emb]`, the heads merged: `softmax(q·kᵀ/√head_dim)` with query
+/// `i` seeing keys `≤ i`, dropout of probability `drop_prob` on the weights (0 outside
+/// training), times `v`.
+///
+/// On the CPU backend one kernel per (sequence, head) reads the heads where the projection put
+/// them and writes the output's and, backward, the projection's gradient in one piece each,
+/// skipping most of the hidden keys' products; the composed form
+/// ([`causal_self_attention_composed`], used elsewhere) copies the heads out and back and
+/// builds the projection's gradient from three zero-filled thirds added together, on one
+/// thread. The dropout mask is [`dropout`]'s over the `[batch, heads, seq, seq]` weights.
+pub fn causal_self_attention(qkv: Tensor<3>, heads: usize, drop_prob: f64) -> Tensor<3> {
+    let width = qkv.dims()[2];
+    assert!(
+        heads > 0 && width.is_multiple_of(3 * heads),
+        "attention: a projection {width} wide does not hold queries, keys and values of {heads} heads"
+    );
+    assert!(
+        (0.0..1.0).contains(&drop_prob),
+        "dropout probability {drop_prob} is not in [0, 1)"
+    );
+    #[cfg(feature = "flex")]
+    if fused::runs_on(qkv.dtype(), &qkv.device()) {
+        let seed = match drop_prob > 0.0 {
+            true => draw_seed(&qkv.device()),
+            false => 0,
+        };
+        return fused::causal_attention(qkv, heads, seed, drop_prob);
+    }
+    causal_self_attention_composed(qkv, heads, drop_prob)
+}
+
+/// [`causal_self_attention`] from tensor ops: the heads narrowed out of the projection, a
+/// batched product for the scores, [`softmax_causal`], [`dropout`], a batched product with the
+/// values, the heads merged back.
+pub fn causal_self_attention_composed(qkv: Tensor<3>, heads: usize, drop_prob: f64) -> Tensor<3> {
+    let [batch, seq, width] = qkv.dims();
+    let emb = width / 3;
+    let head_dim = emb / heads;
+    let part = |i: usize| {
+        qkv.clone()
+            .narrow(2, i * emb, emb)
+            .reshape([batch, seq, heads, head_dim])
+            .swap_dims(1, 2) // [batch, heads, seq, head_dim]
+    };
+    let scores = matmul_batched(
+        part(0).div_scalar((head_dim as f32).sqrt()),
+        part(1).swap_dims(2, 3),
+    );
+    let weights = dropout(softmax_causal(scores), drop_prob);
+    matmul_batched(weights, part(2))
+        .swap_dims(1, 2)
+        .reshape([batch, seq, emb])
 }
 
 /// Inverted dropout: each element zeroed with probability `prob` (in `[0, 1)`), the others

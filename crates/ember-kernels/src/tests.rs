@@ -826,3 +826,103 @@ fn layer_norm_matches_burns_in_value_and_every_gradient() {
         assert!(dx < 1e-5 && dg < 1e-3 && db < 1e-3, "{dx} {dg} {db}");
     }
 }
+
+/// Causal self-attention from Burn's own ops (its products, a `tril` mask filled with −∞, its
+/// softmax), with this crate's dropout mask of `seed` (the one the fused kernel draws with it).
+fn attention_from_burn_ops(qkv: Tensor<3>, heads: usize, drop_prob: f64, seed: u64) -> Tensor<3> {
+    let [batch, seq, width] = qkv.dims();
+    let (emb, device) = (width / 3, qkv.device());
+    let head_dim = emb / heads;
+    let part = |i: usize| {
+        qkv.clone()
+            .narrow(2, i * emb, emb)
+            .reshape([batch, seq, heads, head_dim])
+            .swap_dims(1, 2)
+    };
+    let scores = part(0).matmul(part(1).swap_dims(2, 3)) / (head_dim as f32).sqrt();
+    let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device)
+        .reshape([1, 1, seq, seq])
+        .expand([batch, heads, seq, seq]);
+    let mut weights =
+        burn::tensor::activation::softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+    if drop_prob > 0.0 {
+        weights = fused::dropout(weights, seed, drop_prob);
+    }
+    weights
+        .matmul(part(2))
+        .swap_dims(1, 2)
+        .reshape([batch, seq, emb])
+}
+
+#[test]
+fn fused_attention_matches_burns_ops_in_value_and_gradient() {
+    let device = Device::flex().autodiff();
+    device.seed(21);
+    // Contexts below one block of queries, exactly two, and past two with a partial third;
+    // head widths off the 16 lanes; with and without dropout on the weights. The dropout seed
+    // is given, not drawn: tests share the device's generator.
+    const SEED: u64 = 0x5eed_0fa7_7e00;
+    for ([batch, seq, heads, head_dim], drop_prob) in [
+        ([2, 5, 2, 4], 0.0),
+        ([1, 128, 3, 8], 0.0),
+        ([2, 150, 3, 7], 0.0),
+        ([2, 150, 2, 8], 0.25),
+        ([1, 1, 1, 3], 0.0),
+    ] {
+        let width = 3 * heads * head_dim;
+        let qkv = Tensor::<3>::random([batch, seq, width], Distribution::Normal(0.0, 2.0), &device);
+        let weights = Tensor::<3>::random(
+            [batch, seq, heads * head_dim],
+            Distribution::Default,
+            &device,
+        );
+        let case = format!("{batch}×{seq}, {heads} heads of {head_dim}, dropout {drop_prob}");
+        let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            let x = qkv.clone().require_grad();
+            let y = f(x.clone());
+            let dx = grad_of(&x, (y.clone() * weights.clone()).sum());
+            (y, dx)
+        };
+        let (y_fused, g_fused) = run(&|x| fused::causal_attention(x, heads, SEED, drop_prob));
+        let (y_burn, g_burn) = run(&|x| attention_from_burn_ops(x, heads, drop_prob, SEED));
+        let diff = max_diff(y_fused.clone(), y_burn.clone());
+        assert!(diff < 1e-5, "{case}: output {diff}");
+        let diff = max_diff(g_fused, g_burn.clone());
+        assert!(diff < 1e-4, "{case}: gradient {diff}");
+        if drop_prob > 0.0 {
+            // The mask dropped something: without it the output differs.
+            let undropped = attention_from_burn_ops(qkv.clone(), heads, 0.0, SEED);
+            assert!(max_diff(y_fused, undropped) > 0.1, "{case}");
+        } else {
+            let (y_composed, g_composed) =
+                run(&|x| causal_self_attention_composed(x, heads, drop_prob));
+            assert!(max_diff(y_composed, y_burn) < 1e-5, "{case}: composed");
+            assert!(
+                max_diff(g_composed, g_burn) < 1e-4,
+                "{case}: composed gradient"
+            );
+            // The public function takes the fused path here.
+            let public = causal_self_attention(qkv.clone(), heads, 0.0);
+            assert!(max_diff(public, y_fused) == 0.0, "{case}: public");
+        }
+    }
+}
+
+#[test]
+fn fused_attention_without_autodiff_keeps_no_weights_and_matches() {
+    let device = Device::flex();
+    device.seed(22);
+    let qkv = Tensor::<3>::random([3, 70, 36], Distribution::Normal(0.0, 1.0), &device);
+    let diff = max_diff(
+        causal_self_attention(qkv.clone(), 4, 0.0),
+        attention_from_burn_ops(qkv, 4, 0.0, 0),
+    );
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+#[should_panic(expected = "does not hold queries, keys and values of 4 heads")]
+fn a_projection_that_does_not_split_into_heads_is_refused() {
+    let qkv = Tensor::<3>::zeros([1, 3, 30], &Device::flex());
+    causal_self_attention(qkv, 4, 0.0);
+}

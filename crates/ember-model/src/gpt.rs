@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, causal_attention, dropout, gelu_tanh, layer_norm, linear_split, lookup,
+    LayerCache, attention, drop_prob, dropout, gelu_tanh, layer_norm, linear_split, lookup,
     split_heads, tied_logits_split,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
@@ -196,10 +196,13 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t.
+    /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t,
+    /// through [`ember_kernels::causal_self_attention`] on the fused projection.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let (q, k, v) = self.project(x, 1);
-        self.attend(q, k, v, None, 1)
+        let drop_prob = drop_prob(&self.attn_drop, &x.device());
+        let qkv = self.qkv(x, 1);
+        let context = ember_kernels::causal_self_attention(qkv, self.n_heads, drop_prob);
+        self.project_out(context, 1)
     }
 
     /// Attention over the cached positions and `x`'s new ones, appending the new keys and
@@ -212,40 +215,35 @@ impl CausalSelfAttention {
         cache: &mut Option<LayerCache>,
         threads: usize,
     ) -> Tensor<3> {
-        let (q, k, v) = self.project(x, threads);
-        let (k, v) = LayerCache::extend(cache, k, v);
-        self.attend(q, k, v, Some(hide), threads)
-    }
-
-    /// Queries, keys and values `[batch, heads, seq, head_dim]` of `x: [batch, seq, emb]`.
-    fn project(&self, x: Tensor<3>, threads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let emb = x.dims()[2];
-        let qkv = linear_split(&self.c_attn, x.clone(), threads); // [batch, seq, 3·emb]
-        let split = |i: usize, adapter: &Option<LoraAdapter>| {
-            let part = with_adapter(qkv.clone().narrow(2, i * emb, emb), adapter, x.clone());
-            split_heads(part, self.n_heads)
-        };
-        (
-            split(0, &self.lora_q),
-            split(1, &self.lora_k),
-            split(2, &self.lora_v),
-        )
+        let qkv = self.qkv(x, threads);
+        let head = |i: usize| split_heads(qkv.clone().narrow(2, i * emb, emb), self.n_heads);
+        let (k, v) = LayerCache::extend(cache, head(1), head(2));
+        let context = attention(head(0), k, v, hide, &self.attn_drop);
+        self.project_out(context, threads)
     }
 
-    /// [`attention`] with the heads projected back: `[batch, queries, emb]`; `hide: None` is
-    /// the causal mask ([`causal_attention`]).
-    fn attend(
-        &self,
-        q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
-        hide: Option<Tensor<4, Bool>>,
-        threads: usize,
-    ) -> Tensor<3> {
-        let context = match hide {
-            Some(hide) => attention(q, k, v, hide, &self.attn_drop),
-            None => causal_attention(q, k, v, &self.attn_drop),
-        };
+    /// The projection `[batch, seq, 3·emb]` of `x: [batch, seq, emb]`: queries, keys and
+    /// values side by side, each with its LoRA adapter's share added when there is one.
+    fn qkv(&self, x: Tensor<3>, threads: usize) -> Tensor<3> {
+        let qkv = linear_split(&self.c_attn, x.clone(), threads);
+        let adapters = [&self.lora_q, &self.lora_k, &self.lora_v];
+        if adapters.iter().all(|adapter| adapter.is_none()) {
+            return qkv;
+        }
+        let emb = x.dims()[2];
+        let parts = adapters
+            .into_iter()
+            .enumerate()
+            .map(|(i, adapter)| {
+                with_adapter(qkv.clone().narrow(2, i * emb, emb), adapter, x.clone())
+            })
+            .collect();
+        Tensor::cat(parts, 2)
+    }
+
+    /// The heads' merged output `[batch, queries, emb]` mixed back into the residual stream.
+    fn project_out(&self, context: Tensor<3>, threads: usize) -> Tensor<3> {
         with_adapter(
             linear_split(&self.c_proj, context.clone(), threads),
             &self.lora_out,

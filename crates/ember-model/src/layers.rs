@@ -4,16 +4,24 @@
 
 use burn::nn::{Dropout, Embedding, LayerNorm, Linear};
 use burn::prelude::*;
-use ember_kernels::{matmul_batched, softmax, softmax_causal};
+use ember_kernels::{matmul_batched, softmax};
 
 /// Burn's `Dropout` module applied by [`ember_kernels::dropout`]: the module's switch (active
 /// only in training: on an autodiff device, the module not set to evaluation, a non-zero
 /// probability), with the kernel's fused mask on the CPU backend. Any shape.
 pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
-    if !module.training.is_enabled() || !x.device().is_autodiff() || module.prob == 0.0 {
-        return x;
+    match drop_prob(module, &x.device()) {
+        0.0 => x,
+        prob => ember_kernels::dropout(x, prob),
     }
-    ember_kernels::dropout(x, module.prob)
+}
+
+/// The probability [`dropout`] applies on `device`: the module's in training, else 0.
+pub fn drop_prob(module: &Dropout, device: &Device) -> f64 {
+    match module.training.is_enabled() && device.is_autodiff() {
+        true => module.prob,
+        false => 0.0,
+    }
 }
 
 /// Burn's `Embedding` module's lookup `ids: [batch, seq]` → `[batch, seq, emb]` by
@@ -81,38 +89,13 @@ pub fn attention_keeping_weights(
     dropout: &Dropout,
     keep_weights: bool,
 ) -> (Tensor<3>, Option<Tensor<4>>) {
-    attend(q, k, v, Some(hide), dropout, keep_weights)
-}
-
-/// [`attention`] where query `i` sees keys ≤ `i + keys − queries` (a causal mask over keys
-/// that start with the queries' earlier positions), through
-/// [`ember_kernels::softmax_causal`]: on the CPU backend the mask costs nothing, where a `hide`
-/// tensor is a `mask_fill` of the scores on one thread and another in the backward pass.
-pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, dropout: &Dropout) -> Tensor<3> {
-    attend(q, k, v, None, dropout, false).0
-}
-
-/// [`attention_keeping_weights`], with `hide: None` for [`causal_attention`]'s mask.
-fn attend(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    hide: Option<Tensor<4, Bool>>,
-    dropout: &Dropout,
-    keep_weights: bool,
-) -> (Tensor<3>, Option<Tensor<4>>) {
     let [batch, heads, queries, head_dim] = q.dims();
     let keys = k.dims()[2];
     // Scaling the queries rather than the scores: the same product, one element-wise op on a
     // tensor head_dim/keys the size (4× smaller for GPT-2 at context 256).
     let scores = matmul_batched(q.div_scalar((head_dim as f32).sqrt()), k.swap_dims(2, 3));
-    let weights = match hide {
-        Some(hide) => {
-            let hide = hide.expand([batch, heads, queries, keys]);
-            softmax(scores.mask_fill(hide, f32::MIN), 3) // [batch, heads, queries, keys]
-        }
-        None => softmax_causal(scores),
-    };
+    let hide = hide.expand([batch, heads, queries, keys]);
+    let weights = softmax(scores.mask_fill(hide, f32::MIN), 3); // [batch, heads, queries, keys]
     let kept = keep_weights.then(|| weights.clone());
     let out = matmul_batched(self::dropout(dropout, weights), v) // [batch, heads, queries, head_dim]
         .swap_dims(1, 2)
@@ -409,42 +392,6 @@ mod tests {
                 assert!(max_diff(out.clone(), want_out) < 1e-6);
                 let plain = attention(q, k, v, hide, &dropout);
                 assert_eq!(plain.into_data(), out.into_data());
-            }
-        }
-    }
-
-    #[test]
-    fn causal_attention_is_attention_hiding_the_future() {
-        let device = Device::flex().autodiff();
-        device.seed(13);
-        let dropout = burn::nn::DropoutConfig::new(0.0).init();
-        // Square (a training forward) and 3 queries after 4 earlier keys (cached positions).
-        for (queries, keys) in [(6, 6), (3, 7)] {
-            let random = |len: usize| {
-                Tensor::<4>::random([2, 3, len, 8], burn::tensor::Distribution::Default, &device)
-                    .require_grad()
-            };
-            let (q, k, v) = (random(queries), random(keys), random(keys));
-            let future =
-                Tensor::<2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, &device)
-                    .reshape([1, 1, queries, keys]);
-            let masked = attention(q.clone(), k.clone(), v.clone(), future, &dropout);
-            let causal = causal_attention(q.clone(), k.clone(), v.clone(), &dropout);
-            assert!(
-                max_diff(causal.clone(), masked.clone()) < 1e-6,
-                "{queries}×{keys}"
-            );
-            let weights =
-                Tensor::<3>::random(causal.dims(), burn::tensor::Distribution::Default, &device);
-            let grads_causal = (causal * weights.clone()).sum().backward();
-            let grads_masked = (masked * weights).sum().backward();
-            for x in [&q, &k, &v] {
-                let (a, b) = (
-                    x.grad(&grads_causal).unwrap(),
-                    x.grad(&grads_masked).unwrap(),
-                );
-                let diff = (a - b).abs().max().into_scalar::<f32>();
-                assert!(diff < 1e-6, "{queries}×{keys} gradient: {diff}");
             }
         }
     }

@@ -359,3 +359,25 @@ fn bf16_weights_decode_exactly_as_their_f32_widening() {
         assert_eq!(run(&bf16), run(&wide));
     }
 }
+
+#[test]
+fn the_fused_causal_attention_computes_what_the_masked_cached_path_does() {
+    use ember_model::gpt::KvCache;
+
+    // The full forward takes the fused causal attention; a prefill through the cache takes the
+    // composed attention with an explicit causal mask. 70 positions span two blocks of the
+    // fused kernel's queries.
+    let device = Device::flex();
+    device.seed(9);
+    let model = tiny(50, 80).init(&device);
+    let seq = 70;
+    let ids = Tensor::<2, Int>::random([2, seq], Distribution::Uniform(0.0, 50.0), &device);
+    let fused = model.hidden_states(ids.clone());
+    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+        .reshape([1, seq])
+        .expand([2, seq]);
+    let hide = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device).reshape([1, 1, seq, seq]);
+    let masked = model.forward_cached(ids, positions, hide, &mut KvCache::with_threads(1));
+    let diff: f32 = (fused - masked).abs().max().into_scalar();
+    assert!(diff < 1e-5, "{diff}");
+}
