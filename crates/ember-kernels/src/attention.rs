@@ -192,50 +192,19 @@ unsafe fn forward_task(
     let (q, out) = unsafe { (qkv.add(at_q), out.add(at_out)) };
     let (k, v) = unsafe { (q.add(emb), q.add(2 * emb)) };
     let scale = 1.0 / (head_dim as f32).sqrt();
-    for (first, end) in blocks(seq) {
-        let rows = first * seq..end * seq;
-        // SAFETY: scores of queries `first..end` over keys `..end`, inside `weights`; the
-        // queries' and keys' rows inside the projection.
-        unsafe {
-            gemm_strided(
-                weights.as_mut_ptr().add(first * seq),
-                seq as isize,
-                [end - first, head_dim, end],
-                (q.offset(first as isize * row), row, 1),
-                (k, 1, row), // kᵀ: [head_dim, keys]
-                scale,
-                false,
-            );
-        }
-        cpu::softmax_causal_rows_in_place(&mut weights[rows.clone()], seq, first);
+    for block @ (first, end) in blocks(seq) {
+        // SAFETY: the queries, keys and values are `seq` rows of `head_dim`, `row` apart; the
+        // output's rows `emb` apart.
+        unsafe { by_keys(weights, shape, (q, row), (k, row), block, scale) };
+        cpu::softmax_causal_rows_in_place(&mut weights[first * seq..end * seq], seq, first);
         let used: &[f32] = match mask {
             Some(mask) => {
-                let index = shape.weight_index(task, first);
-                cpu::dropout_rows_into(
-                    &weights[rows.clone()],
-                    &mut dropped[rows],
-                    seq,
-                    end,
-                    mask,
-                    index,
-                );
+                drop_rows(weights, dropped, shape, task, mask, block);
                 dropped
             }
             None => weights,
         };
-        // SAFETY: weights of queries `first..end` (zero past each query) times the values of
-        // keys `..end`, into this head's output rows `first..end`.
-        unsafe {
-            gemm_strided(
-                out.add(first * emb),
-                emb as isize,
-                [end - first, end, head_dim],
-                (used.as_ptr().add(first * seq), seq as isize, 1),
-                (v, row, 1),
-                1.0,
-                false,
-            );
-        }
+        unsafe { mix_keys((out, emb as isize), used, shape, (v, row), block, 1.0) };
     }
 }
 
@@ -325,57 +294,27 @@ unsafe fn backward_task(
     let (q, dq, grad) = unsafe { (qkv.add(at_q), dqkv.add(at_q), grad.add(at_grad)) };
     let (k, v) = unsafe { (q.add(emb), q.add(2 * emb)) };
     let (dk, dv) = unsafe { (dq.add(emb), dq.add(2 * emb)) };
+    let grad = (grad, emb as isize);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let used: &[f32] = match mask {
         Some(mask) => {
-            for (first, end) in blocks(seq) {
-                let rows = first * seq..end * seq;
-                let index = shape.weight_index(task, first);
-                cpu::dropout_rows_into(
-                    &weights[rows.clone()],
-                    &mut dropped[rows],
-                    seq,
-                    end,
-                    mask,
-                    index,
-                );
+            for block in blocks(seq) {
+                drop_rows(weights, dropped, shape, task, mask, block);
             }
             dropped
         }
         None => weights,
     };
-    // dv = usedᵀ · grad: key block `first..end` gathers the queries from `first` on (earlier
-    // queries do not see these keys).
-    for (first, end) in blocks(seq) {
-        // SAFETY: the transposed weights of keys `first..end` over queries `first..`, the
-        // gradient's rows `first..`, this head's value-gradient rows `first..end`.
-        unsafe {
-            gemm_strided(
-                dv.offset(first as isize * row),
-                row,
-                [end - first, seq - first, head_dim],
-                (used.as_ptr().add(first * seq + first), 1, seq as isize),
-                (grad.add(first * emb), emb as isize, 1),
-                1.0,
-                false,
-            );
-        }
+    // SAFETY (every product below): the projection's and its gradient's rows are `row` apart,
+    // the output gradient's `emb`, `seq` rows of `head_dim` each.
+    // dv = usedᵀ · grad.
+    for block in blocks(seq) {
+        unsafe { gather_queries((dv, row), used, shape, grad, block, 1.0) };
     }
-    // The scores' gradient, block by block of queries, and the queries' gradient with it.
-    for (first, end) in blocks(seq) {
+    // The scores' gradient, block by block of queries, and dq = dscores · k / √head_dim.
+    for block @ (first, end) in blocks(seq) {
+        unsafe { by_keys(dscores, shape, grad, (v, row), block, 1.0) };
         let rows = first * seq..end * seq;
-        // SAFETY: d used = grad · vᵀ for queries `first..end` over keys `..end`.
-        unsafe {
-            gemm_strided(
-                dscores.as_mut_ptr().add(first * seq),
-                seq as isize,
-                [end - first, head_dim, end],
-                (grad.add(first * emb), emb as isize, 1),
-                (v, 1, row), // vᵀ: [head_dim, keys]
-                1.0,
-                false,
-            );
-        }
         let index = shape.weight_index(task, first);
         cpu::softmax_causal_backward_rows_in_place(
             &weights[rows.clone()],
@@ -385,34 +324,123 @@ unsafe fn backward_task(
             end,
             mask.map(|mask| (mask, index)),
         );
-        // SAFETY: dq = dscores · k / √head_dim over keys `..end`, into this head's
-        // query-gradient rows `first..end`.
-        unsafe {
-            gemm_strided(
-                dq.offset(first as isize * row),
-                row,
-                [end - first, end, head_dim],
-                (dscores.as_ptr().add(first * seq), seq as isize, 1),
-                (k, row, 1),
-                scale,
-                false,
-            );
-        }
+        unsafe { mix_keys((dq, row), dscores, shape, (k, row), block, scale) };
     }
-    // dk = dscoresᵀ · q / √head_dim: key block `first..end` gathers queries from `first` on.
-    for (first, end) in blocks(seq) {
-        // SAFETY: as for dv, with the scores' gradient (zero past each query up to its block's
-        // end, which is all these products read of it).
-        unsafe {
-            gemm_strided(
-                dk.offset(first as isize * row),
-                row,
-                [end - first, seq - first, head_dim],
-                (dscores.as_ptr().add(first * seq + first), 1, seq as isize),
-                (q.offset(first as isize * row), row, 1),
-                scale,
-                false,
-            );
-        }
+    // dk = dscoresᵀ · q / √head_dim (the scores' gradient is zero past each query up to its
+    // block's end, which is all these products read of it).
+    for block in blocks(seq) {
+        unsafe { gather_queries((dk, row), dscores, shape, (q, row), block, scale) };
     }
+}
+
+/// A matrix read row by row: its first element and the distance between its rows (the
+/// elements within a row are contiguous).
+type Rows = (*const f32, isize);
+
+/// Rows `first..end` over keys `..end` of `square` (a head's `[seq, seq]` scores or their
+/// gradient) = `scale · a[first..end] · b[..end]ᵀ`, `a` and `b` rows of `head_dim`.
+///
+/// # Safety
+/// `a` and `b` must address `seq` rows of `head_dim` readable elements.
+unsafe fn by_keys(
+    square: &mut [f32],
+    shape: AttentionShape,
+    (a, a_rs): Rows,
+    (b, b_rs): Rows,
+    (first, end): (usize, usize),
+    scale: f32,
+) {
+    let AttentionShape { seq, head_dim, .. } = shape;
+    // SAFETY: the caller's rows; block `first..end` of `square`.
+    unsafe {
+        gemm_strided(
+            square.as_mut_ptr().add(first * seq),
+            seq as isize,
+            [end - first, head_dim, end],
+            (a.offset(first as isize * a_rs), a_rs, 1),
+            (b, 1, b_rs), // bᵀ: [head_dim, keys]
+            scale,
+            false,
+        )
+    };
+}
+
+/// Rows `first..end` of `out` (`head_dim` wide) = `scale · square[first..end, ..end] · b[..end]`:
+/// each query's mix of the rows of the keys it sees (`square` is zero past each query).
+///
+/// # Safety
+/// `out` must address `seq` writable rows of `head_dim` and `b` readable ones.
+unsafe fn mix_keys(
+    (out, out_rs): (*mut f32, isize),
+    square: &[f32],
+    shape: AttentionShape,
+    (b, b_rs): Rows,
+    (first, end): (usize, usize),
+    scale: f32,
+) {
+    let AttentionShape { seq, head_dim, .. } = shape;
+    // SAFETY: the caller's rows; block `first..end` of `square`.
+    unsafe {
+        gemm_strided(
+            out.offset(first as isize * out_rs),
+            out_rs,
+            [end - first, end, head_dim],
+            (square.as_ptr().add(first * seq), seq as isize, 1),
+            (b, b_rs, 1),
+            scale,
+            false,
+        )
+    };
+}
+
+/// Rows `first..end` of `out` (a block of keys, `head_dim` wide) = `scale ·
+/// square[first.., first..end]ᵀ · b[first..]`: each key's sum over the queries that see it,
+/// those from `first` on.
+///
+/// # Safety
+/// As [`mix_keys`].
+unsafe fn gather_queries(
+    (out, out_rs): (*mut f32, isize),
+    square: &[f32],
+    shape: AttentionShape,
+    (b, b_rs): Rows,
+    (first, end): (usize, usize),
+    scale: f32,
+) {
+    let AttentionShape { seq, head_dim, .. } = shape;
+    // SAFETY: the caller's rows; columns `first..end` of rows `first..` of `square`.
+    unsafe {
+        gemm_strided(
+            out.offset(first as isize * out_rs),
+            out_rs,
+            [end - first, seq - first, head_dim],
+            (square.as_ptr().add(first * seq + first), 1, seq as isize),
+            (b.offset(first as isize * b_rs), b_rs, 1),
+            scale,
+            false,
+        )
+    };
+}
+
+/// Rows `first..end` of a head's weights, keys `..end`, after dropout under `mask` into the
+/// same rows of `dropped`.
+fn drop_rows(
+    weights: &[f32],
+    dropped: &mut [f32],
+    shape: AttentionShape,
+    task: usize,
+    mask: DropoutMask,
+    (first, end): (usize, usize),
+) {
+    let seq = shape.seq;
+    let rows = first * seq..end * seq;
+    let index = shape.weight_index(task, first);
+    cpu::dropout_rows_into(
+        &weights[rows.clone()],
+        &mut dropped[rows],
+        seq,
+        end,
+        mask,
+        index,
+    );
 }
