@@ -453,29 +453,14 @@ fn row_chunk(width: usize) -> usize {
     width * (CHUNK / width).max(1)
 }
 
-/// Softmax of each row of `width` values. With `causal = Some(queries)` the rows form
-/// `[queries, width]` matrices (`width ≥ queries`) and row `i` of each sees only its first
-/// `i + width − queries + 1` values, the others' weights 0: a causal mask in the same pass.
-pub fn softmax_rows(x: &[f32], width: usize, causal: Option<usize>) -> Vec<f32> {
-    if let Some(queries) = causal {
-        assert!(
-            queries > 0 && queries <= width,
-            "causal softmax: {queries} queries over {width} keys"
-        );
-    }
-    let seen = |row: usize| match causal {
-        Some(queries) => row % queries + width - queries + 1,
-        None => width,
-    };
+/// Softmax of each row of `width` values.
+pub fn softmax_rows(x: &[f32], width: usize) -> Vec<f32> {
     par_collect(x.len(), row_chunk(width), |start, out| {
         let rows = x[start..start + out.len()].chunks(width);
-        let first = start / width.max(1);
         simd::dispatch(
             #[inline(always)]
             || {
-                for (j, (row, out)) in rows.zip(out.chunks_mut(width)).enumerate() {
-                    let (out, hidden) = out.split_at_mut(seen(first + j));
-                    let row = &row[..out.len()];
+                for (row, out) in rows.zip(out.chunks_mut(width)) {
                     let max = row_max(row);
                     let sum = exp_sum(row, max, Some(&mut *out));
                     let inv = 1.0 / sum;
@@ -483,9 +468,6 @@ pub fn softmax_rows(x: &[f32], width: usize, causal: Option<usize>) -> Vec<f32> 
                         // SAFETY: written by `exp_sum` just above.
                         let e = unsafe { o.assume_init() };
                         o.write(e * inv);
-                    }
-                    for h in hidden {
-                        h.write(0.0);
                     }
                 }
             },
@@ -514,7 +496,7 @@ pub fn softmax_rows_backward(y: &[f32], grad: &[f32], width: usize) -> Vec<f32> 
 
 /// Causal softmax in place of the rows of one head's `[seq, seq]` scores in `block` (whole
 /// rows of `seq`, the first of them query `first`): query `i` keeps weights over keys `≤ i`
-/// and zeros after them. The same arithmetic as [`softmax_rows`].
+/// and zeros after them. The same arithmetic as [`softmax_rows`] over each query's visible keys.
 pub fn softmax_causal_rows_in_place(block: &mut [f32], seq: usize, first: usize) {
     simd::dispatch(
         #[inline(always)]

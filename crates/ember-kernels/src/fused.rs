@@ -52,11 +52,6 @@ pub trait FusedOps: Backend {
     }
     /// Softmax over the last dimension.
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// Softmax over the last dimension of `[.., queries, keys]` with query `i` seeing keys
-    /// ≤ `i + keys − queries`, the others' weights 0; its backward is
-    /// [`softmax_last_backward`](FusedOps::softmax_last_backward)'s (a zero weight passes no
-    /// gradient to its score).
-    fn softmax_causal(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`softmax_last`](FusedOps::softmax_last) from its output.
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Causal self-attention of `qkv: [batch, seq, 3·heads·head_dim]` ([`crate::attention`]):
@@ -166,10 +161,6 @@ pub(crate) fn matmul_batched<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> 
 
 pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_last(x.into_dispatch()))
-}
-
-pub(crate) fn softmax_causal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_causal(x.into_dispatch()))
 }
 
 pub(crate) fn causal_attention(qkv: Tensor<3>, heads: usize, seed: u64, prob: f64) -> Tensor<3> {
@@ -702,18 +693,7 @@ impl FusedOps for Flex {
     fn softmax_last(x: FlexTensor) -> FlexTensor {
         let shape = x.layout().shape().clone();
         let width = shape[shape.num_dims() - 1];
-        tensor_from(cpu::softmax_rows(&values(&x), width, None), shape)
-    }
-
-    fn softmax_causal(x: FlexTensor) -> FlexTensor {
-        let shape = x.layout().shape().clone();
-        let dims = shape.num_dims();
-        assert!(dims >= 2, "causal softmax of a {dims}-D tensor");
-        let (queries, keys) = (shape[dims - 2], shape[dims - 1]);
-        if x.layout().num_elements() == 0 {
-            return tensor_from(Vec::new(), shape);
-        }
-        tensor_from(cpu::softmax_rows(&values(&x), keys, Some(queries)), shape)
+        tensor_from(cpu::softmax_rows(&values(&x), width), shape)
     }
 
     fn softmax_last_backward(y: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -911,7 +891,6 @@ impl FusedOps for Flex {
 enum OneTensorOp {
     GeluTanh,
     SoftmaxLast,
-    SoftmaxCausal,
 }
 
 impl<B: Backend + FusedOps> Backward<B, 1> for OneTensorOp {
@@ -921,9 +900,7 @@ impl<B: Backend + FusedOps> Backward<B, 1> for OneTensorOp {
         let kept = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| match self {
             OneTensorOp::GeluTanh => B::gelu_tanh_backward(kept, grad),
-            OneTensorOp::SoftmaxLast | OneTensorOp::SoftmaxCausal => {
-                B::softmax_last_backward(kept, grad)
-            }
+            OneTensorOp::SoftmaxLast => B::softmax_last_backward(kept, grad),
         });
     }
 }
@@ -938,10 +915,6 @@ fn one_tensor_tracked<B: Backend + FusedOps, C: CheckpointStrategy>(
         OneTensorOp::GeluTanh => (B::gelu_tanh(x.clone()), x),
         OneTensorOp::SoftmaxLast => {
             let y = B::softmax_last(x);
-            (y.clone(), y)
-        }
-        OneTensorOp::SoftmaxCausal => {
-            let y = B::softmax_causal(x);
             (y.clone(), y)
         }
     };
@@ -1157,10 +1130,6 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         one_tensor_tracked::<B, C>(x, OneTensorOp::SoftmaxLast)
-    }
-
-    fn softmax_causal(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        one_tensor_tracked::<B, C>(x, OneTensorOp::SoftmaxCausal)
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {

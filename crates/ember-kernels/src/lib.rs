@@ -195,21 +195,11 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 }
 
 /// Softmax over the last dimension of `x: [.., queries, keys]` (`keys ≥ queries`) with query
-/// `i` attending to keys ≤ `i + keys − queries` (a causal mask): the weights of the hidden keys
-/// are 0. On the CPU backend one pass per row that writes those zeros itself, where the composed
-/// form ([`softmax_causal_composed`], used elsewhere) fills the hidden scores with `f32::MIN` on
-/// one thread, again for the backward pass, and exponentiates them.
+/// `i` attending to keys ≤ `i + keys − queries` (a causal mask), from Burn's ops: the hidden
+/// scores set to `f32::MIN` (so that their weights are exactly 0), then a softmax over every
+/// key. The composed attention's ([`causal_self_attention_composed`]); on the CPU backend
+/// [`causal_self_attention`]'s kernel applies the mask inside its own softmax.
 pub fn softmax_causal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    if fused::runs_on(x.dtype(), &x.device()) {
-        return fused::softmax_causal(x);
-    }
-    softmax_causal_composed(x)
-}
-
-/// [`softmax_causal`] from Burn's ops: the hidden scores set to `f32::MIN` (so that their
-/// weights are exactly 0), then a softmax over every key.
-pub fn softmax_causal_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let (queries, keys) = (dims[D - 2], dims[D - 1]);
     assert!(
