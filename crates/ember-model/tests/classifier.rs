@@ -147,14 +147,17 @@ fn merged_adapters_compute_the_same_logits() {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    // Within 1e-5 relative to the logit's size (at least 1): x·(W + A·B) and x·W + x·A·B
-    // round differently in f32, and the parallel matmul's summation order varies by run.
+    // Within 1e-4 relative to the logit's size (at least 1): x·(W + A·B) and x·W + x·A·B
+    // round differently in f32, two blocks of layer norms and softmaxes amplify that, and the
+    // parallel matmul's summation order varies by run (seen: up to 1.1e-5 on CI's 2 cores,
+    // 7e-6 here). A wrong merge moves the logits by the adapters' own effect: leaving one
+    // adapter (k) unmerged gave 0.46 to 4.0.
     let max_diff = adapted
         .iter()
         .zip(&merged)
         .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
         .fold(0.0, f32::max);
-    assert!(max_diff < 1e-5, "merged differs by {max_diff} (relative)");
+    assert!(max_diff < 1e-4, "merged differs by {max_diff} (relative)");
     let moved = adapted
         .iter()
         .zip(&plain)
