@@ -8,6 +8,14 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }
 
+/// `max|a − b|` relative to `b`'s largest magnitude (at least 1): products of `k` uniform
+/// [0, 1) terms reach ~k/4, where a few ulps of a different summation order are ~1e-6·k/4
+/// absolute, so absolute bounds that hold for one draw can fail for the next.
+fn rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+    max_diff(a, b) / scale
+}
+
 fn grad_of<const D: usize>(x: &Tensor<D>, loss: Tensor<1>) -> Tensor<D> {
     let grads = loss.backward();
     x.grad(&grads).expect("x has a gradient")
@@ -247,7 +255,8 @@ fn causal_softmax_matches_masking_then_softmax_in_value_and_gradient() {
             burn::tensor::activation::softmax(x_hand.clone().mask_fill(hide.clone(), f32::MIN), 3);
         let x_causal = scores.require_grad();
         let causal = softmax_causal(x_causal.clone());
-        assert!(max_diff(causal.clone(), by_hand.clone()) < 1e-7, "{q}×{k}");
+        // Both sum the row's exponentials in their own order: a few ulps of p.
+        assert!(max_diff(causal.clone(), by_hand.clone()) < 1e-6, "{q}×{k}");
         let hidden = causal.clone().mask_fill(hide.bool_not(), 0.0);
         assert_eq!(
             hidden.abs().max().into_scalar::<f32>(),
@@ -286,12 +295,12 @@ fn matmul_matches_burns_in_value_and_gradient_with_transposed_operands() {
     let (a2, b2) = (a.require_grad(), b_t.require_grad());
     let ours = matmul(a1.clone(), b1.clone().transpose());
     let burns = a2.clone().matmul(b2.clone().transpose());
-    assert!(max_diff(ours.clone(), burns.clone()) < 1e-4);
+    assert!(rel_diff(ours.clone(), burns.clone()) < 1e-5);
     let grads_ours = (ours * weights.clone()).sum().backward();
     let grads_burn = (burns * weights).sum().backward();
-    let da = max_diff(a1.grad(&grads_ours).unwrap(), a2.grad(&grads_burn).unwrap());
-    let db = max_diff(b1.grad(&grads_ours).unwrap(), b2.grad(&grads_burn).unwrap());
-    assert!(da < 1e-4 && db < 1e-4, "{da} {db}");
+    let da = rel_diff(a1.grad(&grads_ours).unwrap(), a2.grad(&grads_burn).unwrap());
+    let db = rel_diff(b1.grad(&grads_ours).unwrap(), b2.grad(&grads_burn).unwrap());
+    assert!(da < 1e-5 && db < 1e-5, "{da} {db}");
     // Small and empty products (one thread; k = 0 gives zeros).
     let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
     let y = Tensor::<2>::from_floats([[5.0], [6.0]], &device);
@@ -316,11 +325,12 @@ fn matmul_nt_matches_burns_and_gives_the_table_a_row_major_gradient() {
     let (h2, t2) = (hidden.require_grad(), table.require_grad());
     let ours = matmul_nt(h1.clone(), t1.clone());
     let burns = h2.clone().matmul(t2.clone().transpose());
-    assert!(max_diff(ours.clone(), burns.clone()) < 1e-5);
+    assert!(rel_diff(ours.clone(), burns.clone()) < 1e-5);
     let grads_ours = (ours * weights.clone()).sum().backward();
     let grads_burn = (burns * weights).sum().backward();
-    let dh = max_diff(h1.grad(&grads_ours).unwrap(), h2.grad(&grads_burn).unwrap());
-    let dt = max_diff(t1.grad(&grads_ours).unwrap(), t2.grad(&grads_burn).unwrap());
+    // The hidden rows' gradient sums 300 terms: values ~75, where 1e-5 is about one ulp.
+    let dh = rel_diff(h1.grad(&grads_ours).unwrap(), h2.grad(&grads_burn).unwrap());
+    let dt = rel_diff(t1.grad(&grads_ours).unwrap(), t2.grad(&grads_burn).unwrap());
     assert!(dh < 1e-5 && dt < 1e-5, "{dh} {dt}");
 }
 
@@ -369,7 +379,7 @@ fn few_row_products_match_burns_for_every_shape_and_layout() {
     let lhs = Tensor::<2>::random([2, 50], Distribution::Default, &device);
     let wide = Tensor::<2>::random([50, 90], Distribution::Default, &device);
     let slice = wide.narrow(1, 10, 40);
-    let diff = max_diff(matmul(lhs.clone(), slice.clone()), lhs.matmul(slice));
+    let diff = rel_diff(matmul(lhs.clone(), slice.clone()), lhs.matmul(slice));
     assert!(diff < 1e-5, "{diff}");
 }
 
@@ -482,11 +492,11 @@ fn a_few_row_product_under_autodiff_has_burns_gradients() {
     let (x2, w2) = (x.require_grad(), w.require_grad());
     let ours = matmul(x1.clone(), w1.clone());
     let burns = x2.clone().matmul(w2.clone());
-    assert!(max_diff(ours.clone(), burns.clone()) < 1e-5);
+    assert!(rel_diff(ours.clone(), burns.clone()) < 1e-5);
     let grads_ours = (ours * weights.clone()).sum().backward();
     let grads_burn = (burns * weights).sum().backward();
-    let dx = max_diff(x1.grad(&grads_ours).unwrap(), x2.grad(&grads_burn).unwrap());
-    let dw = max_diff(w1.grad(&grads_ours).unwrap(), w2.grad(&grads_burn).unwrap());
+    let dx = rel_diff(x1.grad(&grads_ours).unwrap(), x2.grad(&grads_burn).unwrap());
+    let dw = rel_diff(w1.grad(&grads_ours).unwrap(), w2.grad(&grads_burn).unwrap());
     assert!(dx < 1e-5 && dw < 1e-5, "{dx} {dw}");
 }
 
@@ -617,11 +627,8 @@ fn dropout_drops_the_given_share_everywhere_and_scales_the_rest() {
         .filter(|(a, b)| (**a == 0.0) == (**b == 0.0))
         .count();
     assert!((same as f64 / n as f64 - 0.5).abs() < 0.003, "{same}");
-    // The device's seed makes it repeatable.
-    device.seed(11);
-    let first = values_of(dropout(x.clone(), 0.2));
-    device.seed(11);
-    assert_eq!(first, values_of(dropout(x, 0.2)));
+    // That the device's seed makes it repeatable is checked in ember-model's `seed` test binary,
+    // which runs alone: here other tests seed and draw from the same generator concurrently.
 }
 
 #[test]
@@ -712,16 +719,16 @@ fn batched_gemm_products_read_strided_heads_and_match_burns() {
     };
     let (q, k) = (heads(20), heads(20));
     let scores = matmul_batched(q.clone(), k.clone().swap_dims(2, 3));
-    let diff = max_diff(scores.clone(), q.clone().matmul(k.clone().swap_dims(2, 3)));
+    let diff = rel_diff(scores.clone(), q.clone().matmul(k.clone().swap_dims(2, 3)));
     assert!(diff < 1e-5, "q·kᵀ: {diff}");
     let context = matmul_batched(scores.clone(), k.clone());
-    assert!(max_diff(context, scores.matmul(k)) < 1e-4);
+    assert!(rel_diff(context, scores.matmul(k)) < 1e-5);
     // One large batch element (the product itself on all threads), 3-D, transposed lhs.
     let a = Tensor::<3>::random([1, 130, 260], Distribution::Default, &device);
     let b = Tensor::<3>::random([1, 130, 250], Distribution::Default, &device);
     let lhs = a.swap_dims(1, 2); // [1, 260, 130]
-    let diff = max_diff(matmul_batched(lhs.clone(), b.clone()), lhs.matmul(b));
-    assert!(diff < 1e-4, "{diff}");
+    let diff = rel_diff(matmul_batched(lhs.clone(), b.clone()), lhs.matmul(b));
+    assert!(diff < 1e-5, "{diff}");
     // Empty inner and outer dimensions.
     let zero_k = matmul_batched(
         Tensor::<3>::zeros([3, 9, 0], &device),
@@ -878,9 +885,11 @@ fn fused_attention_matches_burns_ops_in_value_and_gradient() {
         };
         let (y_fused, g_fused) = run(&|x| fused::causal_attention(x, heads, SEED, drop_prob));
         let (y_burn, g_burn) = run(&|x| attention_from_burn_ops(x, heads, drop_prob, SEED));
-        let diff = max_diff(y_fused.clone(), y_burn.clone());
+        // Relative to the largest value: scores reach ~15 with these inputs, where an ulp of a
+        // differently rounded score moves a weight by ~1e-6 of itself.
+        let diff = rel_diff(y_fused.clone(), y_burn.clone());
         assert!(diff < 1e-5, "{case}: output {diff}");
-        let diff = max_diff(g_fused, g_burn.clone());
+        let diff = rel_diff(g_fused, g_burn.clone());
         assert!(diff < 1e-4, "{case}: gradient {diff}");
         if drop_prob > 0.0 {
             // The mask dropped something: without it the output differs.
@@ -889,9 +898,9 @@ fn fused_attention_matches_burns_ops_in_value_and_gradient() {
         } else {
             let (y_composed, g_composed) =
                 run(&|x| causal_self_attention_composed(x, heads, drop_prob));
-            assert!(max_diff(y_composed, y_burn) < 1e-5, "{case}: composed");
+            assert!(rel_diff(y_composed, y_burn) < 1e-5, "{case}: composed");
             assert!(
-                max_diff(g_composed, g_burn) < 1e-4,
+                rel_diff(g_composed, g_burn) < 1e-4,
                 "{case}: composed gradient"
             );
             // The public function takes the fused path here.
