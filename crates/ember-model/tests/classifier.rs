@@ -78,7 +78,14 @@ fn merged_adapters_compute_the_same_logits() {
     let gpt = tiny().init(&device);
     let _ = gpt.forward(ids.clone()); // materialise the lazy weights before sharing them
     let mut model = GptClassifier::new(gpt.clone(), 3, Pooling::Last).add_lora(&config);
-    // B starts at zero; give every adapter a random B so the update is not trivially zero.
+    let lengths = Tensor::<1, Int>::from_data(TensorData::new(vec![4i64, 4], [2]), &device);
+    // B starts at zero, so the adapters add nothing yet: the base model's logits.
+    let plain: Vec<f32> = model
+        .forward(ids.clone(), lengths.clone())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    // Give every adapter a random B so the update is not trivially zero.
     for block in &mut model.gpt.h {
         for adapter in [
             &mut block.attn.lora_q,
@@ -102,9 +109,6 @@ fn merged_adapters_compute_the_same_logits() {
         Distribution::Normal(0.0, 0.5),
         &device,
     ));
-    let base = GptClassifier::new(tiny().init(&device), 3, Pooling::Last);
-
-    let lengths = Tensor::<1, Int>::from_data(TensorData::new(vec![4i64, 4], [2]), &device);
     let adapted: Vec<f32> = model
         .forward(ids.clone(), lengths.clone())
         .into_data()
@@ -120,10 +124,11 @@ fn merged_adapters_compute_the_same_logits() {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    // Equal up to summation order (the reloaded A and B are transposed views).
+    // Equal up to summation order (the reloaded A and B are transposed views): seen up to 7.5e-8
+    // relative over ten runs, while the adapters move the logits by more than 1e-2 (below).
     for (x, y) in again.iter().zip(&adapted) {
         assert!(
-            (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
             "{again:?} vs {adapted:?}"
         );
     }
@@ -142,13 +147,8 @@ fn merged_adapters_compute_the_same_logits() {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    let plain: Vec<f32> = base
-        .forward(ids, lengths)
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap();
     // Within 1e-4 relative to the logit's size (at least 1): x·(W + A·B) and x·W + x·A·B
-    // round differently in f32, two blocks of layer norms and softmaxes amplify that, and the
+    // round differently in f32, three blocks of layer norms and softmaxes amplify that, and the
     // parallel matmul's summation order varies by run (seen: up to 1.1e-5 on CI's 2 cores,
     // 7e-6 here). A wrong merge moves the logits by the adapters' own effect: leaving one
     // adapter (k) unmerged gave 0.46 to 4.0.
