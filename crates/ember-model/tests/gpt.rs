@@ -8,23 +8,11 @@ use burn::tensor::Distribution;
 use ember_model::gpt::{ConfigError, GptConfig};
 use ember_model::loss::lm_loss;
 
+mod common;
+use common::tiny;
+
 fn config_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/models/{name}.toml"))
-}
-
-fn tiny(vocab_size: usize, context_length: usize) -> GptConfig {
-    GptConfig {
-        vocab_size,
-        context_length,
-        emb_dim: 32,
-        n_heads: 4,
-        n_layers: 2,
-        drop_rate: 0.0,
-        qkv_bias: true,
-        tie_weights: false,
-        layer_norm_eps: 1e-5,
-        emb_init_std: 1.0,
-    }
 }
 
 #[test]

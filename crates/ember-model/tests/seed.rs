@@ -5,23 +5,14 @@
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use ember_model::gpt::GptConfig;
+
+mod common;
+use common::tiny;
 
 #[test]
 fn a_device_seed_repeats_the_model_and_the_dropout_masks() {
     let device = Device::flex();
-    let config = GptConfig {
-        vocab_size: 20,
-        context_length: 8,
-        emb_dim: 32,
-        n_heads: 4,
-        n_layers: 2,
-        drop_rate: 0.0,
-        qkv_bias: true,
-        tie_weights: false,
-        layer_norm_eps: 1e-5,
-        emb_init_std: 1.0,
-    };
+    let config = tiny(20, 8);
     let ids = Tensor::<2, Int>::from_data([[1, 2, 3, 4]], &device);
     let model_of = |seed| {
         device.seed(seed);

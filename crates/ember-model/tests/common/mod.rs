@@ -1,10 +1,28 @@
-//! Reading `../shared/fixtures` reference files in the parity tests.
+//! Reading `../shared/fixtures` reference files in the parity tests, and the tiny GPT the
+//! model tests build.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use ember_model::gpt::GptConfig;
 use serde_json::Value;
+
+/// A 2-layer, 32-wide GPT with 4 heads: milliseconds to build and run.
+pub fn tiny(vocab_size: usize, context_length: usize) -> GptConfig {
+    GptConfig {
+        vocab_size,
+        context_length,
+        emb_dim: 32,
+        n_heads: 4,
+        n_layers: 2,
+        drop_rate: 0.0,
+        qkv_bias: true,
+        tie_weights: false,
+        layer_norm_eps: 1e-5,
+        emb_init_std: 1.0,
+    }
+}
 
 /// `$EMBER_FIXTURES`, else `../shared/fixtures` beside the checkout.
 pub fn fixtures() -> PathBuf {
