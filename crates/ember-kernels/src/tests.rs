@@ -4,6 +4,54 @@ use burn::tensor::Distribution;
 
 use super::*;
 
+/// Test inputs from a generator of the test's own (SplitMix64), not the flex device's: that one
+/// is shared by the whole process, so with tests running in parallel each run would draw other
+/// values and a bound that held locally could fail on CI.
+struct Inputs(u64);
+
+impl Inputs {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A tensor of `shape` drawn from `distribution` (Default: uniform [0, 1), as Burn's).
+    fn tensor<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        distribution: Distribution,
+        device: &Device,
+    ) -> Tensor<D> {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| match distribution {
+                Distribution::Default => self.uniform() as f32,
+                Distribution::Uniform(low, high) => (low + (high - low) * self.uniform()) as f32,
+                Distribution::Normal(mean, std) => {
+                    // Box–Muller; 1 − u keeps the logarithm finite.
+                    let (u, v) = (1.0 - self.uniform(), self.uniform());
+                    let z = (-2.0 * u.ln()).sqrt() * (2.0 * core::f64::consts::PI * v).cos();
+                    (mean + std * z) as f32
+                }
+                other => unimplemented!("test inputs from {other:?}"),
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+}
+
 fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }
@@ -34,10 +82,10 @@ fn the_fused_path_is_taken_on_flex_only_for_f32() {
 #[test]
 fn gelu_matches_the_composed_form_in_value_and_gradient() {
     let device = Device::flex().autodiff();
-    device.seed(3);
+    let mut rng = Inputs::new(3);
     // A shape that is not a multiple of the parallel chunk, values well into both tails.
-    let x = Tensor::<3>::random([3, 7, 1000], Distribution::Normal(0.0, 4.0), &device);
-    let weights = Tensor::<3>::random([3, 7, 1000], Distribution::Default, &device);
+    let x = rng.tensor::<3>([3, 7, 1000], Distribution::Normal(0.0, 4.0), &device);
+    let weights = rng.tensor::<3>([3, 7, 1000], Distribution::Default, &device);
 
     let x_fused = x.clone().require_grad();
     let y_fused = gelu_tanh(x_fused.clone());
@@ -54,8 +102,8 @@ fn gelu_matches_the_composed_form_in_value_and_gradient() {
 #[test]
 fn gelu_reads_strided_inputs() {
     let device = Device::flex();
-    device.seed(4);
-    let x = Tensor::<2>::random([40, 30], Distribution::Normal(0.0, 2.0), &device);
+    let mut rng = Inputs::new(4);
+    let x = rng.tensor::<2>([40, 30], Distribution::Normal(0.0, 2.0), &device);
     let transposed = x.swap_dims(0, 1); // a view with strides, not contiguous
     let diff = max_diff(
         gelu_tanh(transposed.clone()),
@@ -67,8 +115,8 @@ fn gelu_reads_strided_inputs() {
 #[test]
 fn nll_matches_log_softmax_and_gather_with_ignored_rows() {
     let device = Device::flex().autodiff();
-    device.seed(5);
-    let logits = Tensor::<2>::random([6, 53], Distribution::Normal(0.0, 3.0), &device);
+    let mut rng = Inputs::new(5);
+    let logits = rng.tensor::<2>([6, 53], Distribution::Normal(0.0, 3.0), &device);
     let targets = Tensor::<1, Int>::from_data([3, -100, 52, 0, -100, 17], &device);
     let row_weights = Tensor::<1>::from_floats([0.5, 2.0, -1.0, 1.5, 3.0, 0.25], &device);
 
@@ -96,13 +144,13 @@ fn nll_gradient_over_logits_nobody_else_holds_matches_the_composed_one() {
     // The logits are an intermediate (`2·w`), so the backward writes the gradient over them;
     // 40 rows of 1000 span several parallel chunks, the last one partial.
     let device = Device::flex().autodiff();
-    device.seed(6);
-    let w = Tensor::<2>::random([40, 1000], Distribution::Normal(0.0, 2.0), &device);
+    let mut rng = Inputs::new(6);
+    let w = rng.tensor::<2>([40, 1000], Distribution::Normal(0.0, 2.0), &device);
     let targets: Vec<i64> = (0..40)
         .map(|i| if i % 7 == 3 { -100 } else { (i * 97) % 1000 })
         .collect();
     let targets = Tensor::<1, Int>::from_data(targets.as_slice(), &device);
-    let row_weights = Tensor::<1>::random([40], Distribution::Default, &device);
+    let row_weights = rng.tensor::<1>([40], Distribution::Default, &device);
     let grads = [true, false].map(|fused| {
         let w = w.clone().require_grad();
         let logits = w.clone() * 2.0;
@@ -157,9 +205,9 @@ fn a_target_beyond_the_classes_is_refused() {
 #[test]
 fn adamw_matches_the_composed_update_and_leaves_shared_tensors_alone() {
     let device = Device::flex();
-    device.seed(6);
+    let mut rng = Inputs::new(6);
     let shape = [37, 1001]; // not a multiple of the parallel chunk
-    let param = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let param = rng.tensor::<2>(shape, Distribution::Normal(0.0, 1.0), &device);
     let kept = param.clone(); // shares storage: the fused update must not write into it
     let before: Vec<f32> = kept.clone().into_data().try_to_vec::<f32>().unwrap();
     let (mut fused, mut composed) = (
@@ -175,7 +223,7 @@ fn adamw_matches_the_composed_update_and_leaves_shared_tensors_alone() {
         ),
     );
     for time in 1..=3 {
-        let grad = Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.1), &device);
+        let grad = rng.tensor::<2>(shape, Distribution::Normal(0.0, 0.1), &device);
         let step = AdamWStep {
             lr: 1e-3,
             beta_1: 0.9,
@@ -198,9 +246,9 @@ fn adamw_matches_the_composed_update_and_leaves_shared_tensors_alone() {
 #[test]
 fn softmax_matches_burns_in_value_and_gradient_with_hidden_keys() {
     let device = Device::flex().autodiff();
-    device.seed(8);
+    let mut rng = Inputs::new(8);
     let [b, h, q, k] = [2, 3, 9, 300];
-    let scores = Tensor::<4>::random([b, h, q, k], Distribution::Normal(0.0, 3.0), &device);
+    let scores = rng.tensor::<4>([b, h, q, k], Distribution::Normal(0.0, 3.0), &device);
     // Causal hiding as attention does, and one row with every key hidden (a padding query).
     let causal = Tensor::<1, Int>::arange(0..q as i64, &device).reshape([q, 1]);
     let keys = Tensor::<1, Int>::arange(0..k as i64, &device).reshape([1, k]);
@@ -210,7 +258,7 @@ fn softmax_matches_burns_in_value_and_gradient_with_hidden_keys() {
         .expand([b, h, q, k]);
     hide = hide.slice_fill([0..1, 0..1, 4..5, 0..k], true);
     let scores = scores.mask_fill(hide, f32::MIN);
-    let weights = Tensor::<4>::random([b, h, q, k], Distribution::Default, &device);
+    let weights = rng.tensor::<4>([b, h, q, k], Distribution::Default, &device);
 
     let x_fused = scores.clone().require_grad();
     let y_fused = softmax(x_fused.clone(), 3);
@@ -237,12 +285,12 @@ fn softmax_matches_burns_in_value_and_gradient_with_hidden_keys() {
 #[test]
 fn causal_softmax_matches_masking_then_softmax_in_value_and_gradient() {
     let device = Device::flex().autodiff();
-    device.seed(16);
+    let mut rng = Inputs::new(16);
     // Square (training) and more keys than queries (queries after cached positions); rows of
     // 300 keys span several 16-lane chunks and a tail.
     for [b, h, q, k] in [[2, 3, 9, 9], [2, 2, 5, 300], [1, 1, 1, 1]] {
-        let scores = Tensor::<4>::random([b, h, q, k], Distribution::Normal(0.0, 3.0), &device);
-        let weights = Tensor::<4>::random([b, h, q, k], Distribution::Default, &device);
+        let scores = rng.tensor::<4>([b, h, q, k], Distribution::Normal(0.0, 3.0), &device);
+        let weights = rng.tensor::<4>([b, h, q, k], Distribution::Default, &device);
         // Checked by hand: query i sees keys 0..=i + k − q.
         let queries = Tensor::<1, Int>::arange(0..q as i64, &device).reshape([q, 1]);
         let keys = Tensor::<1, Int>::arange(0..k as i64, &device).reshape([1, k]);
@@ -272,8 +320,8 @@ fn causal_softmax_matches_masking_then_softmax_in_value_and_gradient() {
 #[test]
 fn softmax_over_another_dimension_is_burns() {
     let device = Device::flex();
-    device.seed(9);
-    let x = Tensor::<3>::random([4, 5, 6], Distribution::Default, &device);
+    let mut rng = Inputs::new(9);
+    let x = rng.tensor::<3>([4, 5, 6], Distribution::Default, &device);
     for dim in 0..3 {
         let diff = max_diff(
             softmax(x.clone(), dim),
@@ -286,11 +334,11 @@ fn softmax_over_another_dimension_is_burns() {
 #[test]
 fn matmul_matches_burns_in_value_and_gradient_with_transposed_operands() {
     let device = Device::flex().autodiff();
-    device.seed(10);
+    let mut rng = Inputs::new(10);
     // Large enough for the multi-threaded product; one operand a transposed view.
-    let a = Tensor::<2>::random([300, 200], Distribution::Default, &device);
-    let b_t = Tensor::<2>::random([250, 200], Distribution::Default, &device);
-    let weights = Tensor::<2>::random([300, 250], Distribution::Default, &device);
+    let a = rng.tensor::<2>([300, 200], Distribution::Default, &device);
+    let b_t = rng.tensor::<2>([250, 200], Distribution::Default, &device);
+    let weights = rng.tensor::<2>([300, 250], Distribution::Default, &device);
     let (a1, b1) = (a.clone().require_grad(), b_t.clone().require_grad());
     let (a2, b2) = (a.require_grad(), b_t.require_grad());
     let ours = matmul(a1.clone(), b1.clone().transpose());
@@ -317,10 +365,10 @@ fn matmul_matches_burns_in_value_and_gradient_with_transposed_operands() {
 #[test]
 fn matmul_nt_matches_burns_and_gives_the_table_a_row_major_gradient() {
     let device = Device::flex().autodiff();
-    device.seed(11);
-    let hidden = Tensor::<2>::random([40, 24], Distribution::Default, &device);
-    let table = Tensor::<2>::random([300, 24], Distribution::Default, &device);
-    let weights = Tensor::<2>::random([40, 300], Distribution::Default, &device);
+    let mut rng = Inputs::new(11);
+    let hidden = rng.tensor::<2>([40, 24], Distribution::Default, &device);
+    let table = rng.tensor::<2>([300, 24], Distribution::Default, &device);
+    let weights = rng.tensor::<2>([40, 300], Distribution::Default, &device);
     let (h1, t1) = (hidden.clone().require_grad(), table.clone().require_grad());
     let (h2, t2) = (hidden.require_grad(), table.require_grad());
     let ours = matmul_nt(h1.clone(), t1.clone());
@@ -349,13 +397,13 @@ fn values_of<const D: usize>(x: Tensor<D>) -> Vec<f32> {
 #[test]
 fn few_row_products_match_burns_for_every_shape_and_layout() {
     let device = Device::flex();
-    device.seed(12);
+    let mut rng = Inputs::new(12);
     // k not a multiple of 4 or of the 64-row blocks, n not a multiple of the vector width.
     for (k, n) in [(1, 1), (5, 7), (130, 33), (768, 40), (64, 3)] {
         for m in [1, 2, 3, 8] {
-            let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-            let rhs = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
-            let table = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+            let lhs = rng.tensor::<2>([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let rhs = rng.tensor::<2>([k, n], Distribution::Normal(0.0, 1.0), &device);
+            let table = rng.tensor::<2>([n, k], Distribution::Normal(0.0, 1.0), &device);
             let tolerance = 1e-5 * (k as f32).sqrt().max(1.0);
             let burns = lhs.clone().matmul(rhs.clone());
             let diff = max_diff(matmul(lhs.clone(), rhs.clone()), burns);
@@ -376,8 +424,8 @@ fn few_row_products_match_burns_for_every_shape_and_layout() {
         }
     }
     // A column slice of a wider weight is neither layout the few-rows kernels read: gemm's case.
-    let lhs = Tensor::<2>::random([2, 50], Distribution::Default, &device);
-    let wide = Tensor::<2>::random([50, 90], Distribution::Default, &device);
+    let lhs = rng.tensor::<2>([2, 50], Distribution::Default, &device);
+    let wide = rng.tensor::<2>([50, 90], Distribution::Default, &device);
     let slice = wide.narrow(1, 10, 40);
     let diff = rel_diff(matmul(lhs.clone(), slice.clone()), lhs.matmul(slice));
     assert!(diff < 1e-5, "{diff}");
@@ -386,7 +434,7 @@ fn few_row_products_match_burns_for_every_shape_and_layout() {
 #[test]
 fn products_by_a_transposed_weight_split_across_threads_match_burns() {
     let device = Device::flex();
-    device.seed(15);
+    let mut rng = Inputs::new(15);
     // Large enough to run on all threads; n splits into uneven slices (80 + 50 columns on two
     // threads); past the split's column limits gemm's own threading (1100 columns, and 40 on
     // all threads); a small product on one thread.
@@ -396,8 +444,8 @@ fn products_by_a_transposed_weight_split_across_threads_match_burns() {
         (300, 200, 16),
         (3000, 300, 40),
     ] {
-        let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-        let weight = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+        let lhs = rng.tensor::<2>([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let weight = rng.tensor::<2>([n, k], Distribution::Normal(0.0, 1.0), &device);
         let burns = lhs.clone().matmul(weight.clone().transpose());
         let tolerance = 1e-5 * (k as f32).sqrt();
         let diff = max_diff(
@@ -414,7 +462,7 @@ fn products_by_a_transposed_weight_split_across_threads_match_burns() {
 fn bf16_weights_give_the_bits_of_their_f32_widening_in_every_product() {
     use burn::tensor::DType;
     let device = Device::flex();
-    device.seed(14);
+    let mut rng = Inputs::new(14);
     assert!(weight_dtype_read(DType::F32, DType::BF16, &device));
     assert!(!weight_dtype_read(
         DType::F32,
@@ -425,9 +473,9 @@ fn bf16_weights_give_the_bits_of_their_f32_widening_in_every_product() {
     // Few rows (the kernels read bf16 as stored) and 12 rows (widened once, then gemm); k not a
     // multiple of the 16 lanes or the 4-row groups.
     for (m, k, n) in [(1, 130, 33), (3, 768, 40), (8, 67, 5), (12, 130, 33)] {
-        let lhs = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-        let rhs = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
-        let table = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+        let lhs = rng.tensor::<2>([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let rhs = rng.tensor::<2>([k, n], Distribution::Normal(0.0, 1.0), &device);
+        let table = rng.tensor::<2>([n, k], Distribution::Normal(0.0, 1.0), &device);
         let (rhs_bf16, table_bf16) = (rhs.clone().cast(DType::BF16), table.cast(DType::BF16));
         let (rhs_wide, table_wide) = (
             rhs_bf16.clone().cast(DType::F32),
@@ -460,10 +508,10 @@ fn bf16_weights_give_the_bits_of_their_f32_widening_in_every_product() {
 #[test]
 fn few_row_products_give_the_same_bits_on_any_number_of_threads() {
     let device = Device::flex();
-    device.seed(13);
-    let lhs = Tensor::<2>::random([3, 700], Distribution::Normal(0.0, 1.0), &device);
-    let rhs = Tensor::<2>::random([700, 300], Distribution::Normal(0.0, 1.0), &device);
-    let table = Tensor::<2>::random([300, 700], Distribution::Normal(0.0, 1.0), &device);
+    let mut rng = Inputs::new(13);
+    let lhs = rng.tensor::<2>([3, 700], Distribution::Normal(0.0, 1.0), &device);
+    let rhs = rng.tensor::<2>([700, 300], Distribution::Normal(0.0, 1.0), &device);
+    let table = rng.tensor::<2>([300, 700], Distribution::Normal(0.0, 1.0), &device);
     let on = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -484,10 +532,10 @@ fn few_row_products_give_the_same_bits_on_any_number_of_threads() {
 #[test]
 fn a_few_row_product_under_autodiff_has_burns_gradients() {
     let device = Device::flex().autodiff();
-    device.seed(14);
-    let x = Tensor::<2>::random([2, 70], Distribution::Default, &device);
-    let w = Tensor::<2>::random([70, 30], Distribution::Default, &device);
-    let weights = Tensor::<2>::random([2, 30], Distribution::Default, &device);
+    let mut rng = Inputs::new(14);
+    let x = rng.tensor::<2>([2, 70], Distribution::Default, &device);
+    let w = rng.tensor::<2>([70, 30], Distribution::Default, &device);
+    let weights = rng.tensor::<2>([2, 30], Distribution::Default, &device);
     let (x1, w1) = (x.clone().require_grad(), w.clone().require_grad());
     let (x2, w2) = (x.require_grad(), w.require_grad());
     let ours = matmul(x1.clone(), w1.clone());
@@ -503,13 +551,13 @@ fn a_few_row_product_under_autodiff_has_burns_gradients() {
 #[test]
 fn batched_products_read_cache_views_in_place_and_match_burns() {
     let device = Device::flex();
-    device.seed(15);
+    let mut rng = Inputs::new(15);
     // A key/value buffer [batch, heads, capacity, head_dim] of which 37 positions are filled.
-    let buffer = Tensor::<4>::random([2, 3, 64, 16], Distribution::Normal(0.0, 1.0), &device);
+    let buffer = rng.tensor::<4>([2, 3, 64, 16], Distribution::Normal(0.0, 1.0), &device);
     let keys = buffer.narrow(2, 0, 37); // [2, 3, 37, 16], strided per head
     for queries in [1, 3, 8, 9] {
-        let q = Tensor::<4>::random([2, 3, queries, 16], Distribution::Default, &device);
-        let w = Tensor::<4>::random([2, 3, queries, 37], Distribution::Default, &device);
+        let q = rng.tensor::<4>([2, 3, queries, 16], Distribution::Default, &device);
+        let w = rng.tensor::<4>([2, 3, queries, 37], Distribution::Default, &device);
         let scores = matmul_batched(q.clone(), keys.clone().swap_dims(2, 3));
         let diff = max_diff(scores, q.matmul(keys.clone().swap_dims(2, 3)));
         assert!(diff < 1e-5, "q·kᵀ, {queries} queries: {diff}");
@@ -518,18 +566,19 @@ fn batched_products_read_cache_views_in_place_and_match_burns() {
         assert!(diff < 1e-5, "w·v, {queries} queries: {diff}");
     }
     // Heads of a projection's output `[batch, seq, heads·head_dim]`: rows 48 values apart.
-    let projected = Tensor::<3>::random([2, 37, 48], Distribution::Default, &device)
+    let projected = rng
+        .tensor::<3>([2, 37, 48], Distribution::Default, &device)
         .reshape([2, 37, 3, 16])
         .swap_dims(1, 2);
-    let q = Tensor::<4>::random([2, 3, 1, 16], Distribution::Default, &device);
-    let w = Tensor::<4>::random([2, 3, 1, 37], Distribution::Default, &device);
+    let q = rng.tensor::<4>([2, 3, 1, 16], Distribution::Default, &device);
+    let w = rng.tensor::<4>([2, 3, 1, 37], Distribution::Default, &device);
     let scores = matmul_batched(q.clone(), projected.clone().swap_dims(2, 3));
     let diff = max_diff(scores, q.matmul(projected.clone().swap_dims(2, 3)));
     assert!(diff < 1e-5, "projection heads, q·kᵀ: {diff}");
     let context = matmul_batched(w.clone(), projected.clone());
     assert!(max_diff(context, w.matmul(projected)) < 1e-5);
     // A batch dimension of size 1 broadcasts, as in Burn's product.
-    let one = Tensor::<4>::random([1, 3, 1, 16], Distribution::Default, &device);
+    let one = rng.tensor::<4>([1, 3, 1, 16], Distribution::Default, &device);
     let out = matmul_batched(one.clone(), keys.clone().swap_dims(2, 3));
     assert_eq!(out.dims(), [2, 3, 1, 37]);
     let diff = max_diff(out, one.matmul(keys.swap_dims(2, 3)));
@@ -539,10 +588,14 @@ fn batched_products_read_cache_views_in_place_and_match_burns() {
 #[test]
 fn a_batched_product_under_autodiff_has_burns_gradients() {
     let device = Device::flex().autodiff();
-    device.seed(16);
-    let q = Tensor::<4>::random([1, 2, 1, 8], Distribution::Default, &device).require_grad();
-    let k = Tensor::<4>::random([1, 2, 8, 5], Distribution::Default, &device).require_grad();
-    let weights = Tensor::<4>::random([1, 2, 1, 5], Distribution::Default, &device);
+    let mut rng = Inputs::new(16);
+    let q = rng
+        .tensor::<4>([1, 2, 1, 8], Distribution::Default, &device)
+        .require_grad();
+    let k = rng
+        .tensor::<4>([1, 2, 8, 5], Distribution::Default, &device)
+        .require_grad();
+    let weights = rng.tensor::<4>([1, 2, 1, 5], Distribution::Default, &device);
     let out = matmul_batched(q.clone(), k.clone());
     let grads = (out * weights.clone()).sum().backward();
     let (q2, k2) = (
@@ -588,9 +641,9 @@ fn the_vectorised_exp_is_within_two_ulp_of_f64_exp() {
 #[test]
 fn dropout_drops_the_given_share_everywhere_and_scales_the_rest() {
     let device = Device::flex();
-    device.seed(5);
+    let mut rng = Inputs::new(5);
     let n = 1 << 20; // 64 parallel chunks
-    let x = Tensor::<1>::random([n], Distribution::Uniform(1.0, 2.0), &device);
+    let x = rng.tensor::<1>([n], Distribution::Uniform(1.0, 2.0), &device);
     let xs = values_of(x.clone());
     for prob in [0.1, 0.5, 0.9] {
         let ys = values_of(dropout(x.clone(), prob));
@@ -634,8 +687,8 @@ fn dropout_drops_the_given_share_everywhere_and_scales_the_rest() {
 #[test]
 fn dropout_reads_strided_inputs() {
     let device = Device::flex();
-    device.seed(6);
-    let x = Tensor::<2>::random([300, 70], Distribution::Uniform(1.0, 2.0), &device);
+    let mut rng = Inputs::new(6);
+    let x = rng.tensor::<2>([300, 70], Distribution::Uniform(1.0, 2.0), &device);
     let transposed = x.swap_dims(0, 1); // a view with strides
     let (xs, ys) = (
         values_of(transposed.clone()),
@@ -653,10 +706,12 @@ fn dropout_reads_strided_inputs() {
 #[test]
 fn dropouts_gradient_applies_the_forward_mask() {
     let device = Device::flex().autodiff();
-    device.seed(7);
+    let mut rng = Inputs::new(7);
     let shape = [3, 50, 700];
-    let x = Tensor::<3>::random(shape, Distribution::Uniform(1.0, 2.0), &device).require_grad();
-    let weights = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let x = rng
+        .tensor::<3>(shape, Distribution::Uniform(1.0, 2.0), &device)
+        .require_grad();
+    let weights = rng.tensor::<3>(shape, Distribution::Normal(0.0, 1.0), &device);
     // A shared input (copied) and a product's own output (updated in place).
     for factor in [1.0f32, 2.0] {
         let input = if factor == 1.0 {
@@ -683,9 +738,9 @@ fn dropouts_gradient_applies_the_forward_mask() {
 #[test]
 fn squared_sum_and_scale_match_the_composed_ops() {
     let device = Device::flex();
-    device.seed(9);
+    let mut rng = Inputs::new(9);
     // Not a multiple of the chunk or of 16 lanes; a strided view too.
-    let x = Tensor::<2>::random([301, 117], Distribution::Normal(0.0, 3.0), &device);
+    let x = rng.tensor::<2>([301, 117], Distribution::Normal(0.0, 3.0), &device);
     for x in [x.clone(), x.clone().swap_dims(0, 1)] {
         let want: f32 = x.clone().powi_scalar(2).sum().into_scalar();
         let got: f32 = squared_sum(x.clone()).into_scalar();
@@ -709,11 +764,11 @@ fn squared_sum_and_scale_match_the_composed_ops() {
 #[test]
 fn batched_gemm_products_read_strided_heads_and_match_burns() {
     let device = Device::flex();
-    device.seed(17);
+    let mut rng = Inputs::new(17);
     // Attention in training: heads of projections [batch, seq, heads·head_dim] as queries and
     // keys (rows 48 values apart), the keys transposed; more batch elements than threads.
-    let heads = |seq| {
-        Tensor::<3>::random([2, seq, 48], Distribution::Default, &device)
+    let mut heads = |seq| {
+        rng.tensor::<3>([2, seq, 48], Distribution::Default, &device)
             .reshape([2, seq, 3, 16])
             .swap_dims(1, 2)
     };
@@ -724,8 +779,8 @@ fn batched_gemm_products_read_strided_heads_and_match_burns() {
     let context = matmul_batched(scores.clone(), k.clone());
     assert!(rel_diff(context, scores.matmul(k)) < 1e-5);
     // One large batch element (the product itself on all threads), 3-D, transposed lhs.
-    let a = Tensor::<3>::random([1, 130, 260], Distribution::Default, &device);
-    let b = Tensor::<3>::random([1, 130, 250], Distribution::Default, &device);
+    let a = rng.tensor::<3>([1, 130, 260], Distribution::Default, &device);
+    let b = rng.tensor::<3>([1, 130, 250], Distribution::Default, &device);
     let lhs = a.swap_dims(1, 2); // [1, 260, 130]
     let diff = rel_diff(matmul_batched(lhs.clone(), b.clone()), lhs.matmul(b));
     assert!(diff < 1e-5, "{diff}");
@@ -746,10 +801,14 @@ fn batched_gemm_products_read_strided_heads_and_match_burns() {
 #[test]
 fn a_batched_gemm_product_under_autodiff_has_burns_gradients() {
     let device = Device::flex().autodiff();
-    device.seed(18);
-    let q = Tensor::<4>::random([2, 3, 20, 16], Distribution::Default, &device).require_grad();
-    let k = Tensor::<4>::random([2, 3, 20, 16], Distribution::Default, &device).require_grad();
-    let weights = Tensor::<4>::random([2, 3, 20, 20], Distribution::Default, &device);
+    let mut rng = Inputs::new(18);
+    let q = rng
+        .tensor::<4>([2, 3, 20, 16], Distribution::Default, &device)
+        .require_grad();
+    let k = rng
+        .tensor::<4>([2, 3, 20, 16], Distribution::Default, &device)
+        .require_grad();
+    let weights = rng.tensor::<4>([2, 3, 20, 20], Distribution::Default, &device);
     // Through a transposed view, as attention's q·kᵀ.
     let out = matmul_batched(q.clone(), k.clone().swap_dims(2, 3));
     let grads = (out * weights.clone()).sum().backward();
@@ -767,11 +826,11 @@ fn a_batched_gemm_product_under_autodiff_has_burns_gradients() {
 #[test]
 fn embedding_lookups_match_burns_in_value_and_gradient() {
     let device = Device::flex().autodiff();
-    device.seed(19);
-    let table = Tensor::<2>::random([50, 24], Distribution::Default, &device);
+    let mut rng = Inputs::new(19);
+    let table = rng.tensor::<2>([50, 24], Distribution::Default, &device);
     // Repeated ids accumulate into their row; rows never looked up get zero.
     let ids = Tensor::<2, Int>::from_data([[3, 7, 3, 49], [0, 3, 7, 12]], &device);
-    let weights = Tensor::<3>::random([2, 4, 24], Distribution::Default, &device);
+    let weights = rng.tensor::<3>([2, 4, 24], Distribution::Default, &device);
     let ours = table.clone().require_grad();
     let theirs = table.require_grad();
     let (a, b) = (
@@ -797,13 +856,13 @@ fn an_embedding_id_outside_the_table_is_named() {
 #[test]
 fn layer_norm_matches_burns_in_value_and_every_gradient() {
     let device = Device::flex().autodiff();
-    device.seed(20);
+    let mut rng = Inputs::new(20);
     // Rows not a multiple of a parallel chunk, width not of 16 lanes, a large mean (the
     // variance is taken about it), and BERT's epsilon.
-    let x = Tensor::<3>::random([5, 70, 37], Distribution::Normal(3.0, 2.0), &device);
-    let gamma = Tensor::<1>::random([37], Distribution::Normal(1.0, 0.5), &device);
-    let beta = Tensor::<1>::random([37], Distribution::Normal(0.0, 0.5), &device);
-    let weights = Tensor::<3>::random([5, 70, 37], Distribution::Default, &device);
+    let x = rng.tensor::<3>([5, 70, 37], Distribution::Normal(3.0, 2.0), &device);
+    let gamma = rng.tensor::<1>([37], Distribution::Normal(1.0, 0.5), &device);
+    let beta = rng.tensor::<1>([37], Distribution::Normal(0.0, 0.5), &device);
+    let weights = rng.tensor::<3>([5, 70, 37], Distribution::Default, &device);
     for epsilon in [1e-5, 1e-12] {
         let leaves = || {
             (
@@ -857,7 +916,7 @@ fn attention_from_burn_ops(qkv: Tensor<3>, heads: usize, drop_prob: f64, seed: u
 #[test]
 fn fused_attention_matches_burns_ops_in_value_and_gradient() {
     let device = Device::flex().autodiff();
-    device.seed(21);
+    let mut rng = Inputs::new(21);
     // Contexts below one block of queries, exactly two, and past two with a partial third;
     // head widths off the 16 lanes; with and without dropout on the weights. The dropout seed
     // is given, not drawn: tests share the device's generator.
@@ -870,8 +929,8 @@ fn fused_attention_matches_burns_ops_in_value_and_gradient() {
         ([1, 1, 1, 3], 0.0),
     ] {
         let width = 3 * heads * head_dim;
-        let qkv = Tensor::<3>::random([batch, seq, width], Distribution::Normal(0.0, 2.0), &device);
-        let weights = Tensor::<3>::random(
+        let qkv = rng.tensor::<3>([batch, seq, width], Distribution::Normal(0.0, 2.0), &device);
+        let weights = rng.tensor::<3>(
             [batch, seq, heads * head_dim],
             Distribution::Default,
             &device,
@@ -913,8 +972,8 @@ fn fused_attention_matches_burns_ops_in_value_and_gradient() {
 #[test]
 fn fused_attention_without_autodiff_keeps_no_weights_and_matches() {
     let device = Device::flex();
-    device.seed(22);
-    let qkv = Tensor::<3>::random([3, 70, 36], Distribution::Normal(0.0, 1.0), &device);
+    let mut rng = Inputs::new(22);
+    let qkv = rng.tensor::<3>([3, 70, 36], Distribution::Normal(0.0, 1.0), &device);
     let diff = max_diff(
         causal_self_attention(qkv.clone(), 4, 0.0),
         attention_from_burn_ops(qkv, 4, 0.0, 0),
