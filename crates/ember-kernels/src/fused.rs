@@ -626,10 +626,7 @@ fn attention_shape(qkv: &FlexTensor, heads: usize) -> AttentionShape {
         "attention: qkv must be [batch, seq, 3·emb]"
     );
     let width = shape[2];
-    assert!(
-        heads > 0 && width.is_multiple_of(3 * heads),
-        "attention: a projection {width} wide does not hold queries, keys and values of {heads} heads"
-    );
+    crate::check_projection_width(width, heads);
     AttentionShape {
         batch: shape[0],
         seq: shape[1],

@@ -229,11 +229,7 @@ pub fn softmax_causal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// builds the projection's gradient from three zero-filled thirds added together, on one
 /// thread. The dropout mask is [`dropout`]'s over the `[batch, heads, seq, seq]` weights.
 pub fn causal_self_attention(qkv: Tensor<3>, heads: usize, drop_prob: f64) -> Tensor<3> {
-    let width = qkv.dims()[2];
-    assert!(
-        heads > 0 && width.is_multiple_of(3 * heads),
-        "attention: a projection {width} wide does not hold queries, keys and values of {heads} heads"
-    );
+    check_projection_width(qkv.dims()[2], heads);
     assert!(
         (0.0..1.0).contains(&drop_prob),
         "dropout probability {drop_prob} is not in [0, 1)"
@@ -247,6 +243,14 @@ pub fn causal_self_attention(qkv: Tensor<3>, heads: usize, drop_prob: f64) -> Te
         return fused::causal_attention(qkv, heads, seed, drop_prob);
     }
     causal_self_attention_composed(qkv, heads, drop_prob)
+}
+
+/// Panics unless a projection `width` wide holds queries, keys and values of `heads` heads.
+pub(crate) fn check_projection_width(width: usize, heads: usize) {
+    assert!(
+        heads > 0 && width.is_multiple_of(3 * heads),
+        "attention: a projection {width} wide does not hold queries, keys and values of {heads} heads"
+    );
 }
 
 /// [`causal_self_attention`] from tensor ops: the heads narrowed out of the projection, a
