@@ -443,9 +443,15 @@ fn rounds_json(ours: &[f64], theirs: &[Option<Value>]) -> Value {
 
 /// What the figures were measured on, the head of every JSON report.
 fn machine(device_spec: &str) -> Value {
+    // The GPU as its driver names it; null on CPU devices (and for a device that does not
+    // start, which the benches that use it report themselves).
+    let adapter = crate::device::parse_device(device_spec)
+        .ok()
+        .and_then(|device| crate::device::adapter(&device));
     json!({
         "ember_version": env!("CARGO_PKG_VERSION"),
         "device": device_spec,
+        "adapter": adapter.map(|adapter| adapter.to_string()),
         "threads": crate::device::cpu_threads(),
         "release_build": !cfg!(debug_assertions),
     })
@@ -705,9 +711,10 @@ fn train_bench(
     } = *options;
     anyhow::ensure!(steps >= 1, "--steps must be at least 1");
     let threads = crate::device::cpu_threads();
+    let label = crate::device::describe(device_spec, &crate::device::parse_device(device_spec)?);
     let peak = sgemm_probe(device_spec)?;
     println!(
-        "train step (forward, backward, AdamW, clipping{}), device {device_spec}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s{}",
+        "train step (forward, backward, AdamW, clipping{}), device {label}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s{}",
         if drop_rate > 0.0 {
             format!(", dropout {drop_rate}")
         } else {
@@ -877,12 +884,13 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     let threads = crate::device::cpu_threads();
     let decode_threads = crate::device::decode_threads(&device);
     println!(
-        "generate: {} ({} parameters, random weights), {} prompt(s) of {} tokens, {} new tokens each, greedy, device {device_spec}, {threads} threads",
+        "generate: {} ({} parameters, random weights), {} prompt(s) of {} tokens, {} new tokens each, greedy, device {}, {threads} threads",
         args.model,
         config.num_params(),
         args.batch,
         args.prompt_tokens,
-        args.new_tokens
+        args.new_tokens,
+        crate::device::describe(device_spec, &device),
     );
     let options = |use_cache: bool| GenerateOptions {
         max_new_tokens: args.new_tokens,

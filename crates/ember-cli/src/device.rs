@@ -136,6 +136,7 @@ fn ensure_usable(spec: &str, device: &Device) -> Result<()> {
     }));
     set_hook(previous);
     if outcome.is_ok() {
+        warn_if_software(spec, device);
         return Ok(());
     }
     let why = first_panic
@@ -147,6 +148,71 @@ fn ensure_usable(spec: &str, device: &Device) -> Result<()> {
     bail!(
         "device `{spec}` is not usable: {why} (a GPU, its driver and, for wgpu on Linux, the Vulkan loader libvulkan1 are needed; `--device cpu` runs anywhere)"
     )
+}
+
+/// The adapter behind a GPU device, as the driver names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adapter {
+    /// E.g. `NVIDIA H200` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// A software renderer (Mesa's llvmpipe or lavapipe, SwiftShader, WARP): no GPU card, the
+    /// "GPU" work runs on the CPU.
+    pub software: bool,
+}
+
+impl std::fmt::Display for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if self.software {
+            write!(f, ", a software renderer on the CPU")?;
+        }
+        Ok(())
+    }
+}
+
+/// The adapter `device` runs on: `None` on the CPU backends, which have none. Why ask: with no
+/// GPU driver, wgpu quietly falls back to a software renderer such as Mesa's llvmpipe (through
+/// OpenGL when there is no Vulkan), and `--device wgpu` then runs, on the CPU, many times
+/// slower than `--device cpu`.
+pub fn adapter(device: &Device) -> Option<Adapter> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        device.identity().map(|identity| Adapter {
+            name: identity.name,
+            software: identity.physical.is_none(),
+        })
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = device;
+        None
+    }
+}
+
+/// `spec` with the adapter's name for GPU devices (`wgpu on NVIDIA H200`), for bench reports.
+pub fn describe(spec: &str, device: &Device) -> String {
+    match adapter(device) {
+        Some(adapter) => format!("{spec} on {adapter}"),
+        None => spec.to_string(),
+    }
+}
+
+/// Says once per process when a GPU device turned out to be a software renderer.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn warn_if_software(spec: &str, device: &Device) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Some(adapter) = adapter(device)
+        && adapter.software
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        eprintln!(
+            "warning: device `{spec}` is `{}`, a software renderer: it runs on the CPU, far \
+             slower than `--device cpu`. No GPU driver was found (for wgpu on Linux: the GPU's \
+             Vulkan driver and the loader libvulkan1)",
+            adapter.name
+        );
+    }
 }
 
 /// Threads ember's CPU backends use: rayon's pool (RAYON_NUM_THREADS, else every core).
@@ -189,5 +255,20 @@ mod tests {
             let err = parse_device("cuda:0").unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");
         }
+    }
+
+    #[test]
+    fn cpu_devices_have_no_adapter() {
+        let cpu = parse_device("cpu").unwrap();
+        assert_eq!(adapter(&cpu), None);
+        assert_eq!(describe("cpu", &cpu), "cpu");
+        let software = Adapter {
+            name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+            software: true,
+        };
+        assert_eq!(
+            software.to_string(),
+            "llvmpipe (LLVM 15.0.6, 256 bits), a software renderer on the CPU"
+        );
     }
 }

@@ -130,7 +130,12 @@ fn info(device_spec: &str) -> anyhow::Result<()> {
         sum == 64.0 * 64.0 * 64.0,
         "device {device_spec} computed a wrong matmul sum {sum}"
     );
-    println!("device {device_spec}: {device:?} — ok (64×64 matmul checked)");
+    match device::adapter(&device) {
+        Some(adapter) => {
+            println!("device {device_spec}: {adapter} — ok (64×64 matmul checked)")
+        }
+        None => println!("device {device_spec}: {device:?} — ok (64×64 matmul checked)"),
+    }
     Ok(())
 }
 
