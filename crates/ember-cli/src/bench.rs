@@ -672,19 +672,18 @@ fn train_case(
 /// [`ember_kernels::matmul`], as the train step runs them: on the CPU it writes straight into
 /// its output, where Burn's own product zero-fills, copies and page-faults a new 16 MB output
 /// each time (the probe read a few percent low); elsewhere it is Burn's product.
-fn sgemm_probe(device_spec: &str) -> Result<f64> {
+fn sgemm_probe(device: &burn::prelude::Device) -> f64 {
     use burn::prelude::*;
-    let device = crate::device::parse_device(device_spec)?;
     let (n, products) = (2048, 8);
-    let a = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &device);
-    let b = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &device);
+    let a = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, device);
+    let b = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, device);
     let run = || {
         let sums = (0..products).map(|_| ember_kernels::matmul(a.clone(), b.clone()).sum());
         let _ = Tensor::cat(sums.collect(), 0).sum().into_scalar::<f32>();
     };
     run();
     let best = best_time(Duration::from_secs(1), run);
-    Ok(2.0 * (n as f64).powi(3) * products as f64 / best.as_secs_f64() / 1e9)
+    2.0 * (n as f64).powi(3) * products as f64 / best.as_secs_f64() / 1e9
 }
 
 /// What `train_bench` runs.
@@ -711,8 +710,9 @@ fn train_bench(
     } = *options;
     anyhow::ensure!(steps >= 1, "--steps must be at least 1");
     let threads = crate::device::cpu_threads();
-    let label = crate::device::describe(device_spec, &crate::device::parse_device(device_spec)?);
-    let peak = sgemm_probe(device_spec)?;
+    let device = crate::device::parse_device(device_spec)?;
+    let label = crate::device::describe(device_spec, &device);
+    let peak = sgemm_probe(&device);
     println!(
         "train step (forward, backward, AdamW, clipping{}), device {label}, {threads} threads; SGEMM 2048² probe: {peak:.1} GFLOP/s{}",
         if drop_rate > 0.0 {
