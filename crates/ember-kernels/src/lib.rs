@@ -18,6 +18,10 @@
 //! through a Burn backend extension. On every other device and dtype the same functions fall back
 //! to the composed tensor ops, so callers never check which path runs; the composed forms are
 //! also the reference the tests compare the kernels with.
+//!
+//! With the `cube` feature, inference on the GPU backends (outside autodiff) takes CubeCL kernels
+//! for LayerNorm, the GELU, the softmax and attention ([`fused_attention`]), where a decoding
+//! step's time goes to launching the composed ops' many small kernels (`gpu`).
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -29,6 +33,8 @@ mod attention;
 mod cpu;
 #[cfg(feature = "flex")]
 mod fused;
+#[cfg(feature = "cube")]
+mod gpu;
 
 /// GELU with the tanh approximation (GPT-2's), `x·σ(A·x + B·x³)`, equal to
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. Any shape.
@@ -36,6 +42,10 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     if fused::runs_on(x.dtype(), &x.device()) {
         return fused::gelu_tanh(x);
+    }
+    #[cfg(feature = "cube")]
+    if gpu::runs_on(x.dtype(), &x.device()) {
+        return gpu::gelu_tanh(x);
     }
     gelu_tanh_composed(x)
 }
@@ -191,8 +201,43 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     if dim == D - 1 && fused::runs_on(x.dtype(), &x.device()) {
         return fused::softmax_last(x);
     }
+    #[cfg(feature = "cube")]
+    if dim == D - 1 && gpu::runs_on(x.dtype(), &x.device()) {
+        return gpu::softmax_last(x);
+    }
     burn::tensor::activation::softmax(x, dim)
 }
+
+/// `softmax(q·kᵀ/√head_dim, keys where `hide` is true excluded)·v` with the heads merged, as
+/// one kernel where the device has one: `q: [batch, heads, queries, head_dim]`,
+/// `k`, `v: [batch, heads, keys, head_dim]`, `hide` broadcastable to
+/// `[batch, heads, queries, keys]` → `[batch, queries, heads·head_dim]`. Hidden scores count as
+/// `f32::MIN`, so a row with every key hidden averages the values.
+///
+/// On GPU devices outside autodiff (inference), with up to [`FUSED_ATTENTION_MAX_KEYS`] keys;
+/// `None` elsewhere, where the caller composes the chain (ember-model's `attention`, which
+/// the kernel's tests compare it with). The composed chain launches ~10 kernels.
+pub fn fused_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    hide: &Tensor<4, Bool>,
+) -> Option<Tensor<3>> {
+    #[cfg(feature = "cube")]
+    if gpu::runs_on(q.dtype(), &q.device())
+        && gpu::runs_on(k.dtype(), &k.device())
+        && k.dims()[2] <= FUSED_ATTENTION_MAX_KEYS
+    {
+        let (q, k, v, hide) = (q.clone(), k.clone(), v.clone(), hide.clone());
+        return Some(gpu::attention(q, k, v, hide));
+    }
+    let _ = (q, k, v, hide);
+    None
+}
+
+/// The most keys [`fused_attention`] takes: its scores stay in the GPU's shared memory (4 bytes
+/// each, within the 16 KiB every WebGPU device has).
+pub const FUSED_ATTENTION_MAX_KEYS: usize = 2048;
 
 /// Softmax over the last dimension of `x: [.., queries, keys]` (`keys ≥ queries`) with query
 /// `i` attending to keys ≤ `i + keys − queries` (a causal mask), from Burn's ops: the hidden
@@ -241,6 +286,13 @@ pub fn causal_self_attention(qkv: Tensor<3>, heads: usize, drop_prob: f64) -> Te
             false => 0,
         };
         return fused::causal_attention(qkv, heads, seed, drop_prob);
+    }
+    #[cfg(feature = "cube")]
+    if drop_prob == 0.0
+        && gpu::runs_on(qkv.dtype(), &qkv.device())
+        && qkv.dims()[1] <= FUSED_ATTENTION_MAX_KEYS
+    {
+        return gpu::causal_attention(qkv, heads);
     }
     causal_self_attention_composed(qkv, heads, drop_prob)
 }
@@ -364,6 +416,10 @@ pub fn layer_norm<const D: usize>(
     if fused::runs_on(x.dtype(), &x.device()) {
         return fused::layer_norm(x, gamma, beta, epsilon);
     }
+    #[cfg(feature = "cube")]
+    if gpu::runs_on(x.dtype(), &x.device()) {
+        return gpu::layer_norm(x, gamma, beta, epsilon);
+    }
     layer_norm_composed(x, gamma, beta, epsilon)
 }
 
@@ -446,5 +502,7 @@ pub fn adamw_update_composed<const D: usize>(
     (decayed - update * step.lr, moment_1, moment_2)
 }
 
+#[cfg(all(test, feature = "wgpu"))]
+mod gpu_tests;
 #[cfg(test)]
 mod tests;

@@ -7,10 +7,10 @@ use super::*;
 /// Test inputs from a generator of the test's own (SplitMix64), not the flex device's: that one
 /// is shared by the whole process, so with tests running in parallel each run would draw other
 /// values and a bound that held locally could fail on CI.
-struct Inputs(u64);
+pub(crate) struct Inputs(u64);
 
 impl Inputs {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed)
     }
 
@@ -28,7 +28,7 @@ impl Inputs {
     }
 
     /// A tensor of `shape` drawn from `distribution` (Default: uniform [0, 1), as Burn's).
-    fn tensor<const D: usize>(
+    pub(crate) fn tensor<const D: usize>(
         &mut self,
         shape: [usize; D],
         distribution: Distribution,
@@ -52,14 +52,14 @@ impl Inputs {
     }
 }
 
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+pub(crate) fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }
 
 /// `max|a − b|` relative to `b`'s largest magnitude (at least 1): products of `k` uniform
 /// [0, 1) terms reach ~k/4, where a few ulps of a different summation order are ~1e-6·k/4
 /// absolute, so absolute bounds that hold for one draw can fail for the next.
-fn rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+pub(crate) fn rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
     max_diff(a, b) / scale
 }

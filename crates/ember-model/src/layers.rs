@@ -89,6 +89,10 @@ pub fn attention_keeping_weights(
     dropout: &Dropout,
     keep_weights: bool,
 ) -> (Tensor<3>, Option<Tensor<4>>) {
+    // Outside autodiff (so without dropout) on a GPU: one kernel for the whole chain below.
+    if !keep_weights && let Some(out) = ember_kernels::fused_attention(&q, &k, &v, &hide) {
+        return (out, None);
+    }
     let [batch, heads, queries, head_dim] = q.dims();
     let keys = k.dims()[2];
     // Scaling the queries rather than the scores: the same product, one element-wise op on a
