@@ -208,8 +208,8 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     burn::tensor::activation::softmax(x, dim)
 }
 
-/// `softmax(q·kᵀ/√head_dim, keys where `hide` is true excluded)·v` with the heads merged, as
-/// one kernel where the device has one: `q: [batch, heads, queries, head_dim]`,
+/// Attention, `softmax(q·kᵀ/√head_dim)·v` over the keys that `hide` leaves visible, with the
+/// heads merged, as one kernel where the device has one: `q: [batch, heads, queries, head_dim]`,
 /// `k`, `v: [batch, heads, keys, head_dim]`, `hide` broadcastable to
 /// `[batch, heads, queries, keys]` → `[batch, queries, heads·head_dim]`. Hidden scores count as
 /// `f32::MIN`, so a row with every key hidden averages the values.
@@ -231,6 +231,7 @@ pub fn fused_attention(
         let (q, k, v, hide) = (q.clone(), k.clone(), v.clone(), hide.clone());
         return Some(gpu::attention(q, k, v, hide));
     }
+    #[cfg(not(feature = "cube"))]
     let _ = (q, k, v, hide);
     None
 }
