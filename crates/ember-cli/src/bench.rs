@@ -1053,6 +1053,26 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         Value::Null
     };
     row["bf16_weights"] = bf16;
+    // On a GPU, the same decode with Burn's composed ops instead of ember's GPU kernels, in the
+    // same run: what the kernels (fewer, larger launches per step) gain there.
+    row["composed_ops"] = if ember_kernels::gpu_kernels_run_on(&device) {
+        ember_kernels::set_gpu_kernels(false);
+        let composed = generate(&model, &prompts, &options(true), |_, _| {})
+            .map_err(anyhow::Error::msg)
+            .and_then(|_warm_up| timed_with(&model, true, "ember, Burn's ops"));
+        ember_kernels::set_gpu_kernels(true);
+        let (tokens, rate) = composed?;
+        let same = tokens == cached_tokens;
+        println!(
+            "{:>24}: {:.2}× the composed ops' tokens/s (same tokens: {})",
+            "ember's GPU kernels",
+            cached / rate,
+            if same { "yes" } else { "no" }
+        );
+        json!({"tokens_per_s": rate, "same_tokens": same})
+    } else {
+        Value::Null
+    };
     let reference = median_reference(&reference_runs);
     row["rounds"] = rounds_json(&cached_runs, &reference_runs);
     warn_missing_rounds("transformers generate", &reference_runs);

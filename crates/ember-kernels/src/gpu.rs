@@ -31,9 +31,10 @@ const UNITS: u32 = 128;
 const MAX_CUBES_X: usize = 32768;
 
 /// Whether a tensor of `dtype` on `device` takes these kernels: `f32` on a CubeCL (GPU)
-/// device outside autodiff.
+/// device outside autodiff, unless switched off ([`crate::set_gpu_kernels`]).
 pub(crate) fn runs_on(dtype: DType, device: &Device) -> bool {
     dtype == DType::F32
+        && crate::GPU_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
         && !device.is_autodiff()
         && matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }

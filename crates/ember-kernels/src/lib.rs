@@ -236,6 +236,30 @@ pub fn fused_attention(
     None
 }
 
+/// Whether ember's GPU kernels (LayerNorm, GELU, softmax, attention) serve `f32` inference on
+/// `device`: a GPU device outside autodiff, with the kernels compiled in (`cube`) and switched
+/// on ([`set_gpu_kernels`]).
+pub fn gpu_kernels_run_on(device: &Device) -> bool {
+    #[cfg(feature = "cube")]
+    return gpu::runs_on(burn::tensor::DType::F32, device);
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Switches ember's GPU kernels on (the default) or off, for the whole process: off, the GPU
+/// backends compose Burn's tensor ops as the other backends do. For a benchmark that measures
+/// both in one run (`ember bench generate` on a GPU).
+pub fn set_gpu_kernels(enabled: bool) {
+    GPU_KERNELS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_gpu_kernels`].
+pub(crate) static GPU_KERNELS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
 /// The most keys [`fused_attention`] takes: its scores stay in the GPU's shared memory (4 bytes
 /// each, within the 16 KiB every WebGPU device has).
 pub const FUSED_ATTENTION_MAX_KEYS: usize = 2048;
