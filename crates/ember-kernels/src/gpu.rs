@@ -27,6 +27,10 @@ use kernels::{attention_kernel, gelu_tanh_kernel, layer_norm_kernel, softmax_ker
 /// Units per cube of the row kernels: a power of two (the tree reductions halve it).
 const UNITS: u32 = 128;
 
+/// Units per cube of the attention kernel: 4 groups of GPT-2's 64-wide heads in the weighted
+/// sum of the values; 256 is the most every WebGPU device allows.
+const ATTENTION_UNITS: u32 = 256;
+
 /// Most cubes along the launch grid's x axis; more rows continue along y.
 const MAX_CUBES_X: usize = 32768;
 
@@ -221,7 +225,7 @@ impl GpuOps for CubeBackend {
         attention_kernel::launch(
             &q.client.clone(),
             row_cubes(rows),
-            CubeDim::new_1d(UNITS),
+            CubeDim::new_1d(ATTENTION_UNITS),
             q.into_tensor_arg(),
             k.into_tensor_arg(),
             v.into_tensor_arg(),
@@ -229,8 +233,8 @@ impl GpuOps for CubeBackend {
             out.clone().into_tensor_arg(),
             rows as u32,
             1.0 / (head_dim as f32).sqrt(),
-            keys.next_power_of_two().max(UNITS as usize) as u32,
-            UNITS,
+            keys.next_power_of_two().max(ATTENTION_UNITS as usize) as u32,
+            ATTENTION_UNITS,
             dtypes,
         );
         out
@@ -398,7 +402,7 @@ mod kernels {
 
     /// One cube per (sequence, head, query) row: the row's scores go to shared memory (`keys_cap`
     /// slots, `keys` rounded up to a power of two so that few sizes compile), then their softmax,
-    /// then each unit sums one output column over the keys.
+    /// then the weighted sum of the values, by groups of units over interleaved keys.
     #[cube(launch)]
     pub(super) fn attention_kernel<F: Float, B: Numeric>(
         q: &Tensor<F>,
@@ -460,17 +464,44 @@ mod kernels {
         }
         let inverse_sum = F::new(1.0) / cube_reduce::<F>(&mut partial, local_sum, false);
 
-        // out[seq, query, head·head_dim + d]
+        // out[seq, query, head·head_dim + d]: the units split into `groups` of `head_dim`, each
+        // group summing every groups-th key, so that all units work on a long row (one unit
+        // per column would leave most idle and walk every key alone).
         let out_base = (seq * queries + query) * heads * head_dim + head * head_dim;
-        let mut d = UNIT_POS_X as usize;
-        while d < head_dim {
-            let mut acc = F::new(0.0);
-            let value = v_base + d * v.stride(3);
-            for j in 0..keys {
-                acc += scores[j] * v[value + j * v.stride(2)];
+        let unit = UNIT_POS_X as usize;
+        let groups = units as usize / head_dim;
+        if groups > 1 {
+            if unit < groups * head_dim {
+                let d = unit % head_dim;
+                let value = v_base + d * v.stride(3);
+                let mut acc = F::new(0.0);
+                let mut j = unit / head_dim;
+                while j < keys {
+                    acc += scores[j] * v[value + j * v.stride(2)];
+                    j += groups;
+                }
+                partial[unit] = acc;
             }
-            out[out_base + d] = acc * inverse_sum;
-            d += units as usize;
+        } else {
+            let mut d = unit;
+            while d < head_dim {
+                let value = v_base + d * v.stride(3);
+                let mut acc = F::new(0.0);
+                for j in 0..keys {
+                    acc += scores[j] * v[value + j * v.stride(2)];
+                }
+                out[out_base + d] = acc * inverse_sum;
+                d += units as usize;
+            }
+        }
+        // Outside the branches: every unit meets the barrier.
+        sync_cube();
+        if groups > 1 && unit < head_dim {
+            let mut total = F::new(0.0);
+            for group in 0..groups {
+                total += partial[group * head_dim + unit];
+            }
+            out[out_base + unit] = total * inverse_sum;
         }
     }
 }

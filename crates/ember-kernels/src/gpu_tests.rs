@@ -104,9 +104,10 @@ fn attention_composed(
 fn gpu_attention_matches_the_composed_chain_with_padding_and_strided_heads() {
     let device = wgpu();
     let mut rng = Inputs::new(35);
-    // Keys below and above the cube's 128 units; one query (a decoding step) and several.
-    for (queries, keys) in [(5, 37), (1, 300), (4, 4)] {
-        let (batch, heads, head_dim) = (2, 3, 16);
+    // Keys below and above the cube's 256 units; one query (a decoding step) and several;
+    // heads whose width divides the units, does not, and exceeds them.
+    for (queries, keys, head_dim) in [(5, 37, 16), (1, 300, 64), (4, 4, 48), (2, 5, 300)] {
+        let (batch, heads) = (2, 3);
         // Heads split out of [batch, seq, heads·head_dim] rows: strided views, as a model's.
         let split = |rows: usize, rng: &mut Inputs| {
             rng.tensor::<3>(
@@ -138,7 +139,10 @@ fn gpu_attention_matches_the_composed_chain_with_padding_and_strided_heads() {
         );
         let ours = fused_attention(&q, &k, &v, &hide).expect("a GPU device takes the kernel");
         let diff = max_diff(ours, attention_composed(q, k, v, hide));
-        assert!(diff < 1e-5, "{queries} queries × {keys} keys: {diff}");
+        assert!(
+            diff < 1e-5,
+            "{queries} queries × {keys} keys × {head_dim}: {diff}"
+        );
     }
 }
 
