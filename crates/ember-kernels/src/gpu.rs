@@ -264,7 +264,7 @@ mod kernels {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    /// The row this cube works on (see [`row_cubes`]).
+    /// The row this cube works on (see `super::row_cubes`).
     #[cube]
     fn cube_row() -> usize {
         (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
