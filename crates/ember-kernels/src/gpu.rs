@@ -43,6 +43,12 @@ pub(crate) fn runs_on(dtype: DType, device: &Device) -> bool {
         && matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
+/// Whether [`attention`] serves queries like `x`'s (any tensor of theirs) over `keys` keys:
+/// [`runs_on`], and scores that fit the kernel's shared memory.
+pub(crate) fn attention_runs_on<const D: usize>(x: &Tensor<D>, keys: usize) -> bool {
+    runs_on(x.dtype(), &x.device()) && keys <= crate::FUSED_ATTENTION_MAX_KEYS
+}
+
 #[backend_extension(Cube: cfg(feature = "cube"), Fusion: cfg(all(feature = "cube", feature = "fusion")))]
 pub trait GpuOps: Backend {
     /// GPT-2's GELU (tanh approximation), any shape.
@@ -118,17 +124,9 @@ pub(crate) fn attention(
 /// [`crate::causal_self_attention`] without dropout: `qkv: [batch, seq, 3·emb]` →
 /// `[batch, seq, emb]`, the heads read as views of the projection.
 pub(crate) fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [batch, seq, width] = qkv.dims();
-    let emb = width / 3;
-    let part = |i: usize| {
-        qkv.clone()
-            .narrow(2, i * emb, emb)
-            .reshape([batch, seq, heads, emb / heads])
-            .swap_dims(1, 2) // [batch, heads, seq, head_dim]
-    };
-    // True strictly above the diagonal: the future to hide.
-    let future =
-        Tensor::<2, Bool>::tril_mask([seq, seq], 0, &qkv.device()).reshape([1, 1, seq, seq]);
+    let seq = qkv.dims()[1];
+    let future = crate::future_mask(seq, seq, &qkv.device()).reshape([1, 1, seq, seq]);
+    let part = |i: usize| crate::qkv_heads(&qkv, heads, i);
     attention(part(0), part(1), part(2), future)
 }
 

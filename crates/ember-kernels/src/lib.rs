@@ -224,10 +224,7 @@ pub fn fused_attention(
     hide: &Tensor<4, Bool>,
 ) -> Option<Tensor<3>> {
     #[cfg(feature = "cube")]
-    if gpu::runs_on(q.dtype(), &q.device())
-        && gpu::runs_on(k.dtype(), &k.device())
-        && k.dims()[2] <= FUSED_ATTENTION_MAX_KEYS
-    {
+    if gpu::attention_runs_on(q, k.dims()[2]) && gpu::runs_on(k.dtype(), &k.device()) {
         let (q, k, v, hide) = (q.clone(), k.clone(), v.clone(), hide.clone());
         return Some(gpu::attention(q, k, v, hide));
     }
@@ -276,14 +273,29 @@ pub fn softmax_causal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         keys >= queries,
         "causal softmax: {queries} queries over {keys} keys"
     );
-    // True strictly above the diagonal shifted by the earlier keys: the future to hide.
-    let future =
-        Tensor::<2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, &x.device());
+    let future = future_mask(queries, keys, &x.device());
     let mut shape = [1; D];
     shape[D - 2] = queries;
     shape[D - 1] = keys;
     let future = future.reshape(shape).expand(dims);
     burn::tensor::activation::softmax(x.mask_fill(future, f32::MIN), D - 1)
+}
+
+/// `[queries, keys]`, true where query `i` must not see key `j`: `j > i + keys − queries`, the
+/// future of queries that come after `keys − queries` earlier (cached) positions.
+pub(crate) fn future_mask(queries: usize, keys: usize, device: &Device) -> Tensor<2, Bool> {
+    Tensor::<2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device)
+}
+
+/// Head `part` (0 queries, 1 keys, 2 values) of a fused projection `qkv: [batch, seq, 3·emb]`
+/// as a view `[batch, heads, seq, head_dim]`.
+pub(crate) fn qkv_heads(qkv: &Tensor<3>, heads: usize, part: usize) -> Tensor<4> {
+    let [batch, seq, width] = qkv.dims();
+    let emb = width / 3;
+    qkv.clone()
+        .narrow(2, part * emb, emb)
+        .reshape([batch, seq, heads, emb / heads])
+        .swap_dims(1, 2)
 }
 
 /// Causal self-attention of a fused projection, as GPT computes it: `qkv: [batch, seq, 3·emb]`
@@ -313,10 +325,7 @@ pub fn causal_self_attention(qkv: Tensor<3>, heads: usize, drop_prob: f64) -> Te
         return fused::causal_attention(qkv, heads, seed, drop_prob);
     }
     #[cfg(feature = "cube")]
-    if drop_prob == 0.0
-        && gpu::runs_on(qkv.dtype(), &qkv.device())
-        && qkv.dims()[1] <= FUSED_ATTENTION_MAX_KEYS
-    {
+    if drop_prob == 0.0 && gpu::attention_runs_on(&qkv, qkv.dims()[1]) {
         return gpu::causal_attention(qkv, heads);
     }
     causal_self_attention_composed(qkv, heads, drop_prob)
@@ -337,12 +346,7 @@ pub fn causal_self_attention_composed(qkv: Tensor<3>, heads: usize, drop_prob: f
     let [batch, seq, width] = qkv.dims();
     let emb = width / 3;
     let head_dim = emb / heads;
-    let part = |i: usize| {
-        qkv.clone()
-            .narrow(2, i * emb, emb)
-            .reshape([batch, seq, heads, head_dim])
-            .swap_dims(1, 2) // [batch, heads, seq, head_dim]
-    };
+    let part = |i: usize| qkv_heads(&qkv, heads, i); // [batch, heads, seq, head_dim]
     let scores = matmul_batched(
         part(0).div_scalar((head_dim as f32).sqrt()),
         part(1).swap_dims(2, 3),
