@@ -883,6 +883,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         .collect();
     let threads = crate::device::cpu_threads();
     let decode_threads = crate::device::decode_threads(&device);
+    let decode_read_every = crate::device::decode_read_every(&device);
     println!(
         "generate: {} ({} parameters, random weights), {} prompt(s) of {} tokens, {} new tokens each, greedy, device {}, {threads} threads",
         args.model,
@@ -899,6 +900,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         seed: 0,
         use_cache,
         threads: decode_threads,
+        read_every: decode_read_every,
     };
     let gpu = is_gpu_spec(device_spec);
     if gpu {
@@ -914,14 +916,13 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         );
     }
     let timed_with = |model: &ember_model::gpt::Gpt,
-                      use_cache: bool,
+                      options: &GenerateOptions,
                       label: &str|
      -> Result<(Vec<Vec<u32>>, f64)> {
-        let options = options(use_cache);
         let bar = crate::progress::count_bar((args.new_tokens * args.batch) as u64, label);
         let started = Instant::now();
         let out =
-            generate(model, &prompts, &options, |_, _| bar.inc(1)).map_err(anyhow::Error::msg)?;
+            generate(model, &prompts, options, |_, _| bar.inc(1)).map_err(anyhow::Error::msg)?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let tokens: Vec<Vec<u32>> = out.into_iter().map(|g| g.tokens).collect();
@@ -935,7 +936,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         } else {
             "ember, no cache"
         };
-        timed_with(&model, use_cache, label)
+        timed_with(&model, &options(use_cache), label)
     };
     let reference_args = {
         let mut list = Vec::new();
@@ -1035,7 +1036,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     // half the bytes per token. Outside the target, which is for f32 weights on both sides.
     let bf16 = if ember_kernels::weight_dtype_read(DType::F32, DType::BF16, &device) {
         let model = model.clone().with_weight_dtype(DType::BF16);
-        let (tokens, rate) = timed_with(&model, true, "ember, bf16 weights")?;
+        let (tokens, rate) = timed_with(&model, &options(true), "ember, bf16 weights")?;
         let agree = tokens
             .iter()
             .zip(&cached_tokens)
@@ -1059,7 +1060,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         ember_kernels::set_gpu_kernels(false);
         let composed = generate(&model, &prompts, &options(true), |_, _| {})
             .map_err(anyhow::Error::msg)
-            .and_then(|_warm_up| timed_with(&model, true, "ember, Burn's ops"));
+            .and_then(|_warm_up| timed_with(&model, &options(true), "ember, Burn's ops"));
         ember_kernels::set_gpu_kernels(true);
         let (tokens, rate) = composed?;
         let same = tokens == cached_tokens;
@@ -1070,6 +1071,25 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
             if same { "yes" } else { "no" }
         );
         json!({"tokens_per_s": rate, "same_tokens": same})
+    } else {
+        Value::Null
+    };
+    // On a GPU, the same decode reading each token back as it is chosen: what keeping the
+    // queue full between reads (`read_every`) gains there.
+    row["read_every_token"] = if gpu && decode_read_every > 1 {
+        let every_token = GenerateOptions {
+            read_every: 1,
+            ..options(true)
+        };
+        let (tokens, rate) = timed_with(&model, &every_token, "ember, read every token")?;
+        let same = tokens == cached_tokens;
+        println!(
+            "{:>24}: {:.2}× the tokens/s of reading every token (same tokens: {})",
+            format!("read every {decode_read_every}"),
+            cached / rate,
+            if same { "yes" } else { "no" }
+        );
+        json!({"tokens_per_s": rate, "same_tokens": same, "read_every": decode_read_every})
     } else {
         Value::Null
     };

@@ -220,21 +220,35 @@ pub fn cpu_threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Threads a decoding step splits its matrix products over on `device` (see
-/// `ember_model::layers::linear_split`): every CPU thread on the CPU backends, 1 on GPUs, whose
-/// backends parallelise a product themselves.
-pub fn decode_threads(device: &Device) -> usize {
+/// Whether `device` is one of the CPU backends, which compute each op as it is called.
+fn is_cpu(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     if *device == Device::flex() {
-        return cpu_threads();
+        return true;
     }
     #[cfg(feature = "ndarray")]
     #[allow(deprecated)]
     if *device == Device::ndarray() {
-        return cpu_threads();
+        return true;
     }
     let _ = device;
-    1
+    false
+}
+
+/// Threads a decoding step splits its matrix products over on `device` (see
+/// `ember_model::layers::linear_split`): every CPU thread on the CPU backends, 1 on GPUs, whose
+/// backends parallelise a product themselves.
+pub fn decode_threads(device: &Device) -> usize {
+    if is_cpu(device) { cpu_threads() } else { 1 }
+}
+
+/// Greedy decoding steps between reads of the chosen tokens (`GenerateOptions::read_every`):
+/// 1 on the CPU backends, where nothing waits in a queue; 8 on GPUs, where a read waits for
+/// every queued kernel to finish and then for the copy back, so reading once per token would
+/// leave the GPU idle while the host prepares the next step. Streamed text then arrives 8
+/// tokens at a time.
+pub fn decode_read_every(device: &Device) -> usize {
+    if is_cpu(device) { 1 } else { 8 }
 }
 
 #[cfg(test)]

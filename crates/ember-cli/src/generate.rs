@@ -153,6 +153,7 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         seed: args.seed,
         use_cache: !args.no_cache,
         threads: crate::device::decode_threads(&device),
+        read_every: crate::device::decode_read_every(&device),
     };
     if let Some(instruction) = &args.instruction {
         let responder = Responder {

@@ -543,6 +543,7 @@ pub fn response_options(
         seed: 123,
         use_cache: true,
         threads: device::decode_threads(device),
+        read_every: device::decode_read_every(device),
     }
 }
 

@@ -445,6 +445,7 @@ fn sample(
         seed: 0,
         use_cache: true,
         threads: crate::device::decode_threads(&model.device()),
+        read_every: crate::device::decode_read_every(&model.device()),
     };
     let prompt_ids = tokenizer.encode(prompt);
     match generate(model, &[prompt_ids], &options, |_, _| {}) {

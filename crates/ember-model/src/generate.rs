@@ -7,6 +7,10 @@
 //! context length the window slides: each further step re-encodes the last `context_length`
 //! tokens from position 0, exactly as the cache-free loop does (so it is no faster than it
 //! from then on). Each row stops at its own end-of-text token and leaves the batch.
+//!
+//! Sampling reads each step's logits back to the host. Greedy decoding on a GPU instead picks
+//! the tokens on the device and reads them every few steps ([`GenerateOptions::read_every`]),
+//! since every read drains the GPU's queue.
 
 use burn::prelude::*;
 use ember_data::rng::SplitMix64;
@@ -29,6 +33,13 @@ pub struct GenerateOptions {
     /// Threads that share each cached step's matrix products ([`crate::layers::linear_split`]):
     /// the CPU thread count on CPU backends, 1 on GPUs (the backend parallelises itself).
     pub threads: usize,
+    /// Cached greedy steps between reads of the chosen tokens back to the host. Above 1, greedy
+    /// decoding (no repetition penalty) picks each token on the device and feeds it straight
+    /// into the next step, so a GPU runs ahead through its queue instead of draining it for
+    /// every token; end-of-text is then noticed at the next read, and the steps a row decoded
+    /// past its end are dropped, so the tokens are the same as with 1, delivered `read_every`
+    /// at a time. 1 on CPU backends, which compute each op as it is called.
+    pub read_every: usize,
 }
 
 /// The new tokens of each prompt, and whether its prompt had to be cropped to the context.
@@ -72,49 +83,69 @@ fn generate_here(
     }
     let context = model.context_length();
     let device = model.device();
-    let mut results: Vec<Generation> = prompts
-        .iter()
-        .map(|p| Generation {
-            tokens: Vec::new(),
-            prompt_cropped: p.len() > context,
-        })
-        .collect();
-    // Every row's tokens so far; row r occupies the last `sequences[r].len()` of `width`
-    // columns, the columns before are padding.
-    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
-    let mut width = sequences.iter().map(Vec::len).max().unwrap_or(0);
-    // Original indices of the rows still generating, in batch order.
-    let mut rows: Vec<usize> = (0..prompts.len()).collect();
-    let mut cache = KvCache::with_threads(options.threads);
+    let sampling = &options.sampling;
+    let on_device =
+        options.read_every > 1 && sampling.temperature == 0.0 && sampling.repetition_penalty == 1.0;
+    let mut state = Decoding {
+        results: prompts
+            .iter()
+            .map(|p| Generation {
+                tokens: Vec::new(),
+                prompt_cropped: p.len() > context,
+            })
+            .collect(),
+        sequences: prompts.to_vec(),
+        rows: (0..prompts.len()).collect(),
+        cache: KvCache::with_threads(options.threads),
+        eos_id: options.eos_id,
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    // Tokens picked on the device and not read yet: one `[batch, 1]` tensor per step, every
+    // row of `state.rows` included.
+    let mut pending: Vec<Tensor<2, Int>> = Vec::new();
     let mut rng = SplitMix64::new(options.seed);
 
-    for _ in 0..options.max_new_tokens {
-        if rows.is_empty() {
+    // Each step adds a column: row r occupies the last `sequences[r].len() + pending.len()` of
+    // `width` columns, the columns before are padding.
+    for width in longest..longest + options.max_new_tokens {
+        let incremental = options.use_cache
+            && width <= context
+            && !state.cache.is_empty()
+            && state.cache.len() + 1 == width;
+        if !incremental && !pending.is_empty() {
+            // Encoding from scratch (a sliding window, or no cache) reads the tokens on the host.
+            state.accept_pending(&mut pending, &mut on_token)?;
+        }
+        if state.rows.is_empty() {
             break;
         }
+        let rows = &state.rows;
+        let sequences = &state.sequences;
         let batch = rows.len();
-        let pad = |r: usize| width - sequences[r].len();
-        let incremental =
-            options.use_cache && width <= context && !cache.is_empty() && cache.len() + 1 == width;
+        let length = |r: usize| sequences[r].len() + pending.len();
+        let pad = |r: usize| width - length(r);
         let hidden = if incremental {
             // One new column; its position is the row's length so far.
-            let ids: Vec<i64> = rows
-                .iter()
-                .map(|&r| i64::from(*sequences[r].last().expect("non-empty")))
-                .collect();
-            let positions: Vec<i64> = rows
-                .iter()
-                .map(|&r| sequences[r].len() as i64 - 1)
-                .collect();
+            let ids = match pending.last() {
+                Some(ids) => ids.clone(),
+                None => {
+                    let ids: Vec<i64> = rows
+                        .iter()
+                        .map(|&r| i64::from(*sequences[r].last().expect("non-empty")))
+                        .collect();
+                    Tensor::from_data(TensorData::new(ids, [batch, 1]), &device)
+                }
+            };
+            let positions: Vec<i64> = rows.iter().map(|&r| length(r) as i64 - 1).collect();
             let hide: Vec<bool> = rows
                 .iter()
                 .flat_map(|&r| (0..width).map(move |col| col < pad(r)))
                 .collect();
             model.forward_cached(
-                Tensor::from_data(TensorData::new(ids, [batch, 1]), &device),
+                ids,
                 Tensor::from_data(TensorData::new(positions, [batch, 1]), &device),
                 Tensor::from_data(TensorData::new(hide, [batch, 1, 1, width]), &device),
-                &mut cache,
+                &mut state.cache,
             )
         } else {
             // Encode the last `window` columns from scratch (prefill, slide, or no cache).
@@ -123,7 +154,7 @@ fn generate_here(
             let mut ids = Vec::with_capacity(batch * window);
             let mut positions = Vec::with_capacity(batch * window);
             let mut hide = Vec::with_capacity(batch * window * window);
-            for &r in &rows {
+            for &r in rows {
                 let mut real = 0i64;
                 let mut is_pad = Vec::with_capacity(window);
                 for col in first..width {
@@ -141,12 +172,12 @@ fn generate_here(
                     hide.extend((0..window).map(|key| key > query || is_pad[key]));
                 }
             }
-            cache.clear();
+            state.cache.clear();
             model.forward_cached(
                 Tensor::from_data(TensorData::new(ids, [batch, window]), &device),
                 Tensor::from_data(TensorData::new(positions, [batch, window]), &device),
                 Tensor::from_data(TensorData::new(hide, [batch, 1, window, window]), &device),
-                &mut cache,
+                &mut state.cache,
             )
         };
         let [_, new, emb] = hidden.dims();
@@ -156,30 +187,91 @@ fn generate_here(
                 .reshape([batch, 1, emb]),
             options.threads,
         );
+        if on_device {
+            pending.push(logits.argmax(2).reshape([batch, 1]));
+            if pending.len() == options.read_every {
+                state.accept_pending(&mut pending, &mut on_token)?;
+            }
+            continue;
+        }
         let vocab = logits.dims()[2];
         let logits = logits
             .into_data()
             .try_into_vec_as::<f32>()
             .map_err(|e| format!("reading logits: {e:?}"))?;
-        let mut keep = Vec::with_capacity(batch);
-        for (row, &r) in rows.iter().enumerate() {
-            let row_logits = logits[row * vocab..(row + 1) * vocab].to_vec();
-            let next = sample_next(row_logits, &sequences[r], &options.sampling, &mut rng);
-            if options.eos_id == Some(next) {
-                continue;
+        let chosen: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(row, &r)| {
+                let row_logits = logits[row * vocab..(row + 1) * vocab].to_vec();
+                sample_next(row_logits, &sequences[r], sampling, &mut rng)
+            })
+            .collect();
+        state.accept(&chosen, 1, &mut on_token);
+    }
+    if !pending.is_empty() {
+        state.accept_pending(&mut pending, &mut on_token)?;
+    }
+    Ok(state.results)
+}
+
+/// The host's side of a batch being decoded.
+struct Decoding {
+    results: Vec<Generation>,
+    /// Every row's tokens so far (prompt and accepted new tokens).
+    sequences: Vec<Vec<u32>>,
+    /// Original indices of the rows still generating, in batch order.
+    rows: Vec<usize>,
+    cache: KvCache,
+    eos_id: Option<u32>,
+}
+
+impl Decoding {
+    /// Reads the tokens picked on the device since the last read and accepts them.
+    fn accept_pending(
+        &mut self,
+        pending: &mut Vec<Tensor<2, Int>>,
+        on_token: &mut impl FnMut(usize, u32),
+    ) -> Result<(), String> {
+        let steps = pending.len();
+        let chosen: Vec<u32> = Tensor::cat(std::mem::take(pending), 1)
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .map_err(|e| format!("reading the chosen tokens: {e:?}"))?
+            .into_iter()
+            .map(|id| id as u32)
+            .collect();
+        self.accept(&chosen, steps, on_token);
+        Ok(())
+    }
+
+    /// Takes `steps` tokens per row (`chosen[row * steps + step]`, rows in batch order) in
+    /// step order, as they were decoded. A row that meets its end-of-text token leaves the
+    /// batch there, and whatever it decoded after it is dropped.
+    fn accept(&mut self, chosen: &[u32], steps: usize, on_token: &mut impl FnMut(usize, u32)) {
+        let batch = self.rows.len();
+        let mut ended = vec![false; batch];
+        for step in 0..steps {
+            for (row, &r) in self.rows.iter().enumerate() {
+                if ended[row] {
+                    continue;
+                }
+                let next = chosen[row * steps + step];
+                if self.eos_id == Some(next) {
+                    ended[row] = true;
+                    continue;
+                }
+                self.sequences[r].push(next);
+                self.results[r].tokens.push(next);
+                on_token(r, next);
             }
-            sequences[r].push(next);
-            results[r].tokens.push(next);
-            on_token(r, next);
-            keep.push(row);
         }
-        width += 1;
-        if keep.len() < batch && !keep.is_empty() {
-            cache.retain_rows(&keep);
-            rows = keep.iter().map(|&row| rows[row]).collect();
-        } else if keep.is_empty() {
-            rows.clear();
+        let keep: Vec<usize> = (0..batch).filter(|&row| !ended[row]).collect();
+        if keep.is_empty() {
+            self.rows.clear();
+        } else if keep.len() < batch {
+            self.cache.retain_rows(&keep);
+            self.rows = keep.iter().map(|&row| self.rows[row]).collect();
         }
     }
-    Ok(results)
 }

@@ -213,6 +213,7 @@ fn generation_crops_long_prompts_stops_at_eos_and_repeats_with_a_seed() {
         seed: 42,
         use_cache: true,
         threads: 1,
+        read_every: 1,
     };
     let run = |prompts: &[Vec<u32>], options: &GenerateOptions| {
         generate(&model, prompts, options, |_, _| {}).unwrap()
@@ -327,6 +328,7 @@ fn bf16_weights_decode_exactly_as_their_f32_widening() {
             seed: 1,
             use_cache: true,
             threads: 2,
+            read_every: 1,
         };
         let prompts = [vec![1, 2, 3], (0..12).collect::<Vec<u32>>()];
         let run =

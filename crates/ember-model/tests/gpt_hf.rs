@@ -40,6 +40,7 @@ fn greedy(max_new_tokens: usize, use_cache: bool) -> GenerateOptions {
         seed: 0,
         use_cache,
         threads: 1,
+        read_every: 1,
     }
 }
 
@@ -124,16 +125,24 @@ fn greedy_decoding_matches_transformers_with_and_without_cache() {
         .iter()
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
-    // threads = 3: every product of a step cut into column slices computed side by side.
-    for (use_cache, threads) in [(true, 1), (true, 3), (false, 1), (false, 3)] {
+    // threads = 3: every product of a step cut into column slices computed side by side;
+    // read_every = 5: tokens picked on the device, read back every 5 steps.
+    for (use_cache, threads, read_every) in [
+        (true, 1, 1),
+        (true, 3, 1),
+        (false, 1, 1),
+        (false, 3, 1),
+        (true, 1, 5),
+    ] {
         let options = GenerateOptions {
             threads,
+            read_every,
             ..greedy(16, use_cache)
         };
         let out = generate(&model, std::slice::from_ref(&prompt), &options, |_, _| {}).unwrap();
         assert_eq!(
             out[0].tokens, want,
-            "use_cache = {use_cache}, threads {threads}"
+            "use_cache = {use_cache}, threads {threads}, read_every {read_every}"
         );
     }
 }
@@ -170,30 +179,50 @@ fn a_padded_batch_decodes_each_prompt_as_if_alone_also_past_the_context() {
                 .clone()
         })
         .collect();
-    for (use_cache, threads) in [(true, 1), (true, 2), (false, 1)] {
+    // read_every = 4 with the cache: the window slides after a few steps, which reads the
+    // pending tokens first.
+    for (use_cache, threads, read_every) in [
+        (true, 1, 1),
+        (true, 2, 1),
+        (false, 1, 1),
+        (true, 1, 4),
+        (false, 1, 4),
+    ] {
         let options = GenerateOptions {
             threads,
+            read_every,
             ..greedy(30, use_cache)
         };
         let batch = generate(&model, &prompts, &options, |_, _| {}).unwrap();
         for (i, result) in batch.iter().enumerate() {
             assert_eq!(
                 result.tokens, alone[i],
-                "prompt {i}, use_cache = {use_cache}, threads {threads}"
+                "prompt {i}, use_cache = {use_cache}, threads {threads}, read_every {read_every}"
             );
         }
     }
-    // Each row stops at its own end-of-text: with eos = the first token row 0 produces after
-    // its third new token, row 0 stops there while the others go on.
-    let eos = alone[0][3];
-    let options = GenerateOptions {
-        eos_id: Some(eos),
-        ..greedy(30, true)
-    };
-    let stopped = generate(&model, &prompts, &options, |_, _| {}).unwrap();
-    for (i, result) in stopped.iter().enumerate() {
-        let until_eos: Vec<u32> = alone[i].iter().copied().take_while(|&t| t != eos).collect();
-        assert_eq!(result.tokens, until_eos, "prompt {i} with eos {eos}");
+    // Each row stops at its own end-of-text while the others go on: eos = row 0's fourth new
+    // token, then row 2's seventh. Read every 4 steps, a row decodes past its end until the
+    // next read; what it decoded there must be neither returned nor streamed.
+    for eos in [alone[0][3], alone[2][6]] {
+        for read_every in [1, 4] {
+            let options = GenerateOptions {
+                eos_id: Some(eos),
+                read_every,
+                ..greedy(30, true)
+            };
+            let mut streamed = vec![Vec::new(); prompts.len()];
+            let stopped = generate(&model, &prompts, &options, |i, t| streamed[i].push(t)).unwrap();
+            for (i, result) in stopped.iter().enumerate() {
+                let until_eos: Vec<u32> =
+                    alone[i].iter().copied().take_while(|&t| t != eos).collect();
+                assert_eq!(
+                    result.tokens, until_eos,
+                    "prompt {i} with eos {eos}, read_every {read_every}"
+                );
+                assert_eq!(streamed[i], until_eos, "streamed, prompt {i}");
+            }
+        }
     }
 }
 
