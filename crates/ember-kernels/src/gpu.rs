@@ -1,5 +1,6 @@
-//! Inference kernels for the GPU backends (CubeCL: wgpu, CUDA): LayerNorm, GPT-2's tanh GELU,
-//! the softmax over the last dimension and masked attention, one kernel each.
+//! Inference kernels for the GPU backends (CubeCL: wgpu, CUDA): LayerNorm, GPT-2's tanh GELU
+//! (with the bias before it), a bias plus a residual sum, the softmax over the last dimension
+//! and masked attention, one kernel each.
 //!
 //! Why: a decoding step on a GPU is bound by kernel launches, not arithmetic. Composed from
 //! Burn's tensor ops a GPT-2 block launches ~50 kernels per token (LayerNorm 9 each, the GELU
@@ -22,7 +23,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use kernels::{attention_kernel, gelu_tanh_kernel, layer_norm_kernel, softmax_kernel};
+use kernels::{
+    add_bias_residual_kernel, attention_kernel, gelu_tanh_kernel, layer_norm_kernel, softmax_kernel,
+};
 
 /// Units per cube of the row kernels: a power of two (the tree reductions halve it).
 const UNITS: u32 = 128;
@@ -54,6 +57,16 @@ pub trait GpuOps: Backend {
     /// GPT-2's GELU (tanh approximation), any shape.
     #[fusion(dtype = x, shape = x)]
     fn gpu_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `gelu_tanh(x + bias)`, `bias: [width]` along `x`'s last dimension.
+    #[fusion(dtype = x, shape = x)]
+    fn gpu_bias_gelu_tanh(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `residual + (branch + bias)`, `bias: [width]` along the last dimension.
+    #[fusion(dtype = branch, shape = branch)]
+    fn gpu_add_bias_residual(
+        branch: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
     /// Softmax over the last dimension, any shape.
     #[fusion(dtype = x, shape = x)]
     fn gpu_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -85,6 +98,25 @@ fn merged_heads_shape(q: &Shape) -> Shape {
 
 pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as GpuOps>::gpu_gelu_tanh(x.into_dispatch()))
+}
+
+pub(crate) fn bias_gelu_tanh<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GpuOps>::gpu_bias_gelu_tanh(
+        x.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}
+
+pub(crate) fn add_bias_residual<const D: usize>(
+    branch: Tensor<D>,
+    bias: Tensor<1>,
+    residual: Tensor<D>,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GpuOps>::gpu_add_bias_residual(
+        branch.into_dispatch(),
+        bias.into_dispatch(),
+        residual.into_dispatch(),
+    ))
 }
 
 pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -130,6 +162,32 @@ pub(crate) fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     attention(part(0), part(1), part(2), future)
 }
 
+/// The GELU kernel over `x`, with `bias: [width]` added along the last dimension first.
+fn launch_gelu_tanh(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
+    let x = into_contiguous(x);
+    let out = empty_like(&x);
+    let (_, width) = rows_and_width(&x);
+    let elements = x.shape().num_elements();
+    let cube_dim = CubeDim::new(&x.client, elements);
+    let cube_count = calculate_cube_count_elemwise(&x.client, elements, cube_dim);
+    let dtype = dtype_to_storage_type(x.dtype);
+    let biased = bias.is_some();
+    // Without a bias the kernel never reads its bias argument: `x` stands in.
+    let bias = bias.map_or_else(|| x.clone(), into_contiguous);
+    gelu_tanh_kernel::launch(
+        &x.client.clone(),
+        cube_count,
+        cube_dim,
+        x.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        width as u32,
+        biased,
+        dtype,
+    );
+    out
+}
+
 /// `[batch, heads, queries, keys]` of `q: [batch, heads, queries, _]`, `k: [_, _, keys, _]`.
 fn attention_scores_shape(q: &Tensor<4>, k: &Tensor<4>) -> [usize; 4] {
     let [batch, heads, queries, _] = q.dims();
@@ -138,18 +196,36 @@ fn attention_scores_shape(q: &Tensor<4>, k: &Tensor<4>) -> [usize; 4] {
 
 impl GpuOps for CubeBackend {
     fn gpu_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let x = into_contiguous(x);
-        let out = empty_like(&x);
-        let elements = x.shape().num_elements();
-        let cube_dim = CubeDim::new(&x.client, elements);
-        let cube_count = calculate_cube_count_elemwise(&x.client, elements, cube_dim);
-        let dtype = dtype_to_storage_type(x.dtype);
-        gelu_tanh_kernel::launch(
-            &x.client.clone(),
+        launch_gelu_tanh(x, None)
+    }
+
+    fn gpu_bias_gelu_tanh(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        launch_gelu_tanh(x, Some(bias))
+    }
+
+    fn gpu_add_bias_residual(
+        branch: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let branch = into_contiguous(branch);
+        let residual = into_contiguous(residual);
+        let bias = into_contiguous(bias);
+        let out = empty_like(&branch);
+        let (_, width) = rows_and_width(&branch);
+        let elements = branch.shape().num_elements();
+        let cube_dim = CubeDim::new(&branch.client, elements);
+        let cube_count = calculate_cube_count_elemwise(&branch.client, elements, cube_dim);
+        let dtype = dtype_to_storage_type(branch.dtype);
+        add_bias_residual_kernel::launch(
+            &branch.client.clone(),
             cube_count,
             cube_dim,
-            x.into_tensor_arg(),
+            branch.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            residual.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+            width as u32,
             dtype,
         );
         out
@@ -296,16 +372,38 @@ mod kernels {
     #[cube(launch)]
     pub(super) fn gelu_tanh_kernel<F: Float>(
         x: &Tensor<F>,
+        bias: &Tensor<F>,
         out: &mut Tensor<F>,
+        width: u32,
+        #[comptime] biased: bool,
         #[define(F)] _dtype: ElemType,
     ) {
         if ABSOLUTE_POS >= out.len() {
             terminate!();
         }
-        let value = x[ABSOLUTE_POS];
+        let mut value = x[ABSOLUTE_POS];
+        if biased {
+            value += bias[ABSOLUTE_POS % width as usize];
+        }
         // √(2/π)·(x + 0.044715·x³)
         let inner = F::new(0.797_884_6) * (value + F::new(0.044715) * value * value * value);
         out[ABSOLUTE_POS] = F::new(0.5) * value * (F::new(1.0) + inner.tanh());
+    }
+
+    #[cube(launch)]
+    pub(super) fn add_bias_residual_kernel<F: Float>(
+        branch: &Tensor<F>,
+        bias: &Tensor<F>,
+        residual: &Tensor<F>,
+        out: &mut Tensor<F>,
+        width: u32,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        if ABSOLUTE_POS >= out.len() {
+            terminate!();
+        }
+        let biased = branch[ABSOLUTE_POS] + bias[ABSOLUTE_POS % width as usize];
+        out[ABSOLUTE_POS] = residual[ABSOLUTE_POS] + biased;
     }
 
     #[cube(launch)]

@@ -38,6 +38,30 @@ fn gpu_gelu_matches_the_composed_form() {
 }
 
 #[test]
+fn gpu_bias_gelu_and_bias_residual_match_the_composed_forms() {
+    let device = wgpu();
+    let mut rng = Inputs::new(35);
+    let x = rng.tensor::<3>([2, 5, 300], Distribution::Normal(0.0, 3.0), &device);
+    let residual = rng.tensor::<3>([2, 5, 300], Distribution::Normal(0.0, 3.0), &device);
+    let bias = rng.tensor::<1>([300], Distribution::Normal(0.0, 2.0), &device);
+    let composed_gelu = gelu_tanh_composed(x.clone() + bias.clone().reshape([1, 1, 300]));
+    let diff = max_diff(bias_gelu_tanh(x.clone(), Some(bias.clone())), composed_gelu);
+    assert!(diff < 1e-5, "{diff}");
+    let composed_sum = residual.clone() + (x.clone() + bias.clone().reshape([1, 1, 300]));
+    let ours = add_bias_residual(x.clone(), Some(bias.clone()), residual.clone());
+    assert!(max_diff(ours, composed_sum) < 1e-5);
+    // Transposed views of the branch and the shortcut: read made contiguous, the bias still
+    // along the last dimension.
+    let view = |t: Tensor<3>| t.narrow(0, 0, 1).reshape([5, 300]).swap_dims(0, 1);
+    let bias5 = bias.narrow(0, 0, 5);
+    let composed = view(residual.clone()) + (view(x.clone()) + bias5.clone().reshape([1, 5]));
+    let ours = add_bias_residual(view(x.clone()), Some(bias5.clone()), view(residual));
+    assert!(max_diff(ours, composed) < 1e-5);
+    let composed = gelu_tanh_composed(view(x.clone()) + bias5.clone().reshape([1, 5]));
+    assert!(max_diff(bias_gelu_tanh(view(x), Some(bias5)), composed) < 1e-5);
+}
+
+#[test]
 fn gpu_softmax_matches_burns_for_rows_narrower_and_wider_than_a_cube() {
     let device = wgpu();
     let mut rng = Inputs::new(32);

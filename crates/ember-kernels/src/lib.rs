@@ -50,6 +50,52 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     gelu_tanh_composed(x)
 }
 
+/// `gelu_tanh(x + bias)`, `bias: [width]` along `x`'s last dimension (none: [`gelu_tanh`]).
+/// Why: a feed-forward layer's up-projection is a product, its bias and the GELU; on a GPU
+/// (inference) the bias and the GELU are one kernel instead of two. Elsewhere the bias is
+/// added as a linear layer adds it, then [`gelu_tanh`].
+pub fn bias_gelu_tanh<const D: usize>(x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    let Some(bias) = bias else {
+        return gelu_tanh(x);
+    };
+    #[cfg(feature = "cube")]
+    if gpu::runs_on(x.dtype(), &x.device()) && gpu::runs_on(bias.dtype(), &bias.device()) {
+        return gpu::bias_gelu_tanh(x, bias);
+    }
+    gelu_tanh(add_bias(x, bias))
+}
+
+/// `residual + (branch + bias)`, `bias: [width]` along the last dimension (none: the plain
+/// sum): a residual branch's output projection before its bias, added to the shortcut. On a
+/// GPU (inference) one kernel instead of two; elsewhere the bias is added as a linear layer
+/// adds it, then the shortcut.
+pub fn add_bias_residual<const D: usize>(
+    branch: Tensor<D>,
+    bias: Option<Tensor<1>>,
+    residual: Tensor<D>,
+) -> Tensor<D> {
+    let Some(bias) = bias else {
+        return residual + branch;
+    };
+    #[cfg(feature = "cube")]
+    if gpu::runs_on(branch.dtype(), &branch.device())
+        && gpu::runs_on(bias.dtype(), &bias.device())
+        && gpu::runs_on(residual.dtype(), &residual.device())
+    {
+        return gpu::add_bias_residual(branch, bias, residual);
+    }
+    residual + add_bias(branch, bias)
+}
+
+/// `x + bias` over `x`'s last dimension, as one `[rows, width] + [1, width]` sum (the form of
+/// a linear layer's bias, whose gradient is then one column sum).
+pub fn add_bias<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+    let dims = x.dims();
+    let width = dims[D - 1];
+    let rows = dims.iter().product::<usize>() / width.max(1);
+    (x.reshape([rows, width]) + bias.reshape([1, width])).reshape(dims)
+}
+
 /// [`gelu_tanh`] from Burn's tensor ops: the path of devices without the fused kernel.
 pub fn gelu_tanh_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
@@ -233,7 +279,7 @@ pub fn fused_attention(
     None
 }
 
-/// Whether ember's GPU kernels (LayerNorm, GELU, softmax, attention) serve `f32` inference on
+/// Whether ember's GPU kernels (LayerNorm, GELU, bias sums, softmax, attention) serve `f32` inference on
 /// `device`: a GPU device outside autodiff, with the kernels compiled in (`cube`) and switched
 /// on ([`set_gpu_kernels`]).
 pub fn gpu_kernels_run_on(device: &Device) -> bool {

@@ -23,10 +23,11 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, drop_prob, dropout, gelu_tanh, layer_norm, linear_split, lookup,
-    split_heads, tied_logits_split,
+    LayerCache, attention, bias, drop_prob, dropout, layer_norm, linear_split, lookup,
+    product_split, split_heads, tied_logits_split, with_bias,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
+use ember_kernels::bias_gelu_tanh;
 
 /// Hyper-parameters of a GPT model, loaded from `configs/models/*.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,6 +200,13 @@ impl CausalSelfAttention {
     /// `x: [batch, seq, emb]` → `[batch, seq, emb]`; position t attends to positions ≤ t,
     /// through [`ember_kernels::causal_self_attention`] on the fused projection.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let (out, bias) = self.forward_unbiased(x);
+        with_bias(out, bias)
+    }
+
+    /// [`CausalSelfAttention::forward`] before the output projection's bias, which is
+    /// returned beside it (see [`GptBlock::add_branch`]).
+    fn forward_unbiased(&self, x: Tensor<3>) -> (Tensor<3>, Option<Tensor<1>>) {
         let drop_prob = drop_prob(&self.attn_drop, &x.device());
         let qkv = self.qkv(x, 1);
         let context = ember_kernels::causal_self_attention(qkv, self.n_heads, drop_prob);
@@ -215,6 +223,19 @@ impl CausalSelfAttention {
         cache: &mut Option<LayerCache>,
         threads: usize,
     ) -> Tensor<3> {
+        let (out, bias) = self.forward_cached_unbiased(x, hide, cache, threads);
+        with_bias(out, bias)
+    }
+
+    /// [`CausalSelfAttention::forward_cached`] before the output projection's bias, which is
+    /// returned beside it (see [`GptBlock::add_branch`]).
+    fn forward_cached_unbiased(
+        &self,
+        x: Tensor<3>,
+        hide: Tensor<4, Bool>,
+        cache: &mut Option<LayerCache>,
+        threads: usize,
+    ) -> (Tensor<3>, Option<Tensor<1>>) {
         let emb = x.dims()[2];
         let qkv = self.qkv(x, threads);
         let head = |i: usize| split_heads(qkv.clone().narrow(2, i * emb, emb), self.n_heads);
@@ -242,17 +263,20 @@ impl CausalSelfAttention {
         Tensor::cat(parts, 2)
     }
 
-    /// The heads' merged output `[batch, queries, emb]` mixed back into the residual stream.
-    fn project_out(&self, context: Tensor<3>, threads: usize) -> Tensor<3> {
-        with_adapter(
-            linear_split(&self.c_proj, context.clone(), threads),
+    /// The heads' merged output `[batch, queries, emb]` projected for the residual stream,
+    /// and the projection's bias, not yet added.
+    fn project_out(&self, context: Tensor<3>, threads: usize) -> (Tensor<3>, Option<Tensor<1>>) {
+        let out = with_adapter(
+            product_split(&self.c_proj, context.clone(), threads),
             &self.lora_out,
             context,
-        )
+        );
+        (out, bias(&self.c_proj))
     }
 }
 
-/// The position-wise feed-forward network: `emb → 4·emb → GELU(tanh) → emb` ([`gelu_tanh`]).
+/// The position-wise feed-forward network: `emb → 4·emb → GELU(tanh) → emb`
+/// ([`ember_kernels::gelu_tanh`]).
 #[derive(Module, Debug)]
 pub struct FeedForward {
     pub c_fc: Linear,
@@ -268,16 +292,25 @@ impl FeedForward {
 
     /// [`FeedForward::forward`] with each product split over `threads` (see [`linear_split`]).
     pub fn forward_split(&self, x: Tensor<3>, threads: usize) -> Tensor<3> {
-        let hidden = gelu_tanh(with_adapter(
-            linear_split(&self.c_fc, x.clone(), threads),
+        let (out, bias) = self.forward_unbiased(x, threads);
+        with_bias(out, bias)
+    }
+
+    /// [`FeedForward::forward_split`] before `c_proj`'s bias, which is returned beside it (see
+    /// [`GptBlock::add_branch`]); `c_fc`'s bias goes in with the GELU.
+    fn forward_unbiased(&self, x: Tensor<3>, threads: usize) -> (Tensor<3>, Option<Tensor<1>>) {
+        let up = with_adapter(
+            product_split(&self.c_fc, x.clone(), threads),
             &self.lora_fc,
             x,
-        ));
-        with_adapter(
-            linear_split(&self.c_proj, hidden.clone(), threads),
+        );
+        let hidden = bias_gelu_tanh(up, bias(&self.c_fc));
+        let out = with_adapter(
+            product_split(&self.c_proj, hidden.clone(), threads),
             &self.lora_proj,
             hidden,
-        )
+        );
+        (out, bias(&self.c_proj))
     }
 }
 
@@ -293,16 +326,14 @@ pub struct GptBlock {
 
 impl GptBlock {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone()
-            + dropout(
-                &self.resid_drop,
-                self.attn.forward(layer_norm(&self.ln_1, x)),
-            );
-        x.clone()
-            + dropout(
-                &self.resid_drop,
-                self.mlp.forward(layer_norm(&self.ln_2, x)),
-            )
+        let attn = self
+            .attn
+            .forward_unbiased(layer_norm(&self.ln_1, x.clone()));
+        let x = self.add_branch(x, attn);
+        let mlp = self
+            .mlp
+            .forward_unbiased(layer_norm(&self.ln_2, x.clone()), 1);
+        self.add_branch(x, mlp)
     }
 
     /// [`GptBlock::forward`] with attention through a key/value cache; `threads`: see
@@ -314,15 +345,31 @@ impl GptBlock {
         cache: &mut Option<LayerCache>,
         threads: usize,
     ) -> Tensor<3> {
-        let attn =
-            self.attn
-                .forward_cached(layer_norm(&self.ln_1, x.clone()), hide, cache, threads);
-        let x = x + dropout(&self.resid_drop, attn);
-        x.clone()
-            + dropout(
-                &self.resid_drop,
-                self.mlp.forward_split(layer_norm(&self.ln_2, x), threads),
-            )
+        let attn = self.attn.forward_cached_unbiased(
+            layer_norm(&self.ln_1, x.clone()),
+            hide,
+            cache,
+            threads,
+        );
+        let x = self.add_branch(x, attn);
+        let mlp = self
+            .mlp
+            .forward_unbiased(layer_norm(&self.ln_2, x.clone()), threads);
+        self.add_branch(x, mlp)
+    }
+
+    /// The shortcut `x` plus a branch's output `(before its bias, the bias)` through the
+    /// residual dropout. Without dropout (inference) the bias and the sum are one GPU kernel
+    /// ([`ember_kernels::add_bias_residual`]).
+    fn add_branch(
+        &self,
+        x: Tensor<3>,
+        (branch, bias): (Tensor<3>, Option<Tensor<1>>),
+    ) -> Tensor<3> {
+        match drop_prob(&self.resid_drop, &x.device()) {
+            0.0 => ember_kernels::add_bias_residual(branch, bias, x),
+            _ => x + dropout(&self.resid_drop, with_bias(branch, bias)),
+        }
     }
 }
 

@@ -146,16 +146,31 @@ pub use ember_kernels::gelu_tanh;
 /// With few rows (decoding), the product is shared by `threads`
 /// ([`ember_kernels::matmul_split`]).
 pub fn linear_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> {
+    with_bias(product_split(linear, x, threads), bias(linear))
+}
+
+/// `x + bias` over the last dimension where there is a bias ([`ember_kernels::add_bias`]).
+pub fn with_bias<const D: usize>(x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    match bias {
+        Some(bias) => ember_kernels::add_bias(x, bias),
+        None => x,
+    }
+}
+
+/// [`linear_split`] without the bias, `x · weight`: for a caller that adds the bias together
+/// with the next op ([`ember_kernels::bias_gelu_tanh`], [`ember_kernels::add_bias_residual`]),
+/// one GPU kernel fewer each.
+pub fn product_split(linear: &Linear, x: Tensor<3>, threads: usize) -> Tensor<3> {
     let [batch, seq, d_in] = x.dims();
     let weight = linear.weight.val(); // [d_in, d_out]
     let d_out = weight.dims()[1];
     let rows = x.reshape([batch * seq, d_in]);
-    let out = ember_kernels::matmul_split(rows, weight, threads);
-    let out = match &linear.bias {
-        Some(bias) => out + bias.val().reshape([1, d_out]),
-        None => out,
-    };
-    out.reshape([batch, seq, d_out])
+    ember_kernels::matmul_split(rows, weight, threads).reshape([batch, seq, d_out])
+}
+
+/// `linear`'s bias `[d_out]`, if it has one.
+pub fn bias(linear: &Linear) -> Option<Tensor<1>> {
+    linear.bias.as_ref().map(|bias| bias.val())
 }
 
 /// `linear.forward(x)` for `x: [batch, seq, d_in]` as one 2-D product ([`linear_split`] on one
