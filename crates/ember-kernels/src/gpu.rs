@@ -167,9 +167,7 @@ fn launch_gelu_tanh(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
     let x = into_contiguous(x);
     let out = empty_like(&x);
     let (_, width) = rows_and_width(&x);
-    let elements = x.shape().num_elements();
-    let cube_dim = CubeDim::new(&x.client, elements);
-    let cube_count = calculate_cube_count_elemwise(&x.client, elements, cube_dim);
+    let (cube_count, cube_dim) = elementwise_grid(&x);
     let dtype = dtype_to_storage_type(x.dtype);
     let biased = bias.is_some();
     // Without a bias the kernel never reads its bias argument: `x` stands in.
@@ -213,9 +211,7 @@ impl GpuOps for CubeBackend {
         let bias = into_contiguous(bias);
         let out = empty_like(&branch);
         let (_, width) = rows_and_width(&branch);
-        let elements = branch.shape().num_elements();
-        let cube_dim = CubeDim::new(&branch.client, elements);
-        let cube_count = calculate_cube_count_elemwise(&branch.client, elements, cube_dim);
+        let (cube_count, cube_dim) = elementwise_grid(&branch);
         let dtype = dtype_to_storage_type(branch.dtype);
         add_bias_residual_kernel::launch(
             &branch.client.clone(),
@@ -325,6 +321,14 @@ fn rows_and_width(x: &CubeTensor) -> (usize, usize) {
     let shape = x.shape();
     let width = shape[shape.num_dims() - 1];
     (shape.num_elements() / width.max(1), width)
+}
+
+/// One unit per element of `x`.
+fn elementwise_grid(x: &CubeTensor) -> (CubeCount, CubeDim) {
+    let elements = x.shape().num_elements();
+    let cube_dim = CubeDim::new(&x.client, elements);
+    let cube_count = calculate_cube_count_elemwise(&x.client, elements, cube_dim);
+    (cube_count, cube_dim)
 }
 
 /// One cube per row, laid out over x then y (the grid's x extent is limited).
