@@ -78,6 +78,17 @@ pub trait GpuOps: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
+    /// `(sum, normed)`: `sum = residual + (branch + bias)`, `bias: [width]` along the last
+    /// dimension, and its LayerNorm with `gamma`, `beta: [width]`.
+    #[fusion(meta = |branch, _bias, _residual, _gamma, _beta, _epsilon| (branch.clone(), branch.clone()))]
+    fn gpu_add_bias_residual_layer_norm(
+        branch: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// `softmax(q·kᵀ/√head_dim, hidden keys at f32::MIN)·v`, heads merged:
     /// `q: [batch, heads, queries, head_dim]`, `k`, `v: [batch, heads, keys, head_dim]`,
     /// `hide: [batch, heads, queries, keys]` (true = do not attend; broadcast views allowed)
@@ -135,6 +146,25 @@ pub(crate) fn layer_norm<const D: usize>(
         beta.into_dispatch(),
         epsilon,
     ))
+}
+
+pub(crate) fn add_bias_residual_layer_norm<const D: usize>(
+    branch: Tensor<D>,
+    bias: Tensor<1>,
+    residual: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<D>, Tensor<D>) {
+    let (sum, normed) = <Dispatch as GpuOps>::gpu_add_bias_residual_layer_norm(
+        branch.into_dispatch(),
+        bias.into_dispatch(),
+        residual.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    (Tensor::from_dispatch(sum), Tensor::from_dispatch(normed))
 }
 
 pub(crate) fn attention(
@@ -252,25 +282,18 @@ impl GpuOps for CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let x = into_contiguous(x);
-        let out = empty_like(&x);
-        let (rows, width) = rows_and_width(&x);
-        let dtype = dtype_to_storage_type(x.dtype);
-        layer_norm_kernel::launch(
-            &x.client.clone(),
-            row_cubes(rows),
-            CubeDim::new_1d(UNITS),
-            x.into_tensor_arg(),
-            gamma.into_tensor_arg(),
-            beta.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            rows as u32,
-            width as u32,
-            epsilon as f32,
-            UNITS,
-            dtype,
-        );
-        out
+        launch_layer_norm(x, None, gamma, beta, epsilon).1
+    }
+
+    fn gpu_add_bias_residual_layer_norm(
+        branch: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        launch_layer_norm(residual, Some((branch, bias)), gamma, beta, epsilon)
     }
 
     fn gpu_attention(
@@ -321,6 +344,52 @@ fn rows_and_width(x: &CubeTensor) -> (usize, usize) {
     let shape = x.shape();
     let width = shape[shape.num_dims() - 1];
     (shape.num_elements() / width.max(1), width)
+}
+
+/// The LayerNorm kernel over the rows of `x`, or with `summand: (branch, bias)` over
+/// `x + (branch + bias)`, which it also writes out: `(sum, normed)`, `sum` a placeholder of
+/// one element without a summand.
+fn launch_layer_norm(
+    x: CubeTensor,
+    summand: Option<(CubeTensor, CubeTensor)>,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    epsilon: f64,
+) -> (CubeTensor, CubeTensor) {
+    let x = into_contiguous(x);
+    let normed = empty_like(&x);
+    let (rows, width) = rows_and_width(&x);
+    let dtype = dtype_to_storage_type(x.dtype);
+    let summed = summand.is_some();
+    // Without a summand the kernel reads neither `branch` nor `bias` (`x` stands in) and
+    // writes no sum.
+    let (branch, bias, sum) = match summand {
+        Some((branch, bias)) => (into_contiguous(branch), bias, empty_like(&x)),
+        None => {
+            let placeholder =
+                empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([1]), x.dtype);
+            (x.clone(), x.clone(), placeholder)
+        }
+    };
+    layer_norm_kernel::launch(
+        &x.client.clone(),
+        row_cubes(rows),
+        CubeDim::new_1d(UNITS),
+        x.into_tensor_arg(),
+        branch.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        sum.clone().into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        beta.into_tensor_arg(),
+        normed.clone().into_tensor_arg(),
+        rows as u32,
+        width as u32,
+        epsilon as f32,
+        summed,
+        UNITS,
+        dtype,
+    );
+    (sum, normed)
 }
 
 /// One unit per element of `x`.
@@ -453,14 +522,21 @@ mod kernels {
     }
 
     #[cube(launch)]
+    /// With `summed`, the row normalised is `x + (branch + bias)`, written to `sum` in the
+    /// first pass and read back from there (each unit reads only what it wrote).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_norm_kernel<F: Float>(
         x: &Tensor<F>,
+        branch: &Tensor<F>,
+        bias: &Tensor<F>,
+        sum: &mut Tensor<F>,
         gamma: &Tensor<F>,
         beta: &Tensor<F>,
         out: &mut Tensor<F>,
         rows: u32,
         width: u32,
         epsilon: f32,
+        #[comptime] summed: bool,
         #[comptime] units: u32,
         #[define(F)] _dtype: ElemType,
     ) {
@@ -476,7 +552,12 @@ mod kernels {
         let mut local_sum = F::new(0.0);
         let mut j = UNIT_POS_X as usize;
         while j < width {
-            local_sum += x[base + j];
+            let mut value = x[base + j];
+            if summed {
+                value += branch[base + j] + bias[j * bias.stride(0)];
+                sum[base + j] = value;
+            }
+            local_sum += value;
             j += units as usize;
         }
         let mean = cube_reduce::<F>(&mut partial, local_sum, false) / count;
@@ -485,7 +566,7 @@ mod kernels {
         let mut local_squares = F::new(0.0);
         let mut j = UNIT_POS_X as usize;
         while j < width {
-            let centred = x[base + j] - mean;
+            let centred = row_value(x, sum, base + j, summed) - mean;
             local_squares += centred * centred;
             j += units as usize;
         }
@@ -494,10 +575,21 @@ mod kernels {
 
         let mut j = UNIT_POS_X as usize;
         while j < width {
-            let normalised = (x[base + j] - mean) * inverse_std;
+            let normalised = (row_value(x, sum, base + j, summed) - mean) * inverse_std;
             out[base + j] = normalised * gamma[j * gamma.stride(0)] + beta[j * beta.stride(0)];
             j += units as usize;
         }
+    }
+
+    /// The LayerNorm kernel's input at `index`: the sum it wrote, or `x`.
+    #[cube]
+    fn row_value<F: Float>(
+        x: &Tensor<F>,
+        sum: &mut Tensor<F>,
+        index: usize,
+        #[comptime] summed: bool,
+    ) -> F {
+        if summed { sum[index] } else { x[index] }
     }
 
     /// One cube per (sequence, head, query) row: the row's scores go to shared memory (`keys_cap`

@@ -62,6 +62,44 @@ fn gpu_bias_gelu_and_bias_residual_match_the_composed_forms() {
 }
 
 #[test]
+fn gpu_bias_residual_layer_norm_writes_the_sum_and_its_norm() {
+    let device = wgpu();
+    let mut rng = Inputs::new(36);
+    for (rows, width, offset) in [(6, 768, 0.0), (3, 50, 40.0), (2, 1000, -10.0)] {
+        let normal = |rng: &mut Inputs, std| {
+            rng.tensor::<2>([rows, width], Distribution::Normal(0.0, std), &device)
+        };
+        let branch = normal(&mut rng, 2.0);
+        let residual = normal(&mut rng, 3.0) + offset;
+        let vector = |rng: &mut Inputs, mean| {
+            rng.tensor::<1>([width], Distribution::Normal(mean, 0.5), &device)
+        };
+        let (bias, gamma, beta) = (
+            vector(&mut rng, 0.0),
+            vector(&mut rng, 1.0),
+            vector(&mut rng, 0.0),
+        );
+        let (sum, normed) = add_bias_residual_layer_norm(
+            branch.clone(),
+            bias.clone(),
+            residual.clone(),
+            gamma.clone(),
+            beta.clone(),
+            1e-5,
+        );
+        let composed_sum = residual + (branch + bias.reshape([1, width]));
+        let composed = layer_norm_composed(composed_sum.clone(), gamma, beta, 1e-5);
+        let sum_diff = max_diff(sum, composed_sum);
+        assert!(
+            sum_diff < 1e-5,
+            "[{rows}, {width}] + {offset}: sum {sum_diff}"
+        );
+        let diff = rel_diff(normed, composed);
+        assert!(diff < 1e-5, "[{rows}, {width}] + {offset}: {diff}");
+    }
+}
+
+#[test]
 fn gpu_softmax_matches_burns_for_rows_narrower_and_wider_than_a_cube() {
     let device = wgpu();
     let mut rng = Inputs::new(32);

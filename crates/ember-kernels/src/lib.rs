@@ -498,6 +498,32 @@ pub fn layer_norm<const D: usize>(
     layer_norm_composed(x, gamma, beta, epsilon)
 }
 
+/// `(sum, layer_norm(sum))` for `sum = residual + (branch + bias)`, `bias`, `gamma`, `beta:
+/// [width]` along the last dimension: a transformer block's shortcut sum and the LayerNorm
+/// that reads it next. On a GPU (inference) one kernel instead of two, which also writes the
+/// sum for the next shortcut; elsewhere [`add_bias_residual`] then [`layer_norm`].
+pub fn add_bias_residual_layer_norm<const D: usize>(
+    branch: Tensor<D>,
+    bias: Tensor<1>,
+    residual: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<D>, Tensor<D>) {
+    #[cfg(feature = "cube")]
+    if [&branch, &residual]
+        .iter()
+        .all(|t| gpu::runs_on(t.dtype(), &t.device()))
+        && [&bias, &gamma, &beta]
+            .iter()
+            .all(|t| gpu::runs_on(t.dtype(), &t.device()))
+    {
+        return gpu::add_bias_residual_layer_norm(branch, bias, residual, gamma, beta, epsilon);
+    }
+    let sum = add_bias_residual(branch, Some(bias), residual);
+    (sum.clone(), layer_norm(sum, gamma, beta, epsilon))
+}
+
 /// [`layer_norm`] by Burn's op.
 pub fn layer_norm_composed<const D: usize>(
     x: Tensor<D>,

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ConfigError;
 use crate::config::{Validate, check, config_from_toml, load_config};
 use crate::layers::{
-    LayerCache, attention, bias, drop_prob, dropout, layer_norm, linear_split, lookup,
-    product_split, split_heads, tied_logits_split, with_bias,
+    LayerCache, add_bias_residual_layer_norm, attention, bias, drop_prob, dropout, layer_norm,
+    linear_split, lookup, product_split, split_heads, tied_logits_split, with_bias,
 };
 use crate::lora::{LoraAdapter, LoraConfig, LoraTarget, with_adapter};
 use ember_kernels::bias_gelu_tanh;
@@ -326,14 +326,17 @@ pub struct GptBlock {
 
 impl GptBlock {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let attn = self
-            .attn
-            .forward_unbiased(layer_norm(&self.ln_1, x.clone()));
-        let x = self.add_branch(x, attn);
-        let mlp = self
-            .mlp
-            .forward_unbiased(layer_norm(&self.ln_2, x.clone()), 1);
-        self.add_branch(x, mlp)
+        self.forward_stream(Stream::from(x)).resolve()
+    }
+
+    /// [`GptBlock::forward`] on the residual stream, whose last branch may still wait to be
+    /// added by the LayerNorm that reads it first.
+    fn forward_stream(&self, stream: Stream) -> Stream {
+        let (x, normed) = stream.normed(&self.ln_1);
+        let attn = self.attn.forward_unbiased(normed);
+        let (x, normed) = Stream::sum(x, attn, &self.resid_drop).normed(&self.ln_2);
+        let mlp = self.mlp.forward_unbiased(normed, 1);
+        Stream::sum(x, mlp, &self.resid_drop)
     }
 
     /// [`GptBlock::forward`] with attention through a key/value cache; `threads`: see
@@ -345,30 +348,72 @@ impl GptBlock {
         cache: &mut Option<LayerCache>,
         threads: usize,
     ) -> Tensor<3> {
-        let attn = self.attn.forward_cached_unbiased(
-            layer_norm(&self.ln_1, x.clone()),
-            hide,
-            cache,
-            threads,
-        );
-        let x = self.add_branch(x, attn);
-        let mlp = self
-            .mlp
-            .forward_unbiased(layer_norm(&self.ln_2, x.clone()), threads);
-        self.add_branch(x, mlp)
+        self.forward_cached_stream(Stream::from(x), hide, cache, threads)
+            .resolve()
     }
 
-    /// The shortcut `x` plus a branch's output `(before its bias, the bias)` through the
-    /// residual dropout. Without dropout (inference) the bias and the sum are one GPU kernel
-    /// ([`ember_kernels::add_bias_residual`]).
-    fn add_branch(
+    /// [`GptBlock::forward_cached`] on the residual stream (see [`GptBlock::forward_stream`]).
+    fn forward_cached_stream(
         &self,
-        x: Tensor<3>,
-        (branch, bias): (Tensor<3>, Option<Tensor<1>>),
-    ) -> Tensor<3> {
-        match drop_prob(&self.resid_drop, &x.device()) {
-            0.0 => ember_kernels::add_bias_residual(branch, bias, x),
-            _ => x + dropout(&self.resid_drop, with_bias(branch, bias)),
+        stream: Stream,
+        hide: Tensor<4, Bool>,
+        cache: &mut Option<LayerCache>,
+        threads: usize,
+    ) -> Stream {
+        let (x, normed) = stream.normed(&self.ln_1);
+        let attn = self
+            .attn
+            .forward_cached_unbiased(normed, hide, cache, threads);
+        let (x, normed) = Stream::sum(x, attn, &self.resid_drop).normed(&self.ln_2);
+        let mlp = self.mlp.forward_unbiased(normed, threads);
+        Stream::sum(x, mlp, &self.resid_drop)
+    }
+}
+
+/// A branch's output before its bias, and the bias.
+type Branch = (Tensor<3>, Option<Tensor<1>>);
+
+/// The residual stream `[batch, seq, emb]` between sub-layers: `x`, plus the last branch's
+/// output when its sum can wait for the LayerNorm that reads it. Why: on a GPU (inference) the
+/// bias, the shortcut sum and that LayerNorm are one kernel instead of three; on the CPU and
+/// under autodiff the same ops run in the same order as without it.
+struct Stream {
+    x: Tensor<3>,
+    pending: Option<Branch>,
+}
+
+impl From<Tensor<3>> for Stream {
+    fn from(x: Tensor<3>) -> Self {
+        Self { x, pending: None }
+    }
+}
+
+impl Stream {
+    /// `x + dropout(branch + bias)`; without dropout (inference, or a rate of 0) the sum is
+    /// left to the next LayerNorm.
+    fn sum(x: Tensor<3>, (branch, bias): Branch, resid_drop: &Dropout) -> Self {
+        match drop_prob(resid_drop, &x.device()) {
+            0.0 => Self {
+                x,
+                pending: Some((branch, bias)),
+            },
+            _ => Self::from(x + dropout(resid_drop, with_bias(branch, bias))),
+        }
+    }
+
+    /// The stream's value and its LayerNorm by `module`.
+    fn normed(self, module: &LayerNorm) -> (Tensor<3>, Tensor<3>) {
+        match self.pending {
+            Some((branch, bias)) => add_bias_residual_layer_norm(module, branch, bias, self.x),
+            None => (self.x.clone(), layer_norm(module, self.x)),
+        }
+    }
+
+    /// The stream's value.
+    fn resolve(self) -> Tensor<3> {
+        match self.pending {
+            Some((branch, bias)) => ember_kernels::add_bias_residual(branch, bias, self.x),
+            None => self.x,
         }
     }
 }
@@ -533,11 +578,11 @@ impl Gpt {
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &ids.device())
             .reshape([1, seq])
             .expand([batch, seq]);
-        let mut x = self.embed(ids, positions);
+        let mut stream = Stream::from(self.embed(ids, positions));
         for block in &self.h {
-            x = block.forward(x);
+            stream = block.forward_stream(stream);
         }
-        layer_norm(&self.ln_f, x)
+        stream.normed(&self.ln_f).1
     }
 
     /// Final hidden states `[batch, new, emb]` of `ids: [batch, new]`, continuing the sequence
@@ -559,11 +604,11 @@ impl Gpt {
             self.context_length
         );
         cache.layers.resize(self.h.len(), None);
-        let mut x = self.embed(ids, positions);
+        let mut stream = Stream::from(self.embed(ids, positions));
         for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward_cached(x, hide.clone(), layer, cache.threads);
+            stream = block.forward_cached_stream(stream, hide.clone(), layer, cache.threads);
         }
-        layer_norm(&self.ln_f, x)
+        stream.normed(&self.ln_f).1
     }
 
     /// Token plus position embeddings `[batch, seq, emb]`, after dropout, of `ids` and

@@ -46,6 +46,29 @@ pub fn layer_norm<const D: usize>(module: &LayerNorm, x: Tensor<D>) -> Tensor<D>
     }
 }
 
+/// `(sum, layer_norm(module, sum))` for `sum = residual + (branch + bias)`: a shortcut sum and
+/// the LayerNorm that reads it, one GPU kernel in inference
+/// ([`ember_kernels::add_bias_residual_layer_norm`]); the sum and [`layer_norm`] elsewhere.
+pub fn add_bias_residual_layer_norm(
+    module: &LayerNorm,
+    branch: Tensor<3>,
+    bias: Option<Tensor<1>>,
+    residual: Tensor<3>,
+) -> (Tensor<3>, Tensor<3>) {
+    match (&module.beta, layer_norm_epsilon(module), bias) {
+        (Some(beta), Some(epsilon), Some(bias)) if branch.dtype() == burn::tensor::DType::F32 => {
+            let (gamma, beta) = (module.gamma.val(), beta.val());
+            ember_kernels::add_bias_residual_layer_norm(
+                branch, bias, residual, gamma, beta, epsilon,
+            )
+        }
+        (_, _, bias) => {
+            let sum = ember_kernels::add_bias_residual(branch, bias, residual);
+            (sum.clone(), layer_norm(module, sum))
+        }
+    }
+}
+
 /// The epsilon of a `LayerNorm`, from its display `LayerNorm {d_model: 6, epsilon: 0.00001, …}`.
 fn layer_norm_epsilon(module: &LayerNorm) -> Option<f64> {
     let shown = module.to_string();
