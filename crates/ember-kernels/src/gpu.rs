@@ -1,6 +1,6 @@
-//! Inference kernels for the GPU backends (CubeCL: wgpu, CUDA): LayerNorm, GPT-2's tanh GELU
-//! (with the bias before it), a bias plus a residual sum, the softmax over the last dimension
-//! and masked attention, one kernel each.
+//! Inference kernels for the GPU backends (CubeCL: wgpu, CUDA): LayerNorm (alone, or with the
+//! shortcut sum and bias before it), GPT-2's tanh GELU (with the bias before it), a bias plus a
+//! shortcut sum, the softmax over the last dimension and masked attention, one kernel each.
 //!
 //! Why: a decoding step on a GPU is bound by kernel launches, not arithmetic. Composed from
 //! Burn's tensor ops a GPT-2 block launches ~50 kernels per token (LayerNorm 9 each, the GELU

@@ -279,9 +279,9 @@ pub fn fused_attention(
     None
 }
 
-/// Whether ember's GPU kernels (LayerNorm, GELU, bias sums, softmax, attention) serve `f32` inference on
-/// `device`: a GPU device outside autodiff, with the kernels compiled in (`cube`) and switched
-/// on ([`set_gpu_kernels`]).
+/// Whether ember's GPU kernels (LayerNorm, GELU, bias and shortcut sums, softmax, attention)
+/// serve `f32` inference on `device`: a GPU device outside autodiff, with the kernels compiled
+/// in (`cube`) and switched on ([`set_gpu_kernels`]).
 pub fn gpu_kernels_run_on(device: &Device) -> bool {
     #[cfg(feature = "cube")]
     return gpu::runs_on(burn::tensor::DType::F32, device);
