@@ -46,6 +46,13 @@ pub(crate) fn runs_on(dtype: DType, device: &Device) -> bool {
         && matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
+/// [`runs_on`] for every tensor an op reads: its activations `xs` and its `[width]` vectors
+/// (biases, LayerNorm weights).
+pub(crate) fn all_run_on<const D: usize>(xs: &[&Tensor<D>], vectors: &[&Tensor<1>]) -> bool {
+    xs.iter().all(|x| runs_on(x.dtype(), &x.device()))
+        && vectors.iter().all(|v| runs_on(v.dtype(), &v.device()))
+}
+
 /// Whether [`attention`] serves queries like `x`'s (any tensor of theirs) over `keys` keys:
 /// [`runs_on`], and scores that fit the kernel's shared memory.
 pub(crate) fn attention_runs_on<const D: usize>(x: &Tensor<D>, keys: usize) -> bool {

@@ -20,8 +20,9 @@
 //! also the reference the tests compare the kernels with.
 //!
 //! With the `cube` feature, inference on the GPU backends (outside autodiff) takes CubeCL kernels
-//! for LayerNorm, the GELU, the softmax and attention ([`fused_attention`]), where a decoding
-//! step's time goes to launching the composed ops' many small kernels (`gpu`).
+//! for LayerNorm, the GELU, bias and shortcut sums, the softmax and attention
+//! ([`fused_attention`]), where a decoding step's time goes to launching the composed ops' many
+//! small kernels (`gpu`).
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -59,7 +60,7 @@ pub fn bias_gelu_tanh<const D: usize>(x: Tensor<D>, bias: Option<Tensor<1>>) -> 
         return gelu_tanh(x);
     };
     #[cfg(feature = "cube")]
-    if gpu::runs_on(x.dtype(), &x.device()) && gpu::runs_on(bias.dtype(), &bias.device()) {
+    if gpu::all_run_on(&[&x], &[&bias]) {
         return gpu::bias_gelu_tanh(x, bias);
     }
     gelu_tanh(add_bias(x, bias))
@@ -78,10 +79,7 @@ pub fn add_bias_residual<const D: usize>(
         return residual + branch;
     };
     #[cfg(feature = "cube")]
-    if gpu::runs_on(branch.dtype(), &branch.device())
-        && gpu::runs_on(bias.dtype(), &bias.device())
-        && gpu::runs_on(residual.dtype(), &residual.device())
-    {
+    if gpu::all_run_on(&[&branch, &residual], &[&bias]) {
         return gpu::add_bias_residual(branch, bias, residual);
     }
     residual + add_bias(branch, bias)
@@ -511,13 +509,7 @@ pub fn add_bias_residual_layer_norm<const D: usize>(
     epsilon: f64,
 ) -> (Tensor<D>, Tensor<D>) {
     #[cfg(feature = "cube")]
-    if [&branch, &residual]
-        .iter()
-        .all(|t| gpu::runs_on(t.dtype(), &t.device()))
-        && [&bias, &gamma, &beta]
-            .iter()
-            .all(|t| gpu::runs_on(t.dtype(), &t.device()))
-    {
+    if gpu::all_run_on(&[&branch, &residual], &[&bias, &gamma, &beta]) {
         return gpu::add_bias_residual_layer_norm(branch, bias, residual, gamma, beta, epsilon);
     }
     let sum = add_bias_residual(branch, Some(bias), residual);

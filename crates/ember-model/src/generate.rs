@@ -84,8 +84,7 @@ fn generate_here(
     let context = model.context_length();
     let device = model.device();
     let sampling = &options.sampling;
-    let on_device =
-        options.read_every > 1 && sampling.temperature == 0.0 && sampling.repetition_penalty == 1.0;
+    let on_device = options.read_every > 1 && sampling.picks_argmax();
     let mut state = Decoding {
         results: prompts
             .iter()

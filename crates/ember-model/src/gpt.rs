@@ -205,8 +205,8 @@ impl CausalSelfAttention {
     }
 
     /// [`CausalSelfAttention::forward`] before the output projection's bias, which is
-    /// returned beside it (see [`GptBlock::add_branch`]).
-    fn forward_unbiased(&self, x: Tensor<3>) -> (Tensor<3>, Option<Tensor<1>>) {
+    /// returned beside it (see [`Stream`]).
+    fn forward_unbiased(&self, x: Tensor<3>) -> Branch {
         let drop_prob = drop_prob(&self.attn_drop, &x.device());
         let qkv = self.qkv(x, 1);
         let context = ember_kernels::causal_self_attention(qkv, self.n_heads, drop_prob);
@@ -214,28 +214,16 @@ impl CausalSelfAttention {
     }
 
     /// Attention over the cached positions and `x`'s new ones, appending the new keys and
-    /// values to `cache`. `x: [batch, new, emb]`; `hide: [batch, 1, new, past + new]` is true
+    /// values to `cache`, before the output projection's bias, which is returned beside it
+    /// (see [`Stream`]). `x: [batch, new, emb]`; `hide: [batch, 1, new, past + new]` is true
     /// where a query must not look (future or padding). `threads`: see [`linear_split`].
-    pub fn forward_cached(
-        &self,
-        x: Tensor<3>,
-        hide: Tensor<4, Bool>,
-        cache: &mut Option<LayerCache>,
-        threads: usize,
-    ) -> Tensor<3> {
-        let (out, bias) = self.forward_cached_unbiased(x, hide, cache, threads);
-        with_bias(out, bias)
-    }
-
-    /// [`CausalSelfAttention::forward_cached`] before the output projection's bias, which is
-    /// returned beside it (see [`GptBlock::add_branch`]).
     fn forward_cached_unbiased(
         &self,
         x: Tensor<3>,
         hide: Tensor<4, Bool>,
         cache: &mut Option<LayerCache>,
         threads: usize,
-    ) -> (Tensor<3>, Option<Tensor<1>>) {
+    ) -> Branch {
         let emb = x.dims()[2];
         let qkv = self.qkv(x, threads);
         let head = |i: usize| split_heads(qkv.clone().narrow(2, i * emb, emb), self.n_heads);
@@ -265,7 +253,7 @@ impl CausalSelfAttention {
 
     /// The heads' merged output `[batch, queries, emb]` projected for the residual stream,
     /// and the projection's bias, not yet added.
-    fn project_out(&self, context: Tensor<3>, threads: usize) -> (Tensor<3>, Option<Tensor<1>>) {
+    fn project_out(&self, context: Tensor<3>, threads: usize) -> Branch {
         let out = with_adapter(
             product_split(&self.c_proj, context.clone(), threads),
             &self.lora_out,
@@ -287,18 +275,14 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_split(x, 1)
-    }
-
-    /// [`FeedForward::forward`] with each product split over `threads` (see [`linear_split`]).
-    pub fn forward_split(&self, x: Tensor<3>, threads: usize) -> Tensor<3> {
-        let (out, bias) = self.forward_unbiased(x, threads);
+        let (out, bias) = self.forward_unbiased(x, 1);
         with_bias(out, bias)
     }
 
-    /// [`FeedForward::forward_split`] before `c_proj`'s bias, which is returned beside it (see
-    /// [`GptBlock::add_branch`]); `c_fc`'s bias goes in with the GELU.
-    fn forward_unbiased(&self, x: Tensor<3>, threads: usize) -> (Tensor<3>, Option<Tensor<1>>) {
+    /// [`FeedForward::forward`] with each product split over `threads` (see [`linear_split`]),
+    /// before `c_proj`'s bias, which is returned beside it (see [`Stream`]); `c_fc`'s bias
+    /// goes in with the GELU.
+    fn forward_unbiased(&self, x: Tensor<3>, threads: usize) -> Branch {
         let up = with_adapter(
             product_split(&self.c_fc, x.clone(), threads),
             &self.lora_fc,

@@ -38,11 +38,23 @@ pub fn lookup(module: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
 /// shift or whose display does not say, and inputs other than `f32` (which Burn's forward
 /// normalises in a wider type), take Burn's own forward.
 pub fn layer_norm<const D: usize>(module: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    match kernel_layer_norm(module, x.dtype()) {
+        Some((gamma, beta, epsilon)) => ember_kernels::layer_norm(x, gamma, beta, epsilon),
+        None => module.forward(x),
+    }
+}
+
+/// `(gamma, beta, epsilon)` of a `LayerNorm` that ember's kernels apply to inputs of `dtype`
+/// (see [`layer_norm`]); `None` where Burn's own forward runs.
+fn kernel_layer_norm(
+    module: &LayerNorm,
+    dtype: burn::tensor::DType,
+) -> Option<(Tensor<1>, Tensor<1>, f64)> {
     match (&module.beta, layer_norm_epsilon(module)) {
-        (Some(beta), Some(epsilon)) if x.dtype() == burn::tensor::DType::F32 => {
-            ember_kernels::layer_norm(x, module.gamma.val(), beta.val(), epsilon)
+        (Some(beta), Some(epsilon)) if dtype == burn::tensor::DType::F32 => {
+            Some((module.gamma.val(), beta.val(), epsilon))
         }
-        _ => module.forward(x),
+        _ => None,
     }
 }
 
@@ -55,14 +67,11 @@ pub fn add_bias_residual_layer_norm(
     bias: Option<Tensor<1>>,
     residual: Tensor<3>,
 ) -> (Tensor<3>, Tensor<3>) {
-    match (&module.beta, layer_norm_epsilon(module), bias) {
-        (Some(beta), Some(epsilon), Some(bias)) if branch.dtype() == burn::tensor::DType::F32 => {
-            let (gamma, beta) = (module.gamma.val(), beta.val());
-            ember_kernels::add_bias_residual_layer_norm(
-                branch, bias, residual, gamma, beta, epsilon,
-            )
-        }
-        (_, _, bias) => {
+    match (kernel_layer_norm(module, branch.dtype()), bias) {
+        (Some((gamma, beta, epsilon)), Some(bias)) => ember_kernels::add_bias_residual_layer_norm(
+            branch, bias, residual, gamma, beta, epsilon,
+        ),
+        (_, bias) => {
             let sum = ember_kernels::add_bias_residual(branch, bias, residual);
             (sum.clone(), layer_norm(module, sum))
         }

@@ -32,6 +32,12 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
+    /// Whether [`sample_next`] picks the raw logits' argmax (greedy, no repetition penalty): a
+    /// choice the device can make without the logits coming back to the host.
+    pub fn picks_argmax(&self) -> bool {
+        self.temperature == 0.0 && self.repetition_penalty == 1.0
+    }
+
     /// One-line errors for values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
