@@ -901,6 +901,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         use_cache,
         threads: decode_threads,
         read_every: decode_read_every,
+        vocab_limit: None,
     };
     let gpu = is_gpu_spec(device_spec);
     if gpu {

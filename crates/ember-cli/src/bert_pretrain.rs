@@ -16,7 +16,7 @@ use ember_train::checkpoint;
 use ember_train::lm::{Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::pretrain::{PretrainArgs, prepare_new_run_dir, resume_from, train_and_report};
+use crate::pretrain::{PretrainArgs, resume_from, train_and_report};
 use crate::progress::{EpochSample, TrainProgress};
 use crate::{data, device, models};
 
@@ -241,6 +241,9 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     let previous = args.resume.as_deref().map(read_run).transpose()?;
     let resuming = previous.is_some();
     let run_dir = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    if !resuming {
+        crate::runs::check_new_run_dir(&run_dir, args.overwrite, true)?;
+    }
     let mut recipe = match &previous {
         Some(info) => info.recipe.clone(),
         None => new_recipe(args)?,
@@ -273,7 +276,6 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         let tokenizer = Tokenizer::open(&info.tokenizer_path(&run_dir))?;
         (info.model, tokenizer, info.tokenizer)
     } else {
-        prepare_new_run_dir(&run_dir, args.overwrite)?;
         let mut config = models::load_bert_config(&recipe.model, args.recipe.as_deref())?;
         let (tokenizer, file) = match &args.tokenizer {
             Some(path) => {
@@ -345,7 +347,15 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         false,
     )?;
 
+    let splits = Splits {
+        train: &train_loader,
+        val: &val_loader,
+    };
+    splits.check()?;
     // Everything is checked: now the run directory is written.
+    if !resuming {
+        crate::runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
+    }
     if !resuming && args.tokenizer.is_none() {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
@@ -395,10 +405,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     train_and_report(
         model,
         optim,
-        Splits {
-            train: &train_loader,
-            val: &val_loader,
-        },
+        splits,
         &recipe.train,
         &run_dir,
         state,

@@ -19,6 +19,7 @@ use ember_model::config::parse_toml;
 use ember_model::gpt::{Gpt, GptConfig};
 use ember_model::lora::{LoraConfig, LoraTarget};
 use ember_model::weights::write_safetensors;
+use ember_train::checkpoint;
 use ember_train::classify::{
     ClassData, ClassRecord, ClassifierModel, ClassifyObserver, ClassifyOptions, ClassifySummary,
     best_model_path, finetune, read_class_metrics,
@@ -401,14 +402,8 @@ fn load_body(
                 Some(path) => (Tokenizer::open(path)?, absolute(path)),
                 None => {
                     let texts = splits.train.iter().map(|e| e.text.as_str());
+                    // Saved into --out with the run (a relative path), once all is checked.
                     let tokenizer = Tokenizer::train_wordpiece(texts, args.vocab_size, true)?;
-                    std::fs::create_dir_all(&args.out)
-                        .with_context(|| format!("creating {}", args.out.display()))?;
-                    tokenizer.save_json(&args.out.join("tokenizer.json"))?;
-                    eprintln!(
-                        "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
-                        tokenizer.vocab_size()
-                    );
                     config.vocab_size = tokenizer.vocab_size();
                     (tokenizer, PathBuf::from("tokenizer.json"))
                 }
@@ -475,12 +470,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     if !(0.0..1.0).contains(&args.drop_rate) {
         bail!("--drop-rate must be in [0, 1), got {}", args.drop_rate);
     }
-    if args.out.join(RUN_FILE).exists() && !args.overwrite {
-        bail!(
-            "{} already holds a classifier run; replace it with --overwrite or choose another --out",
-            args.out.display()
-        );
-    }
+    runs::check_new_run_dir(&args.out, args.overwrite, false)?;
 
     let splits = load_splits(&args)?;
     let num_classes = splits.label_names.len().max(2);
@@ -506,20 +496,6 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
             splits.test.len()
         );
     }
-    if args.overwrite && args.out.exists() {
-        for file in [
-            RUN_FILE,
-            "metrics.jsonl",
-            "loss.png",
-            "accuracy.png",
-            "tokenizer.json",
-        ] {
-            let _ = std::fs::remove_file(args.out.join(file));
-        }
-        let _ = std::fs::remove_dir_all(args.out.join("checkpoints"));
-        let _ = std::fs::remove_dir_all(args.out.join("best"));
-    }
-
     device.seed(args.seed);
     let (source, config, body, encoder, tokenizer_path) = load_body(&args, &splits, &device)?;
     let (model_vocab, context, config_pad) = match &config {
@@ -557,6 +533,20 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         splits.label_names.join(", ")
     );
 
+    // Everything is checked: now the run directory is written.
+    runs::prepare_new_run_dir(&args.out, args.overwrite, false)?;
+    if let (Some(path), TextEncoder::Bert(tokenizer)) = (&tokenizer_path, &encoder)
+        && path.is_relative()
+    {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        tokenizer.save_json(&args.out.join(path))?;
+        eprintln!(
+            "trained a WordPiece vocabulary of {} tokens on the training split ({})",
+            tokenizer.vocab_size(),
+            path.display()
+        );
+    }
     let run = ClassifierRun {
         source,
         data: args.data.clone(),
@@ -679,7 +669,7 @@ enum LoadedClassifier {
 fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<LoadedClassifier> {
     let num_classes = run.label_names.len().max(2);
     let path = best_model_path(dir);
-    let load_error = |e| anyhow::anyhow!("{}: {e:?}", path.display());
+    let load_error = |e| anyhow::anyhow!("{}: {}", path.display(), checkpoint::record_error(e));
     Ok(match &run.model {
         BodyConfig::Gpt(config) => {
             let mut model = GptClassifier::new(
@@ -870,12 +860,7 @@ pub fn run_lora(command: LoraCommand, device_spec: &str) -> Result<()> {
             args.checkpoint.display()
         );
     }
-    if args.out.join(RUN_FILE).exists() {
-        bail!(
-            "{} already holds a classifier run; choose another --out",
-            args.out.display()
-        );
-    }
+    runs::refuse_existing_run(&args.out)?;
     let LoadedClassifier::Gpt(model) = load_classifier(&args.checkpoint, &run, &device)? else {
         bail!(
             "{}: only GPT classifiers have LoRA adapters",
@@ -891,7 +876,7 @@ pub fn run_lora(command: LoraCommand, device_spec: &str) -> Result<()> {
     let path = best_model_path(&args.out);
     merged
         .save_file(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), checkpoint::record_error(e)))?;
     write_run(&args.out, &run)?;
     println!(
         "merged the adapters of {} into {}",

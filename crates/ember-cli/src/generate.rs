@@ -154,6 +154,7 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         use_cache: !args.no_cache,
         threads: crate::device::decode_threads(&device),
         read_every: crate::device::decode_read_every(&device),
+        vocab_limit: Some(tokenizer.vocab_size()),
     };
     if let Some(instruction) = &args.instruction {
         let responder = Responder {

@@ -55,12 +55,7 @@ pub struct ExportArgs {
 pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
     let ImportCommand::Gpt2(args) = command;
     let device = device::parse_device(device_spec)?;
-    if args.out.join("run.toml").exists() {
-        bail!(
-            "{} already holds a run; choose another --out",
-            args.out.display()
-        );
-    }
+    crate::runs::refuse_existing_run(&args.out)?;
     let loaded = load_gpt(&args.from, &device, args.context_length)?;
     if let Err(err) = loaded.tokenizer() {
         eprintln!("warning: {err:#}; text commands will not work with this run");

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::classify::LoraArgs;
-use crate::pretrain::{GptSample, prepare_new_run_dir, resume_from, train_and_report};
+use crate::pretrain::{GptSample, resume_from, train_and_report};
 use crate::progress::TrainProgress;
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{device, models};
@@ -121,8 +121,9 @@ pub struct FinetuneInstructArgs {
     /// Replace the run already in --out.
     #[arg(long)]
     overwrite: bool,
-    /// Continue the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["recipe", "data", "template", "weights", "checkpoint", "random_init", "model_config", "overwrite"])]
+    /// Continue the run in this directory from its latest checkpoint, with its own settings
+    /// (only --epochs may change).
+    #[arg(long, conflicts_with_all = ["recipe", "data", "template", "weights", "checkpoint", "random_init", "model_config", "overwrite", "mask_prompt", "allowed_max_length", "split_seed", "trainable", "lora_rank", "lora_alpha", "lora_targets", "rslora", "batch_size", "lr", "seed", "eval_freq", "eval_iter", "out"])]
     resume: Option<PathBuf>,
 }
 
@@ -219,6 +220,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
             (info, run_dir.clone(), Some(dir), None)
         }
         None => {
+            runs::check_new_run_dir(&args.out, args.overwrite, true)?;
             let mut recipe = load_recipe(args.recipe.as_deref())?;
             apply_flags(&mut recipe, &args)?;
             let (info, model) = start_model(recipe, args.recipe.as_deref(), &device)?;
@@ -296,7 +298,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         .unwrap_or(0);
 
     if resume_dir.is_none() {
-        prepare_new_run_dir(&run_dir, args.overwrite)?;
+        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
     }
     write_run_info(&run_dir, &info)?;
     for (name, part) in [
@@ -530,10 +532,12 @@ pub fn load_responder_parts(
     Ok((loaded.model, tokenizer, template))
 }
 
-/// Greedy decoding that stops at end-of-text.
+/// Greedy decoding that stops at end-of-text, choosing only ids below `vocab_limit` (the
+/// tokenizer's size).
 pub fn response_options(
     max_new_tokens: usize,
     eos_id: Option<u32>,
+    vocab_limit: usize,
     device: &burn::prelude::Device,
 ) -> GenerateOptions {
     GenerateOptions {
@@ -544,6 +548,7 @@ pub fn response_options(
         use_cache: true,
         threads: device::decode_threads(device),
         read_every: device::decode_read_every(device),
+        vocab_limit: Some(vocab_limit),
     }
 }
 
@@ -570,6 +575,7 @@ pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
         options: response_options(
             args.max_new_tokens,
             tokenizer.special_id(END_OF_TEXT),
+            tokenizer.vocab_size(),
             &device,
         ),
     };

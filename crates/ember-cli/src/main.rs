@@ -139,7 +139,34 @@ fn info(device_spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Output that cannot be written ends ember like other command-line tools instead of with a
+/// panic trace (`println!` panics when a write fails): a closed pipe (`ember tokenize … | head`)
+/// ends it quietly, by the default SIGPIPE action, and another failure (a full disk) with a
+/// one-line error.
+fn quiet_output_failures() {
+    #[cfg(unix)]
+    // SAFETY: sets the default action of one signal, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if let Some(why) = message.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: writing to standard output: {why}");
+            std::process::exit(1);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_output_failures();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

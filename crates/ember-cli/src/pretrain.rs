@@ -112,8 +112,9 @@ pub struct PretrainArgs {
     /// Replace the run already in --out (its checkpoints, metrics and plot are deleted).
     #[arg(long)]
     pub(crate) overwrite: bool,
-    /// Continue the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer", "weights", "overwrite", "objectives", "vocab_size"])]
+    /// Continue the run in this directory from its latest checkpoint, with its own settings
+    /// (only --epochs may change).
+    #[arg(long, conflicts_with_all = ["recipe", "model_config", "corpus", "tokenizer", "weights", "overwrite", "objectives", "vocab_size", "lr", "batch_size", "seed", "context_length", "stride", "out"])]
     pub(crate) resume: Option<PathBuf>,
 }
 
@@ -147,6 +148,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
             (info, run_dir.clone(), Some(dir), None)
         }
         None => {
+            runs::check_new_run_dir(&args.out, args.overwrite, true)?;
             let (info, pretrained) = new_run_info(&args, &device)?;
             (info, args.out.clone(), None, pretrained)
         }
@@ -198,8 +200,13 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         false,
     )?;
 
+    let splits = Splits {
+        train: &train_loader,
+        val: &val_loader,
+    };
+    splits.check()?;
     if resume_dir.is_none() {
-        prepare_new_run_dir(&run_dir, args.overwrite)?;
+        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
     }
     write_run_info(&run_dir, &info)?;
 
@@ -231,10 +238,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     train_and_report(
         model,
         optim,
-        Splits {
-            train: &train_loader,
-            val: &val_loader,
-        },
+        splits,
         &recipe.train,
         &run_dir,
         state,
@@ -298,33 +302,6 @@ pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
         );
     }
     Ok(model)
-}
-
-/// Refuses to train into a directory that already holds a run, unless `overwrite`, in which
-/// case the files a run writes are deleted first (other files are left alone).
-pub(crate) fn prepare_new_run_dir(run_dir: &Path, overwrite: bool) -> Result<()> {
-    if !run_dir.join("run.toml").exists() {
-        return Ok(());
-    }
-    if !overwrite {
-        bail!(
-            "{} already holds a run; continue it with --resume {}, replace it with --overwrite, or choose another --out",
-            run_dir.display(),
-            run_dir.display()
-        );
-    }
-    for file in ["run.toml", "metrics.jsonl", "loss.png"] {
-        let path = run_dir.join(file);
-        if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    let checkpoints = checkpoint::checkpoints_dir(run_dir);
-    if checkpoints.exists() {
-        std::fs::remove_dir_all(&checkpoints)
-            .with_context(|| format!("removing {}", checkpoints.display()))?;
-    }
-    Ok(())
 }
 
 /// The run description of a new run from the recipe and flags; with `--weights`, also the
@@ -446,6 +423,7 @@ fn sample(
         use_cache: true,
         threads: crate::device::decode_threads(&model.device()),
         read_every: crate::device::decode_read_every(&model.device()),
+        vocab_limit: Some(tokenizer.vocab_size()),
     };
     let prompt_ids = tokenizer.encode(prompt);
     match generate(model, &[prompt_ids], &options, |_, _| {}) {

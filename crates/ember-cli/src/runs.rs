@@ -82,6 +82,98 @@ pub fn write_run_file<T: Serialize>(run_dir: &Path, name: &str, value: &T) -> Re
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The description file of each kind of run directory: GPT and BERT runs (`run.toml`),
+/// classifiers (`classifier.toml`), seq2seq runs (`seq2seq.toml`).
+pub const RUN_FILES: [&str; 3] = ["run.toml", "classifier.toml", "seq2seq.toml"];
+
+/// Everything else a run of any kind writes into its directory: metrics, plots, the split
+/// files of an instruction fine-tune, a test report; its checkpoints and best model. Tokenizer
+/// files stay: a new run may have been given the old run's tokenizer (`--tokenizer`), and one
+/// that trains its own writes it over the old.
+const RUN_OUTPUT_FILES: [&str; 6] = [
+    "metrics.jsonl",
+    "loss.png",
+    "accuracy.png",
+    "train.json",
+    "validation.json",
+    "test.json",
+];
+const RUN_OUTPUT_DIRS: [&str; 2] = ["checkpoints", "best"];
+
+/// What marks `dir` as holding a run already: its run file, or a `checkpoints/` directory (a
+/// run whose description is gone). `None` for a new directory or one with other files only.
+pub fn existing_run(dir: &Path) -> Option<PathBuf> {
+    RUN_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .chain([checkpoint::checkpoints_dir(dir)])
+        .find(|path| path.exists())
+}
+
+/// Refuses `dir` as the `--out` of a command that never replaces a run (`import`, `lora
+/// merge`) when it holds a run of any kind.
+pub fn refuse_existing_run(dir: &Path) -> Result<()> {
+    match existing_run(dir) {
+        Some(found) => bail!(
+            "{} already holds a run ({}); choose another --out",
+            dir.display(),
+            found.display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Refuses `dir` as a new run's `--out` when it holds a run of any kind, unless `overwrite`.
+/// Training commands call it before their slow work, so that a user learns at once; the old
+/// run itself is only removed by [`prepare_new_run_dir`], once everything else has been
+/// checked. `resumable`: the command can continue that run (`--resume`), which the message
+/// suggests.
+pub fn check_new_run_dir(dir: &Path, overwrite: bool, resumable: bool) -> Result<()> {
+    let Some(found) = existing_run(dir).filter(|_| !overwrite) else {
+        return Ok(());
+    };
+    let resume = match resumable {
+        true => format!("continue it with --resume {}, ", dir.display()),
+        false => String::new(),
+    };
+    bail!(
+        "{} already holds a run ({}); {resume}replace it with --overwrite, or choose another --out",
+        dir.display(),
+        found.display()
+    )
+}
+
+/// Makes `dir` ready for a new run: refuses it as [`check_new_run_dir`] does, and with
+/// `overwrite` removes the run it holds (the run file and every output listed in
+/// `RUN_OUTPUT_FILES`/`RUN_OUTPUT_DIRS`, whatever kind of run wrote them; other files are left
+/// alone). Called after every input of the new run has been checked and just before its first
+/// write, so that a mistyped argument never costs the old run.
+pub fn prepare_new_run_dir(dir: &Path, overwrite: bool, resumable: bool) -> Result<()> {
+    check_new_run_dir(dir, overwrite, resumable)?;
+    if existing_run(dir).is_none() {
+        return Ok(());
+    }
+    let remove = |path: PathBuf, is_dir: bool| -> Result<()> {
+        let removed = match is_dir {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    };
+    for name in RUN_FILES.iter().chain(&RUN_OUTPUT_FILES) {
+        remove(dir.join(name), false)?;
+    }
+    for name in RUN_OUTPUT_DIRS {
+        remove(dir.join(name), true)?;
+    }
+    Ok(())
+}
+
 /// GPT weights ready to use, with what is needed to tokenize for them.
 pub struct LoadedGpt {
     pub config: GptConfig,

@@ -19,7 +19,7 @@ use ember_train::lm::{LossModel, Splits, TrainOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::device;
-use crate::pretrain::{prepare_new_run_dir, resume_from, train_and_report};
+use crate::pretrain::{resume_from, train_and_report};
 use crate::progress::{EpochSample, TrainProgress};
 
 #[derive(Subcommand)]
@@ -198,12 +198,8 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         recipe.train.batch_size = batch_size;
     }
     recipe.train.validate().map_err(anyhow::Error::msg)?;
-    if previous.is_none() && out.join(RUN_FILE).exists() && !args.overwrite {
-        bail!(
-            "{} already holds a seq2seq run; continue it with --resume {}, replace it with --overwrite, or choose another --out",
-            out.display(),
-            out.display()
-        );
+    if previous.is_none() {
+        crate::runs::check_new_run_dir(&out, args.overwrite, true)?;
     }
 
     let [train_path, val_path, test_path] = split_files(&recipe.data);
@@ -266,9 +262,13 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let val_loader = loader(&val_pairs, None, &val_path)?;
     let test_loader = loader(&test_pairs, None, &test_path)?;
 
+    ember_train::lm::Splits {
+        train: &train_loader,
+        val: &val_loader,
+    }
+    .check()?;
     if previous.is_none() {
-        prepare_new_run_dir(&out, args.overwrite)?;
-        let _ = std::fs::remove_file(out.join(RUN_FILE));
+        crate::runs::prepare_new_run_dir(&out, args.overwrite, true)?;
     }
     let run = Seq2SeqRun {
         recipe: recipe.clone(),

@@ -550,6 +550,151 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         ],
         "run",
     );
+    // A run already in --out: no kind of training replaces it without --overwrite, and with
+    // --overwrite, arguments found bad at any point before training starts leave it whole
+    // (its files are in each case's before-and-after comparison).
+    let labelled = c.write(
+        "labelled.csv",
+        (0..40).fold(String::from("Label,Text\n"), |csv, i| {
+            csv + &format!("{},message number {i}\n", ["ham", "spam"][i % 2])
+        }),
+    );
+    for (what, extra, needle) in [
+        (
+            "classifier over a GPT run",
+            vec!["--random-init", "--model-config", micro.as_str()],
+            "already holds a run",
+        ),
+        (
+            "classify --overwrite with a mistyped checkpoint",
+            vec!["--checkpoint", "no-such-run", "--overwrite"],
+            "no-such-run",
+        ),
+        (
+            "classify --overwrite with too long a --max-length",
+            vec![
+                "--random-init",
+                "--model-config",
+                micro.as_str(),
+                "--max-length",
+                "99",
+                "--overwrite",
+            ],
+            "--max-length 99 exceeds",
+        ),
+        (
+            "BERT classify --overwrite with too long a --max-length",
+            vec![
+                "--arch",
+                "bert",
+                "--random-init",
+                "--max-length",
+                "9999",
+                "--overwrite",
+            ],
+            "--max-length 9999 exceeds",
+        ),
+        (
+            "classify with no batches to evaluate on",
+            vec![
+                "--random-init",
+                "--model-config",
+                micro.as_str(),
+                "--eval-batches",
+                "0",
+                "--overwrite",
+            ],
+            "eval_batches must be at least 1",
+        ),
+    ] {
+        let mut args = vec!["finetune", "classify", "--data", &labelled, "--out", "run"];
+        args.extend(extra);
+        c.fails(what, &args, needle);
+    }
+    let seq2seq_config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/seq2seq/dates-transformer.toml"
+    );
+    for split in ["train", "val", "test"] {
+        c.write(
+            &format!("pairs/{split}.tsv"),
+            "3 March 1998\t1998-03-03\n".repeat(20),
+        );
+    }
+    let pairs = c.p("pairs");
+    let seq2seq = |extra: &[&str]| -> Vec<String> {
+        [
+            "train",
+            "seq2seq",
+            "--config",
+            seq2seq_config,
+            "--data",
+            &pairs,
+            "--out",
+            "run",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run_args = |c: &mut Cases, what: &str, args: Vec<String>, needle: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.fails(what, &args, needle);
+    };
+    run_args(
+        &mut c,
+        "seq2seq over a GPT run",
+        seq2seq(&[]),
+        "already holds a run",
+    );
+    c.fails(
+        "pretrain --overwrite with a batch larger than the corpus",
+        &[
+            "pretrain",
+            "--model-config",
+            &micro,
+            "--batch-size",
+            "100000",
+            "--out",
+            "run",
+            "--overwrite",
+        ],
+        "fewer than one batch of 100000",
+    );
+    run_args(
+        &mut c,
+        "seq2seq --overwrite with a batch larger than the data",
+        seq2seq(&["--batch-size", "100000", "--overwrite"]),
+        "fewer than one batch of 100000",
+    );
+
+    let entries = c.write(
+        "entries.json",
+        format!(
+            "[{}]",
+            vec![r#"{"instruction": "Say hi.", "output": "Hi."}"#; 40].join(", ")
+        ),
+    );
+    c.fails(
+        "instruct with no batches per evaluation",
+        &[
+            "finetune",
+            "instruct",
+            "--data",
+            &entries,
+            "--random-init",
+            "--model-config",
+            &micro,
+            "--eval-iter",
+            "0",
+            "--out",
+            "run",
+            "--overwrite",
+        ],
+        "eval_iter must be at least 1",
+    );
+
     let run_toml = std::fs::read_to_string(c.path("run/run.toml")).unwrap();
     let step = std::fs::read_dir(c.path("run/checkpoints"))
         .unwrap()

@@ -158,6 +158,65 @@ fn bad_input_is_one_clear_line() {
         ]),
         "no-such-corpus: no such file",
     );
+    // Flags a resumed run cannot honour (it keeps its own settings) are refused, not ignored.
+    for (command, flag) in [
+        (&["pretrain"][..], ["--lr", "0.5"]),
+        (&["pretrain"], ["--batch-size", "7"]),
+        (&["pretrain"], ["--out", "elsewhere"]),
+        (&["finetune", "instruct"], ["--trainable", "lora"]),
+        (&["finetune", "instruct"], ["--lr", "0.5"]),
+    ] {
+        let args = [command, &["--resume", "some-run"], &flag].concat();
+        let out = ember(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("cannot be used with"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Output that cannot be written ends ember without a panic: quietly when the reader of a
+/// pipe has gone (as `| head` does), with one error line when the disk is full.
+#[test]
+fn unwritable_output_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("long.txt");
+    std::fs::write(&text, "Every effort moves you. ".repeat(20_000)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["tokenize", "--file", text.to_str().unwrap()])
+        .env_remove("EMBER_DEVICE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the ids (~100k) cannot all have fit the pipe"
+    );
+    assert_ne!(status.code(), Some(101), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    if std::path::Path::new("/dev/full").exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["tokenize", "--text", "Every effort moves you"])
+            .env_remove("EMBER_DEVICE")
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, "writing to standard output");
+    }
 }
 
 #[test]
@@ -381,7 +440,7 @@ fn pretrain_then_generate_then_resume() {
             "--model-config",
             "no-such-model",
             "--out",
-            run_str,
+            dir.path().join("new-run").to_str().unwrap(),
         ]),
         "model config `no-such-model`",
     );
@@ -595,7 +654,7 @@ fn prepare_finetune_classify_lora_and_merge() {
     );
     assert_one_line_error(
         &finetune(&["--trainable", "all"], &run),
-        "already holds a classifier run",
+        "already holds a run",
     );
 
     // LoRA: only the adapters train; merging them keeps every prediction.

@@ -40,6 +40,9 @@ pub struct GenerateOptions {
     /// past its end are dropped, so the tokens are the same as with 1, delivered `read_every`
     /// at a time. 1 on CPU backends, which compute each op as it is called.
     pub read_every: usize,
+    /// Ids from this one on are never chosen: a tokenizer with fewer tokens than the model's
+    /// vocabulary cannot turn them into text (`None`: every id of the vocabulary).
+    pub vocab_limit: Option<usize>,
 }
 
 /// The new tokens of each prompt, and whether its prompt had to be cropped to the context.
@@ -80,6 +83,9 @@ fn generate_here(
             "prompt {} is empty: give at least one token",
             index + 1
         ));
+    }
+    if options.vocab_limit == Some(0) {
+        return Err("vocab_limit must be at least 1".into());
     }
     let context = model.context_length();
     let device = model.device();
@@ -180,12 +186,15 @@ fn generate_here(
             )
         };
         let [_, new, emb] = hidden.dims();
-        let logits = model.head_split(
+        let mut logits = model.head_split(
             hidden
                 .slice(s![.., new - 1..new, ..])
                 .reshape([batch, 1, emb]),
             options.threads,
         );
+        if let Some(limit) = options.vocab_limit.filter(|&l| l < logits.dims()[2]) {
+            logits = logits.slice(s![.., .., ..limit]);
+        }
         if on_device {
             pending.push(logits.argmax(2).reshape([batch, 1]));
             if pending.len() == options.read_every {

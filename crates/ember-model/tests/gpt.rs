@@ -214,6 +214,7 @@ fn generation_crops_long_prompts_stops_at_eos_and_repeats_with_a_seed() {
         use_cache: true,
         threads: 1,
         read_every: 1,
+        vocab_limit: None,
     };
     let run = |prompts: &[Vec<u32>], options: &GenerateOptions| {
         generate(&model, prompts, options, |_, _| {}).unwrap()
@@ -247,6 +248,32 @@ fn generation_crops_long_prompts_stops_at_eos_and_repeats_with_a_seed() {
 
     let err = generate(&model, &[vec![]], &greedy, |_, _| {}).unwrap_err();
     assert_eq!(err, "prompt 1 is empty: give at least one token");
+
+    // With a tokenizer smaller than the vocabulary, ids it cannot decode are never chosen:
+    // sampled, greedy on the host, and greedy picked on the device between reads.
+    let unlimited: Vec<u32> = [&sampled, &greedy]
+        .iter()
+        .flat_map(|o| run(&[long.clone(), short.clone()], o))
+        .flat_map(|g| g.tokens)
+        .collect();
+    assert!(unlimited.iter().any(|&t| t >= 6), "{unlimited:?}");
+    for options in [
+        &sampled,
+        &greedy,
+        &GenerateOptions {
+            read_every: 4,
+            ..greedy.clone()
+        },
+    ] {
+        let limited = GenerateOptions {
+            vocab_limit: Some(6),
+            ..options.clone()
+        };
+        for generation in run(&[long.clone(), short.clone()], &limited) {
+            assert_eq!(generation.tokens.len(), 12);
+            assert!(generation.tokens.iter().all(|&t| t < 6), "{generation:?}");
+        }
+    }
 }
 
 #[test]
@@ -329,6 +356,7 @@ fn bf16_weights_decode_exactly_as_their_f32_widening() {
             use_cache: true,
             threads: 2,
             read_every: 1,
+            vocab_limit: None,
         };
         let prompts = [vec![1, 2, 3], (0..12).collect::<Vec<u32>>()];
         let run =

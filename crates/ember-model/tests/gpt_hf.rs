@@ -41,6 +41,7 @@ fn greedy(max_new_tokens: usize, use_cache: bool) -> GenerateOptions {
         use_cache,
         threads: 1,
         read_every: 1,
+        vocab_limit: None,
     }
 }
 

@@ -76,12 +76,12 @@ pub fn save<M: Module>(
         model
             .clone()
             .save_file(&model_path)
-            .map_err(|e| io(&model_path, format!("{e:?}")))?;
+            .map_err(|e| io(&model_path, record_error(e)))?;
         if let Some(optim) = optim {
             let optim_path = tmp_dir.join(OPTIM_FILE);
             optim
                 .save(&optim_path)
-                .map_err(|e| io(&optim_path, format!("{e:?}")))?;
+                .map_err(|e| io(&optim_path, record_error(e)))?;
         }
         let state_path = tmp_dir.join(STATE_FILE);
         let json = serde_json::to_vec_pretty(state).expect("state serializes");
@@ -157,12 +157,27 @@ pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     serde_json::from_str(&text).map_err(|e| io(&path, e))
 }
 
+/// A Burn record error as one readable line: its message (not the `Io("…")` Debug form), and
+/// a long one cut after 400 characters: a checkpoint of another model config lists every
+/// tensor that does not fit.
+pub fn record_error(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.char_indices().nth(400) {
+        Some((cut, _)) => format!(
+            "{}… ({} more characters; written for another model config?)",
+            &text[..cut],
+            text.len() - cut
+        ),
+        None => text,
+    }
+}
+
 /// Loads the model weights of a checkpoint into `model` (built from the run's config).
 pub fn load_model<M: Module>(dir: &Path, model: M) -> Result<M, CheckpointError> {
     let path = dir.join(MODEL_FILE);
     model
         .try_load_file(&path)
-        .map_err(|e| io(&path, format!("{e:?}")))
+        .map_err(|e| io(&path, record_error(e)))
 }
 
 /// Loads the optimizer state of a checkpoint.
@@ -177,5 +192,5 @@ pub fn load_optimizer(
             "no optimizer state: this checkpoint holds imported weights, not a training run to resume",
         ));
     }
-    optim.load(&path).map_err(|e| io(&path, format!("{e:?}")))
+    optim.load(&path).map_err(|e| io(&path, record_error(e)))
 }

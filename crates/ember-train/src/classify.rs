@@ -56,20 +56,20 @@ impl Default for ClassifyOptions {
 
 impl ClassifyOptions {
     pub fn validate(&self) -> Result<(), String> {
-        if self.epochs == 0 {
-            return Err("epochs must be at least 1".into());
+        crate::lm::check_settings(
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.weight_decay,
+            self.grad_clip,
+        )?;
+        if self.eval_freq > 0 && self.eval_iter == 0 {
+            return Err("eval_iter must be at least 1 when eval_freq is not 0".into());
         }
-        if self.batch_size == 0 {
-            return Err("batch size must be at least 1".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("lr must be positive, got {}", self.lr));
-        }
-        if self.weight_decay < 0.0 {
-            return Err(format!(
-                "weight decay must be ≥ 0, got {}",
-                self.weight_decay
-            ));
+        if self.eval_batches == Some(0) {
+            return Err(
+                "eval_batches must be at least 1 (leave it out to measure every batch)".into(),
+            );
         }
         Ok(())
     }
@@ -310,18 +310,24 @@ pub fn finetune<M: ClassifierModel>(
         let key = (val_acc, -val_loss, epoch);
         if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
             best = Some(key);
-            model
-                .valid()
-                .save_file(&best_path)
-                .map_err(|e| TrainError::Invalid(format!("{}: {e:?}", best_path.display())))?;
+            model.valid().save_file(&best_path).map_err(|e| {
+                TrainError::Invalid(format!(
+                    "{}: {}",
+                    best_path.display(),
+                    checkpoint::record_error(e)
+                ))
+            })?;
         }
         checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
     }
     let best_epoch = best.map_or(0, |b| b.2);
-    let model = model
-        .valid()
-        .try_load_file(&best_path)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e:?}", best_path.display())))?;
+    let model = model.valid().try_load_file(&best_path).map_err(|e| {
+        TrainError::Invalid(format!(
+            "{}: {}",
+            best_path.display(),
+            checkpoint::record_error(e)
+        ))
+    })?;
     let accuracy = |split: &ClassBatches| evaluate(&model, split, options.batch_size, None).1;
     let summary = ClassifySummary {
         best_epoch,

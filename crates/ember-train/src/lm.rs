@@ -75,25 +75,47 @@ fn default_keep() -> usize {
     2
 }
 
+/// The checks every training loop makes of its optimizer settings (`grad_clip`: when given).
+pub(crate) fn check_settings(
+    epochs: usize,
+    batch_size: usize,
+    lr: f64,
+    weight_decay: f64,
+    grad_clip: Option<f64>,
+) -> Result<(), String> {
+    if epochs == 0 {
+        return Err("epochs must be at least 1".into());
+    }
+    if batch_size == 0 {
+        return Err("batch_size must be at least 1".into());
+    }
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(format!("lr must be positive and finite, got {lr}"));
+    }
+    if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+        return Err(format!(
+            "weight_decay must be ≥ 0 and finite, got {weight_decay}"
+        ));
+    }
+    if let Some(clip) = grad_clip.filter(|c| !(*c > 0.0 && c.is_finite())) {
+        return Err(format!("grad_clip must be positive and finite, got {clip}"));
+    }
+    Ok(())
+}
+
 impl TrainOptions {
     pub fn validate(&self) -> Result<(), String> {
-        if self.epochs == 0 {
-            return Err("epochs must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("lr must be positive, got {}", self.lr));
-        }
-        if self.weight_decay < 0.0 {
-            return Err(format!(
-                "weight_decay must be ≥ 0, got {}",
-                self.weight_decay
-            ));
-        }
-        if self.grad_clip.is_some_and(|c| c <= 0.0) {
-            return Err("grad_clip must be positive".into());
+        check_settings(
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.weight_decay,
+            self.grad_clip,
+        )?;
+        if self.eval_iter == Some(0) {
+            return Err(
+                "eval_iter must be at least 1 (leave it out to evaluate on the whole split)".into(),
+            );
         }
         Ok(())
     }
@@ -302,6 +324,21 @@ pub struct Splits<'a, B> {
     pub val: &'a dyn Batches<B>,
 }
 
+impl<B> Splits<'_, B> {
+    /// What training needs of the splits, checked before anything is written (commands call
+    /// it before preparing the run directory): at least one full training batch.
+    pub fn check(&self) -> Result<(), TrainError> {
+        if self.train.num_batches() == 0 {
+            return Err(TrainError::Invalid(format!(
+                "the training split has {} examples, fewer than one batch of {}",
+                self.train.num_examples(),
+                self.train.batch_size()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl<B> Clone for Splits<'_, B> {
     fn clone(&self) -> Self {
         *self
@@ -340,18 +377,12 @@ fn train_steps<B: Batch, M: LossModel<B>>(
     observer: &mut dyn TrainObserver<M>,
 ) -> Result<(M, TrainState), TrainError> {
     options.validate().map_err(TrainError::Invalid)?;
+    splits.check()?;
     let Splits {
         train: train_loader,
         val: val_loader,
     } = splits;
     let steps_per_epoch = train_loader.num_batches();
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Invalid(format!(
-            "the training split has {} examples, fewer than one batch of {}",
-            train_loader.num_examples(),
-            train_loader.batch_size()
-        )));
-    }
     let total_steps = steps_per_epoch * options.epochs;
     let schedule = options.schedule(total_steps);
     let device = model.device();
