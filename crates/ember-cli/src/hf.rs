@@ -130,6 +130,17 @@ pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
         };
         copy_vocabulary(&vocab_dir, &args.out, ("vocab.json", "merges.txt"))?;
         written = "config.json, model.safetensors, vocab.json, merges.txt";
+    } else if args.force {
+        // The vocabulary of the model this export replaces would not fit these weights.
+        for file in ["vocab.json", "merges.txt"] {
+            let path = args.out.join(file);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", path.display()));
+                }
+                _ => {}
+            }
+        }
     }
     println!(
         "exported {} to {} ({written})",

@@ -507,6 +507,27 @@ fn import_then_export_gives_back_the_huggingface_tensors() {
         );
     }
 
+    // Replacing an export (--force) with weights that have no vocabulary removes the old
+    // model's vocabulary files instead of leaving them beside weights they do not fit.
+    std::fs::write(exported.join("vocab.json"), "{}").unwrap();
+    std::fs::write(exported.join("merges.txt"), "#version: 0.2\n").unwrap();
+    let out = ember(&[
+        "export",
+        "gpt2",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!exported.join("vocab.json").exists() && !exported.join("merges.txt").exists());
+    assert!(exported.join("model.safetensors").is_file());
+
     // The fixture has a 1,024-token vocabulary and no vocabulary files: text commands say so.
     assert_one_line_error(
         &ember(&[
