@@ -133,13 +133,7 @@ pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
     } else if args.force {
         // The vocabulary of the model this export replaces would not fit these weights.
         for file in ["vocab.json", "merges.txt"] {
-            let path = args.out.join(file);
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", path.display()));
-                }
-                _ => {}
-            }
+            crate::runs::remove_file_if_present(&args.out.join(file))?;
         }
     }
     println!(

@@ -153,25 +153,29 @@ pub fn prepare_new_run_dir(dir: &Path, overwrite: bool, resumable: bool) -> Resu
     if existing_run(dir).is_none() {
         return Ok(());
     }
-    let remove = |path: PathBuf, is_dir: bool| -> Result<()> {
-        let removed = match is_dir {
-            true => std::fs::remove_dir_all(&path),
-            false => std::fs::remove_file(&path),
-        };
-        match removed {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", path.display()))
-            }
-            _ => Ok(()),
-        }
-    };
     for name in RUN_FILES.iter().chain(&RUN_OUTPUT_FILES) {
-        remove(dir.join(name), false)?;
+        remove_file_if_present(&dir.join(name))?;
     }
     for name in RUN_OUTPUT_DIRS {
-        remove(dir.join(name), true)?;
+        let path = dir.join(name);
+        absent_is_removed(std::fs::remove_dir_all(&path), &path)?;
     }
     Ok(())
+}
+
+/// Removes the file at `path`; one that is not there is already what the caller wants.
+pub fn remove_file_if_present(path: &Path) -> Result<()> {
+    absent_is_removed(std::fs::remove_file(path), path)
+}
+
+/// The result of removing `path`, where a path that was not there counts as removed.
+fn absent_is_removed(removed: std::io::Result<()>, path: &Path) -> Result<()> {
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// GPT weights ready to use, with what is needed to tokenize for them.
