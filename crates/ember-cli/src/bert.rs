@@ -263,27 +263,24 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
 }
 
 /// sentence-transformers' settings beside the weights: pooling (`1_Pooling/config.json`) and
-/// `max_seq_length` (`sentence_bert_config.json`).
-fn sentence_transformers_settings(dir: &Path) -> (Option<SentencePooling>, Option<usize>) {
-    let read = |path: PathBuf| {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+/// `max_seq_length` (`sentence_bert_config.json`); `None` where a file or field is absent.
+fn sentence_transformers_settings(dir: &Path) -> Result<(Option<SentencePooling>, Option<usize>)> {
+    let pooling_config = dir.join("1_Pooling/config.json");
+    let on = |key: &str| -> Result<bool> {
+        Ok(ember_data::optional_json_field::<bool>(&pooling_config, key)? == Some(true))
     };
-    let pooling = read(dir.join("1_Pooling/config.json")).and_then(|config| {
-        let on = |key: &str| config.get(key).and_then(|v| v.as_bool()) == Some(true);
-        if on("pooling_mode_cls_token") {
-            Some(SentencePooling::Cls)
-        } else if on("pooling_mode_mean_tokens") {
-            Some(SentencePooling::Mean)
-        } else {
-            None
-        }
-    });
-    let max_len = read(dir.join("sentence_bert_config.json"))
-        .and_then(|c| c.get("max_seq_length").and_then(|v| v.as_u64()))
-        .map(|n| n as usize);
-    (pooling, max_len)
+    let pooling = if on("pooling_mode_cls_token")? {
+        Some(SentencePooling::Cls)
+    } else if on("pooling_mode_mean_tokens")? {
+        Some(SentencePooling::Mean)
+    } else {
+        None
+    };
+    let max_len = ember_data::optional_json_field::<usize>(
+        &dir.join("sentence_bert_config.json"),
+        "max_seq_length",
+    )?;
+    Ok((pooling, max_len))
 }
 
 pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
@@ -306,7 +303,7 @@ pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
     }
     let device = device::parse_device(device_spec)?;
     let loaded = load(&args.model, args.tokenizer.as_deref(), &device)?;
-    let (st_pooling, st_max_len) = sentence_transformers_settings(&loaded.dir);
+    let (st_pooling, st_max_len) = sentence_transformers_settings(&loaded.dir)?;
     let pooling = match args.pooling {
         Some(PoolingArg::Cls) => SentencePooling::Cls,
         Some(PoolingArg::Mean) => SentencePooling::Mean,

@@ -58,6 +58,52 @@ pub fn read_text_file(path: &Path) -> Result<String, TextFileError> {
     })
 }
 
+/// Why an optional JSON side file (a tokenizer or pooling config beside the weights) could
+/// not be used; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SideFileError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// An optional JSON side file: `None` when absent; an error when it cannot be read or is not
+/// JSON, rather than silently running with the defaults it was meant to replace.
+pub fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>, SideFileError> {
+    let error = |message: String| SideFileError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error(e.to_string())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| error(format!("not valid JSON: {e}")))
+}
+
+/// Field `key` of the optional JSON side file `path`, read as `T`: `None` when the file or
+/// the field is absent (or null); an error naming the field when its value has another type.
+pub fn optional_json_field<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    key: &str,
+) -> Result<Option<T>, SideFileError> {
+    let value = read_optional_json(path)?
+        .and_then(|mut json| json.get_mut(key).map(serde_json::Value::take))
+        .unwrap_or(serde_json::Value::Null);
+    if value.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| SideFileError {
+            path: path.to_path_buf(),
+            message: format!("field `{key}`: {e}"),
+        })
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path

@@ -25,6 +25,8 @@ pub enum TokenizerError {
     Load { path: PathBuf, message: String },
     #[error(transparent)]
     Bpe(#[from] BpeError),
+    #[error(transparent)]
+    SideFile(#[from] crate::SideFileError),
     #[error("{0}")]
     Encode(String),
 }
@@ -102,7 +104,7 @@ impl Tokenizer {
         if path.is_file() {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             return if name.ends_with(".txt") {
-                Self::wordpiece(path, lowercase_beside(path))
+                Self::wordpiece(path, lowercase_beside(path)?)
             } else {
                 Self::from_tokenizer_json(path)
             };
@@ -116,7 +118,7 @@ impl Tokenizer {
         }
         let vocab = path.join("vocab.txt");
         if vocab.is_file() {
-            return Self::wordpiece(&vocab, lowercase_beside(&vocab));
+            return Self::wordpiece(&vocab, lowercase_beside(&vocab)?);
         }
         if BpeTokenizer::vocabulary_files(path).is_some() {
             return Ok(Self::Gpt2(BpeTokenizer::from_dir(path)?));
@@ -358,12 +360,9 @@ impl Tokenizer {
 }
 
 /// `do_lower_case` from a `tokenizer_config.json` beside `vocab` (true when absent, as for
-/// the uncased models most BERT checkpoints are).
-fn lowercase_beside(vocab: &Path) -> bool {
+/// the uncased models most BERT checkpoints are). A malformed file is an error: guessing the
+/// case would give a cased model lower-cased ids without a word.
+fn lowercase_beside(vocab: &Path) -> Result<bool, TokenizerError> {
     let config = vocab.with_file_name("tokenizer_config.json");
-    std::fs::read_to_string(config)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|value| value.get("do_lower_case").and_then(|v| v.as_bool()))
-        .unwrap_or(true)
+    Ok(crate::optional_json_field::<bool>(&config, "do_lower_case")?.unwrap_or(true))
 }
