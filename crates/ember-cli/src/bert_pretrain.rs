@@ -238,6 +238,11 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
             "--weights is for GPT runs; BERT pretraining starts from random weights (use `ember fill-mask`/`embed` for HuggingFace BERTs)"
         );
     }
+    if args.stride.is_some() {
+        bail!(
+            "--stride is for GPT runs (windows over one token stream); BERT pretraining packs sentences up to --context-length"
+        );
+    }
     let previous = args.resume.as_deref().map(read_run).transpose()?;
     let resuming = previous.is_some();
     let run_dir = args.resume.clone().unwrap_or_else(|| args.out.clone());
@@ -352,6 +357,17 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         val: &val_loader,
     };
     splits.check()?;
+    // The model before the run directory: a config too large for memory aborts here, with
+    // the old run (or the empty directory) untouched.
+    let info = BertRunInfo {
+        arch: ARCH.into(),
+        model: config.clone(),
+        tokenizer: tokenizer_file,
+        recipe: recipe.clone(),
+    };
+    let heads = info.heads()?;
+    device.seed(recipe.train.seed);
+    let model = config.init(heads, &device);
     // Everything is checked: now the run directory is written.
     if !resuming {
         crate::runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
@@ -365,16 +381,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
             tokenizer.vocab_size()
         );
     }
-    let info = BertRunInfo {
-        arch: ARCH.into(),
-        model: config.clone(),
-        tokenizer: tokenizer_file,
-        recipe: recipe.clone(),
-    };
     crate::runs::write_run_file(&run_dir, "run.toml", &info)?;
-    let heads = info.heads()?;
-    device.seed(recipe.train.seed);
-    let model = config.init(heads, &device);
     let resume_dir = if resuming {
         Some(checkpoint::latest(&run_dir)?)
     } else {

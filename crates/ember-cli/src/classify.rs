@@ -85,16 +85,20 @@ pub enum FinetuneCommand {
 }
 
 /// LoRA settings shared by the fine-tuning commands (used with `--trainable lora`).
+/// Options rather than clap defaults, so that a flag given without `--trainable lora` is
+/// refused ([`LoraArgs::refuse_unused`]) instead of silently ignored.
 #[derive(Args)]
 pub struct LoraArgs {
-    #[arg(long, default_value_t = 16)]
-    lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    lora_alpha: f64,
+    /// [default: 16]
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// [default: 16]
+    #[arg(long)]
+    lora_alpha: Option<f64>,
     /// Layers that get adapters: all, or a list of q, k, v, attn_out, ff_in, ff_out, head
-    /// (head: classifiers only).
-    #[arg(long, default_value = "all")]
-    lora_targets: String,
+    /// (head: classifiers only) [default: all].
+    #[arg(long)]
+    lora_targets: Option<String>,
     /// Scale adapters by alpha/√rank (rsLoRA) instead of alpha/rank.
     #[arg(long)]
     rslora: bool,
@@ -104,19 +108,35 @@ impl LoraArgs {
     /// The validated config; without `head`, a `head` target (e.g. from `all`) is dropped,
     /// for models whose output layer is not adapted (the language-model head).
     pub fn config(&self, head: bool) -> Result<LoraConfig> {
-        let targets = LoraTarget::parse_list(&self.lora_targets)
+        let targets = LoraTarget::parse_list(self.lora_targets.as_deref().unwrap_or("all"))
             .map_err(anyhow::Error::msg)?
             .into_iter()
             .filter(|t| head || *t != LoraTarget::Head)
             .collect();
         let config = LoraConfig {
-            rank: self.lora_rank,
-            alpha: self.lora_alpha,
+            rank: self.lora_rank.unwrap_or(16),
+            alpha: self.lora_alpha.unwrap_or(16.0),
             rslora: self.rslora,
             targets,
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
+    }
+
+    /// Refuses LoRA flags on a run that adds no adapters (`trainable` is the mode in use).
+    pub fn refuse_unused(&self, trainable: &str) -> Result<()> {
+        let given = [
+            ("--lora-rank", self.lora_rank.is_some()),
+            ("--lora-alpha", self.lora_alpha.is_some()),
+            ("--lora-targets", self.lora_targets.is_some()),
+            ("--rslora", self.rslora),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            bail!(
+                "{flag} needs --trainable lora (this run trains `{trainable}`, without adapters)"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -148,7 +168,7 @@ pub struct FinetuneClassifyArgs {
     random_init: bool,
     /// Model config for --random-init: a built-in name or a TOML file [default: gpt2-small;
     /// bert-mini with --arch bert].
-    #[arg(long, requires = "random_init")]
+    #[arg(long, requires = "random_init", conflicts_with_all = ["weights", "checkpoint"])]
     model_config: Option<String>,
     /// head | last-block | last-blocks:N | all | lora [default: last-block for GPT (the
     /// book's choice), all for BERT].
@@ -161,18 +181,19 @@ pub struct FinetuneClassifyArgs {
     /// Size of that WordPiece vocabulary.
     #[arg(long, default_value_t = 8000)]
     vocab_size: usize,
-    /// last (the last position, as the book) or last-non-pad (each text's last token).
-    #[arg(long, default_value = "last")]
-    pooling: String,
+    /// GPT: last (the last position, as the book) or last-non-pad (each text's last token)
+    /// [default: last].
+    #[arg(long)]
+    pooling: Option<String>,
     #[command(flatten)]
     lora: LoraArgs,
     /// Tokens per text [default: the longest training text, at most the context length].
     #[arg(long)]
     max_length: Option<usize>,
-    /// GPT: dropout while fine-tuning (the book fine-tunes without). BERT keeps its config's
-    /// dropout (hidden_dropout_prob, also before the head).
-    #[arg(long, default_value_t = 0.0)]
-    drop_rate: f64,
+    /// GPT: dropout while fine-tuning (the book fine-tunes without) [default: 0]. BERT keeps
+    /// its config's dropout (hidden_dropout_prob, also before the head).
+    #[arg(long)]
+    drop_rate: Option<f64>,
     #[arg(long, default_value_t = 5)]
     epochs: usize,
     #[arg(long, default_value_t = 8)]
@@ -333,7 +354,6 @@ fn load_body(
             "say where the body comes from: --weights DIR, --checkpoint RUN_DIR or --random-init"
         );
     }
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     match args.arch {
         Arch::Gpt => {
             if args.tokenizer.is_some() {
@@ -358,14 +378,15 @@ fn load_body(
             };
             let tokenizer = crate::tokenize::load_tokenizer(tokenizer_dir.as_ref())?;
             let mut config = config;
-            config.drop_rate = args.drop_rate;
-            let gpt = gpt.with_drop_rate(args.drop_rate);
+            let drop_rate = args.drop_rate.unwrap_or(0.0);
+            config.drop_rate = drop_rate;
+            let gpt = gpt.with_drop_rate(drop_rate);
             Ok((
                 source,
                 BodyConfig::Gpt(config),
                 Body::Gpt(Box::new(gpt)),
                 TextEncoder::Gpt(tokenizer),
-                tokenizer_dir.map(|d| absolute(&d)),
+                tokenizer_dir.map(|d| runs::absolute(&d)),
             ))
         }
         Arch::Bert => {
@@ -381,7 +402,7 @@ fn load_body(
                         BodyConfig::Bert(run.config),
                         Body::Bert(Box::new(run.model)),
                         TextEncoder::Bert(run.tokenizer),
-                        Some(absolute(&tokenizer_path)),
+                        Some(runs::absolute(&tokenizer_path)),
                     ));
                 }
                 let cached = runs::hf_cache_dir(path);
@@ -393,13 +414,13 @@ fn load_body(
                     BodyConfig::Bert(hf.config.clone()),
                     Body::Bert(Box::new(bert)),
                     TextEncoder::Bert(tokenizer),
-                    Some(absolute(&hf.dir)),
+                    Some(runs::absolute(&hf.dir)),
                 ));
             }
             let name = args.model_config.as_deref().unwrap_or("bert-mini");
             let mut config = models::load_bert_config(name, None)?;
             let (tokenizer, recorded) = match &args.tokenizer {
-                Some(path) => (Tokenizer::open(path)?, absolute(path)),
+                Some(path) => (Tokenizer::open(path)?, runs::absolute(path)),
                 None => {
                     let texts = splits.train.iter().map(|e| e.text.as_str());
                     // Saved into --out with the run (a relative path), once all is checked.
@@ -441,20 +462,31 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         .to_string()
     });
     let trainable = Trainable::parse(&trainable_name).map_err(anyhow::Error::msg)?;
-    let pooling = match (args.arch, args.pooling.as_str()) {
-        (Arch::Bert, _) => None,
-        (Arch::Gpt, "last") => Some(Pooling::Last),
-        (Arch::Gpt, "last-non-pad") => Some(Pooling::LastNonPad),
-        (_, other) => bail!("unknown --pooling `{other}` (expected last or last-non-pad)"),
+    let pooling = match (args.arch, args.pooling.as_deref()) {
+        (Arch::Bert, None) => None,
+        (Arch::Bert, Some(_)) => bail!(
+            "--pooling is for GPT classifiers; a BERT classifier classifies its pooled [CLS] output"
+        ),
+        (Arch::Gpt, None | Some("last")) => Some(Pooling::Last),
+        (Arch::Gpt, Some("last-non-pad")) => Some(Pooling::LastNonPad),
+        (_, Some(other)) => bail!("unknown --pooling `{other}` (expected last or last-non-pad)"),
     };
     if args.arch == Arch::Bert && trainable == Trainable::Lora {
         bail!(
             "--trainable lora is supported for GPT classifiers; for BERT use head, last-block, last-blocks:N or all"
         );
     }
-    let lora = (trainable == Trainable::Lora)
-        .then(|| args.lora.config(true))
-        .transpose()?;
+    if args.arch == Arch::Bert && args.drop_rate.is_some() {
+        bail!(
+            "--drop-rate is for GPT classifiers; a BERT classifier keeps its config's dropout (hidden_dropout_prob)"
+        );
+    }
+    let lora = if trainable == Trainable::Lora {
+        Some(args.lora.config(true)?)
+    } else {
+        args.lora.refuse_unused(&trainable_name)?;
+        None
+    };
     let options = ClassifyOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -467,8 +499,10 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         seed: args.seed,
     };
     options.validate().map_err(anyhow::Error::msg)?;
-    if !(0.0..1.0).contains(&args.drop_rate) {
-        bail!("--drop-rate must be in [0, 1), got {}", args.drop_rate);
+    if let Some(rate) = args.drop_rate
+        && !(0.0..1.0).contains(&rate)
+    {
+        bail!("--drop-rate must be in [0, 1), got {rate}");
     }
     runs::check_new_run_dir(&args.out, args.overwrite, false)?;
 
@@ -498,10 +532,22 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     }
     device.seed(args.seed);
     let (source, config, body, encoder, tokenizer_path) = load_body(&args, &splits, &device)?;
-    let (model_vocab, context, config_pad) = match &config {
-        BodyConfig::Gpt(c) => (c.vocab_size, c.context_length, 0),
-        BodyConfig::Bert(c) => (c.vocab_size, c.max_position_embeddings, c.pad_token_id),
+    let (model_vocab, context, config_pad, n_layers) = match &config {
+        BodyConfig::Gpt(c) => (c.vocab_size, c.context_length, 0, c.n_layers),
+        BodyConfig::Bert(c) => (
+            c.vocab_size,
+            c.max_position_embeddings,
+            c.pad_token_id,
+            c.num_hidden_layers,
+        ),
     };
+    if let Trainable::LastBlocks(n) = trainable
+        && n > n_layers
+    {
+        bail!(
+            "--trainable {trainable_name}: the model has {n_layers} block(s); use all to train every weight"
+        );
+    }
     if encoder.vocab_size() > model_vocab {
         bail!(
             "the tokenizer has {} tokens but the model's vocab_size is {model_vocab}",
@@ -649,6 +695,9 @@ fn write_run(dir: &Path, run: &ClassifierRun) -> Result<()> {
 
 fn read_run(dir: &Path) -> Result<ClassifierRun> {
     let path = dir.join(RUN_FILE);
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
     if !path.is_file() {
         bail!(
             "{} is not a classifier run directory (no {RUN_FILE}; train one with `ember finetune classify`)",

@@ -37,10 +37,12 @@ pub struct GenerateArgs {
     #[arg(long)]
     instruction: Option<String>,
     /// The instruction's input (optional).
-    #[arg(long, requires = "instruction")]
+    // `conflicts_with` as well: clap lets a missing `requires` pass when that argument
+    // conflicts with one present (here --prompt), so `requires` alone would ignore it.
+    #[arg(long, requires = "instruction", conflicts_with = "prompt")]
     input: Option<String>,
     /// Prompt template for --instruction: alpaca or phi3 [default: the run's, else alpaca].
-    #[arg(long, requires = "instruction")]
+    #[arg(long, requires = "instruction", conflicts_with = "prompt")]
     template: Option<String>,
     #[arg(long, default_value_t = 50)]
     max_new_tokens: usize,
@@ -143,7 +145,11 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         .apply(loaded.model, &device, device_spec)?;
     let eos_id = match (args.no_eos, args.eos_id) {
         (true, _) => None,
-        (false, Some(id)) => Some(id),
+        (false, Some(id)) if (id as usize) < tokenizer.vocab_size() => Some(id),
+        (false, Some(id)) => bail!(
+            "--eos-id {id} is not a token id: the tokenizer has {} tokens",
+            tokenizer.vocab_size()
+        ),
         (false, None) => tokenizer.special_id(END_OF_TEXT),
     };
     let options = GenerateOptions {

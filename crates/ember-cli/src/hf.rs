@@ -1,15 +1,15 @@
 //! `ember import gpt2` and `ember export gpt2`: HuggingFace GPT-2 directories ⇄ run directories.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use ember_data::bpe::{BpeTokenizer, END_OF_TEXT};
+use ember_data::bpe::END_OF_TEXT;
 use ember_model::gpt_hf::{export_gpt2, gpt2_size_name};
 use ember_train::checkpoint::{self, TrainState};
 
 use crate::device;
-use crate::runs::{RunInfo, load_gpt, write_run_info};
+use crate::runs::{self, RunInfo, load_gpt, write_run_info};
 
 #[derive(Subcommand)]
 pub enum ImportCommand {
@@ -55,23 +55,11 @@ pub struct ExportArgs {
 pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
     let ImportCommand::Gpt2(args) = command;
     let device = device::parse_device(device_spec)?;
-    crate::runs::refuse_existing_run(&args.out)?;
+    runs::refuse_existing_run(&args.out)?;
     let loaded = load_gpt(&args.from, &device, args.context_length)?;
     if let Err(err) = loaded.tokenizer() {
         eprintln!("warning: {err:#}; text commands will not work with this run");
     }
-    // The run keeps its own copy of the vocabulary, so it does not depend on --from staying.
-    let tokenizer = match &loaded.tokenizer {
-        Some(dir) => {
-            copy_vocabulary(
-                dir,
-                &args.out.join("tokenizer"),
-                ("encoder.json", "vocab.bpe"),
-            )?;
-            Some(PathBuf::from("tokenizer"))
-        }
-        None => None,
-    };
     let state = TrainState {
         step: 0,
         epoch: 0,
@@ -79,13 +67,15 @@ pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
         tokens_seen: 0,
     };
     checkpoint::save(&args.out, &loaded.model, None, &state, 1)?;
-    let info = RunInfo {
+    let mut info = RunInfo {
         model: loaded.config.clone(),
-        tokenizer,
+        tokenizer: loaded.tokenizer.as_deref().map(runs::absolute),
         source: Some(format!("imported from {}", args.from.display())),
         recipe: None,
         instruct: None,
     };
+    // The run keeps its own copy of the vocabulary, so it does not depend on --from staying.
+    runs::keep_own_tokenizer(&args.out, &mut info)?;
     write_run_info(&args.out, &info)?;
     println!(
         "imported {} ({} parameters, context {}) into {}",
@@ -128,12 +118,12 @@ pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
             Some(dir) => dir.clone(),
             None => crate::data::gpt2_vocabulary_dir()?,
         };
-        copy_vocabulary(&vocab_dir, &args.out, ("vocab.json", "merges.txt"))?;
+        runs::copy_vocabulary(&vocab_dir, &args.out, ("vocab.json", "merges.txt"))?;
         written = "config.json, model.safetensors, vocab.json, merges.txt";
     } else if args.force {
         // The vocabulary of the model this export replaces would not fit these weights.
         for file in ["vocab.json", "merges.txt"] {
-            crate::runs::remove_file_if_present(&args.out.join(file))?;
+            runs::remove_file_if_present(&args.out.join(file))?;
         }
     }
     println!(
@@ -141,24 +131,5 @@ pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
         args.checkpoint.display(),
         args.out.display()
     );
-    Ok(())
-}
-
-/// Copies the two vocabulary files found in `from` into `to` under `names`.
-fn copy_vocabulary(from: &Path, to: &Path, names: (&str, &str)) -> Result<()> {
-    let Some((encoder, merges)) = BpeTokenizer::vocabulary_files(from) else {
-        bail!(
-            "{}: no vocabulary (encoder.json + vocab.bpe or vocab.json + merges.txt)",
-            from.display()
-        );
-    };
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for (source, name) in [(encoder, names.0), (merges, names.1)] {
-        let bytes =
-            std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
-        let target = to.join(name);
-        ember_data::write_atomically(&target, &bytes)
-            .with_context(|| format!("writing {}", target.display()))?;
-    }
     Ok(())
 }

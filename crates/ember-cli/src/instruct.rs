@@ -183,7 +183,7 @@ fn apply_flags(recipe: &mut InstructRecipe, args: &FinetuneInstructArgs) -> Resu
         recipe.split_seed = args.split_seed;
     }
     match args.trainable.as_str() {
-        "all" => {}
+        "all" => args.lora.refuse_unused("all")?,
         "lora" => recipe.lora = Some(args.lora.config(false)?),
         other => bail!("--trainable {other}: expected all or lora"),
     }
@@ -297,18 +297,8 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         .max()
         .unwrap_or(0);
 
-    if resume_dir.is_none() {
-        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
-    }
-    write_run_info(&run_dir, &info)?;
-    for (name, part) in [
-        ("train.json", &splits.train),
-        ("validation.json", &splits.validation),
-        ("test.json", &splits.test),
-    ] {
-        write_entries(&run_dir.join(name), part, None)?;
-    }
-
+    // The model before the run directory: a config too large for memory aborts here, with
+    // the old run (or the empty directory) untouched.
     device.seed(recipe.train.seed);
     let model = match start {
         Some(model) => model,
@@ -320,6 +310,19 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
             model
         }
     };
+    if resume_dir.is_none() {
+        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
+    }
+    runs::keep_own_tokenizer(&run_dir, &mut info)?;
+    write_run_info(&run_dir, &info)?;
+    for (name, part) in [
+        ("train.json", &splits.train),
+        ("validation.json", &splits.validation),
+        ("test.json", &splits.test),
+    ] {
+        write_entries(&run_dir.join(name), part, None)?;
+    }
+
     let (mut model, optim, state) = resume_from(
         resume_dir.as_deref(),
         &run_dir,
@@ -393,9 +396,7 @@ fn start_model(
     let (mut config, model, tokenizer, source) = match &recipe.weights {
         Some(weights) => {
             let loaded = runs::load_gpt(Path::new(weights), device, None)?;
-            let tokenizer = loaded
-                .tokenizer
-                .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+            let tokenizer = loaded.tokenizer.map(|dir| runs::absolute(&dir));
             (
                 loaded.config,
                 loaded.model,
@@ -632,14 +633,33 @@ pub fn judge_prompt(entry: &InstructionEntry, response: &str) -> String {
     )
 }
 
-/// The first integer in the judge's reply, when it is a score from 0 to 100.
+/// The judge's score: the first number in its reply, when it is a whole number from 0 to 100.
+/// The whole number is read, sign and exponent included, so `-5` or `1e3` is no score
+/// rather than 5 or 1.
 pub fn parse_score(reply: &str) -> Option<u32> {
-    let start = reply.find(|c: char| c.is_ascii_digit())?;
-    let digits: String = reply[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok().filter(|score| *score <= 100)
+    let bytes = reply.as_bytes();
+    let start = bytes.iter().position(u8::is_ascii_digit)?;
+    let digits_from = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let mut end = digits_from(start);
+    // A fraction or exponent belongs to the number only when digits follow it: "40." ends
+    // a sentence.
+    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        end = digits_from(end + 1);
+    }
+    if matches!(bytes.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(bytes.get(end + 1), Some(b'+' | b'-')));
+        if bytes.get(end + 1 + sign).is_some_and(u8::is_ascii_digit) {
+            end = digits_from(end + 1 + sign);
+        }
+    }
+    let negative = start > 0 && bytes[start - 1] == b'-';
+    let value: f64 = reply[start..end].parse().ok()?;
+    (!negative && value.fract() == 0.0 && value <= 100.0).then_some(value as u32)
 }
 
 /// One chat request to an Ollama server (`POST /api/chat`), deterministic as in the book
@@ -784,5 +804,12 @@ mod tests {
         assert_eq!(parse_score("Score: 40.\nBecause"), Some(40));
         assert_eq!(parse_score("I cannot score this."), None);
         assert_eq!(parse_score("1000"), None);
+        assert_eq!(parse_score("-5"), None);
+        assert_eq!(parse_score("1e3"), None);
+        assert_eq!(parse_score("1E+1 points"), Some(10));
+        assert_eq!(parse_score("72.0"), Some(72));
+        assert_eq!(parse_score("72.5"), None);
+        assert_eq!(parse_score("100e"), Some(100));
+        assert_eq!(parse_score("Score - 60"), Some(60));
     }
 }

@@ -205,16 +205,19 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         val: &val_loader,
     };
     splits.check()?;
-    if resume_dir.is_none() {
-        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
-    }
-    write_run_info(&run_dir, &info)?;
-
+    // The model before the run directory: a config too large for memory aborts here, with
+    // the old run (or the empty directory) untouched.
     device.seed(recipe.train.seed);
     let model = match pretrained {
         Some(model) => model,
         None => info.model.init(&device),
     };
+    if resume_dir.is_none() {
+        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
+    }
+    runs::keep_own_tokenizer(&run_dir, &mut info)?;
+    write_run_info(&run_dir, &info)?;
+
     let (model, optim, state) = resume_from(
         resume_dir.as_deref(),
         &run_dir,
@@ -307,6 +310,11 @@ pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
 /// The run description of a new run from the recipe and flags; with `--weights`, also the
 /// pretrained model (loaded on `device`), whose config replaces the recipe's.
 fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option<Gpt>)> {
+    if args.objectives.is_some() || args.vocab_size.is_some() {
+        bail!(
+            "--objectives and --vocab-size are for --arch bert; a GPT run's vocabulary is its tokenizer's"
+        );
+    }
     let mut recipe: Recipe = match &args.recipe {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -349,9 +357,7 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
             pretrained = pretrained.with_drop_rate(model.drop_rate);
         }
         recipe.model = format!("weights from {}", weights.display());
-        let tokenizer = loaded
-            .tokenizer
-            .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+        let tokenizer = loaded.tokenizer.map(|dir| runs::absolute(&dir));
         let info = RunInfo {
             model,
             tokenizer,
@@ -369,10 +375,7 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
     model.emb_init_std = overrides.emb_init_std.unwrap_or(model.emb_init_std);
     model.context_length = recipe.context_length.unwrap_or(model.context_length);
     model.validate()?;
-    let tokenizer = args
-        .tokenizer
-        .as_ref()
-        .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+    let tokenizer = args.tokenizer.as_ref().map(|dir| runs::absolute(dir));
     Ok((
         RunInfo {
             model,

@@ -71,6 +71,46 @@ pub fn write_run_info(run_dir: &Path, info: &RunInfo) -> Result<()> {
     write_run_file(run_dir, "run.toml", info)
 }
 
+/// `path` made absolute against the working directory (unchanged if that cannot be read), for
+/// paths a run records: the run may be used from another directory.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Gives a new run its own copy of its vocabulary: a tokenizer directory outside `run_dir`
+/// (`--tokenizer`, or the directory of the starting weights) is copied to
+/// `run_dir/tokenizer`, and `info` records that relative path, so the run keeps working when
+/// the source moves or changes (BERT runs likewise keep their `tokenizer.json`).
+pub fn keep_own_tokenizer(run_dir: &Path, info: &mut RunInfo) -> Result<()> {
+    let Some(source) = info.tokenizer.as_ref().filter(|dir| dir.is_absolute()) else {
+        return Ok(());
+    };
+    let own = Path::new("tokenizer");
+    copy_vocabulary(source, &run_dir.join(own), ("encoder.json", "vocab.bpe"))?;
+    info.tokenizer = Some(own.to_path_buf());
+    Ok(())
+}
+
+/// Copies the two vocabulary files found in `from` into `to` under `names` (each read whole,
+/// then written atomically: `from` may be `to`).
+pub fn copy_vocabulary(from: &Path, to: &Path, names: (&str, &str)) -> Result<()> {
+    let Some((encoder, merges)) = BpeTokenizer::vocabulary_files(from) else {
+        bail!(
+            "{}: no vocabulary (encoder.json + vocab.bpe or vocab.json + merges.txt)",
+            from.display()
+        );
+    };
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for (source, name) in [(encoder, names.0), (merges, names.1)] {
+        let bytes =
+            std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+        let target = to.join(name);
+        ember_data::write_atomically(&target, &bytes)
+            .with_context(|| format!("writing {}", target.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes `value` as the TOML file `name` of a run directory, atomically (creating the
 /// directory): the run description of every kind of run.
 pub fn write_run_file<T: Serialize>(run_dir: &Path, name: &str, value: &T) -> Result<()> {

@@ -694,6 +694,98 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         ],
         "eval_iter must be at least 1",
     );
+    // Flags that do not apply to the run asked for are refused, not silently ignored.
+    for (what, extra, needle) in [
+        (
+            "LoRA flag without --trainable lora",
+            vec![
+                "--random-init",
+                "--model-config",
+                micro.as_str(),
+                "--lora-rank",
+                "4",
+            ],
+            "--lora-rank needs --trainable lora",
+        ),
+        (
+            "more last blocks than the model has",
+            vec![
+                "--random-init",
+                "--model-config",
+                micro.as_str(),
+                "--trainable",
+                "last-blocks:3",
+            ],
+            "the model has 1 block(s)",
+        ),
+        (
+            "--pooling for a BERT classifier",
+            vec!["--arch", "bert", "--random-init", "--pooling", "last"],
+            "--pooling is for GPT classifiers",
+        ),
+        (
+            "--drop-rate for a BERT classifier",
+            vec!["--arch", "bert", "--random-init", "--drop-rate", "0.1"],
+            "--drop-rate is for GPT classifiers",
+        ),
+    ] {
+        let mut args = vec![
+            "finetune",
+            "classify",
+            "--data",
+            &labelled,
+            "--out",
+            "run",
+            "--overwrite",
+        ];
+        args.extend(extra);
+        c.fails(what, &args, needle);
+    }
+    c.fails(
+        "instruct LoRA flag without --trainable lora",
+        &[
+            "finetune",
+            "instruct",
+            "--data",
+            &entries,
+            "--random-init",
+            "--model-config",
+            &micro,
+            "--rslora",
+            "--out",
+            "run",
+            "--overwrite",
+        ],
+        "--rslora needs --trainable lora",
+    );
+    c.fails(
+        "--stride for BERT pretraining",
+        &[
+            "pretrain",
+            "--arch",
+            "bert",
+            "--stride",
+            "4",
+            "--out",
+            "run",
+            "--overwrite",
+        ],
+        "--stride is for GPT runs",
+    );
+    c.fails(
+        "--vocab-size for GPT pretraining",
+        &[
+            "pretrain",
+            "--model-config",
+            &micro,
+            "--vocab-size",
+            "100",
+            "--out",
+            "run",
+            "--overwrite",
+        ],
+        "are for --arch bert",
+    );
 
     let run_toml = std::fs::read_to_string(c.path("run/run.toml")).unwrap();
     let step = std::fs::read_dir(c.path("run/checkpoints"))
@@ -906,6 +998,36 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         &["embed", "--model", &c.p("bert-json"), "w5"],
         "tokenizer.json",
     );
+    // Side files beside the weights that are there but unusable: an error naming them, not
+    // a silent fall-back to the defaults they were meant to replace.
+    for (name, side_file, contents, needle) in [
+        (
+            "bert-case",
+            "tokenizer_config.json",
+            "{\"do_lower_case\": fals",
+            "tokenizer_config.json: not valid JSON",
+        ),
+        (
+            "bert-pool",
+            "1_Pooling/config.json",
+            "{\"pooling_mode_cls_token\": \"yes\"}",
+            "field `pooling_mode_cls_token`",
+        ),
+    ] {
+        for file in ["config.json", "model.safetensors"] {
+            c.write(
+                &format!("{name}/{file}"),
+                std::fs::read(bert.join(file)).unwrap(),
+            );
+        }
+        c.write(&format!("{name}/vocab.txt"), vocab.join("\n"));
+        c.write(&format!("{name}/{side_file}"), contents);
+        c.fails(
+            &format!("malformed {side_file}"),
+            &["embed", "--model", &c.p(name), "w5"],
+            needle,
+        );
+    }
     c.fails(
         "embed --max-length beyond the positions",
         &["embed", "--model", &bert_dir, "--max-length", "100", "w5"],

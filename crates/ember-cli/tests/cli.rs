@@ -412,6 +412,61 @@ fn pretrain_then_generate_then_resume() {
         "{}",
         stdout(&out)
     );
+    // The tuned run keeps its own copy of the exported vocabulary: it still generates when
+    // the directory it started from loses its vocabulary files.
+    let tuned_str = tuned.to_str().unwrap();
+    let tuned_toml = std::fs::read_to_string(tuned.join("run.toml")).unwrap();
+    assert!(
+        tuned_toml.contains("tokenizer = \"tokenizer\""),
+        "{tuned_toml}"
+    );
+    for file in ["vocab.json", "merges.txt"] {
+        std::fs::remove_file(exported.join(file)).unwrap();
+    }
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        tuned_str,
+        "--prompt",
+        "Every effort",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_one_line_error(
+        &ember(&[
+            "generate",
+            "--checkpoint",
+            tuned_str,
+            "--prompt",
+            "a",
+            "--eos-id",
+            "50257",
+        ]),
+        "--eos-id 50257 is not a token id",
+    );
+    // --input and --template go with --instruction; with --prompt they are refused, not
+    // ignored.
+    for flag in ["--input", "--template"] {
+        let out = ember(&[
+            "generate",
+            "--checkpoint",
+            tuned_str,
+            "--prompt",
+            "a",
+            flag,
+            "x",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("cannot be used with"),
+            "{flag}: {stderr}"
+        );
+    }
     assert_one_line_error(
         &ember(&[
             "export",
