@@ -293,7 +293,14 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
                         config.vocab_size
                     );
                 }
-                (tokenizer, std::path::absolute(path)?)
+                // The run keeps its own copy (saved with it, once all is checked), so it
+                // does not depend on --tokenizer staying; GPT-2's BPE has no tokenizer.json
+                // form and is recorded by path.
+                let file = match tokenizer {
+                    Tokenizer::Hf(_) => PathBuf::from("tokenizer.json"),
+                    Tokenizer::Gpt2(_) => std::path::absolute(path)?,
+                };
+                (tokenizer, file)
             }
             None => {
                 let sentences = split_documents(&train_text).into_iter().flatten();
@@ -372,14 +379,16 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     if !resuming {
         crate::runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
     }
-    if !resuming && args.tokenizer.is_none() {
+    if !resuming && info.tokenizer.is_relative() {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
-        tokenizer.save_json(&run_dir.join("tokenizer.json"))?;
-        eprintln!(
-            "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
-            tokenizer.vocab_size()
-        );
+        tokenizer.save_json(&run_dir.join(&info.tokenizer))?;
+        if args.tokenizer.is_none() {
+            eprintln!(
+                "trained a WordPiece vocabulary of {} tokens on the training split (tokenizer.json)",
+                tokenizer.vocab_size()
+            );
+        }
     }
     crate::runs::write_run_file(&run_dir, "run.toml", &info)?;
     let resume_dir = if resuming {

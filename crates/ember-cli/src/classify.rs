@@ -579,20 +579,31 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         splits.label_names.join(", ")
     );
 
-    // Everything is checked: now the run directory is written.
+    // Everything is checked: now the run directory is written. The run keeps its own copy
+    // of the tokenizer, so it does not depend on where the body came from staying.
     runs::prepare_new_run_dir(&args.out, args.overwrite, false)?;
-    if let (Some(path), TextEncoder::Bert(tokenizer)) = (&tokenizer_path, &encoder)
-        && path.is_relative()
-    {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        tokenizer.save_json(&args.out.join(path))?;
-        eprintln!(
-            "trained a WordPiece vocabulary of {} tokens on the training split ({})",
-            tokenizer.vocab_size(),
-            path.display()
-        );
-    }
+    let tokenizer_path = match (tokenizer_path, &encoder) {
+        (Some(source), TextEncoder::Gpt(_)) => {
+            let own = PathBuf::from("tokenizer");
+            runs::copy_vocabulary(&source, &args.out.join(&own), ("encoder.json", "vocab.bpe"))?;
+            Some(own)
+        }
+        (Some(_), TextEncoder::Bert(tokenizer @ Tokenizer::Hf(_))) => {
+            let own = PathBuf::from("tokenizer.json");
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            tokenizer.save_json(&args.out.join(&own))?;
+            if args.random_init && args.tokenizer.is_none() {
+                eprintln!(
+                    "trained a WordPiece vocabulary of {} tokens on the training split ({})",
+                    tokenizer.vocab_size(),
+                    own.display()
+                );
+            }
+            Some(own)
+        }
+        (path, _) => path,
+    };
     let run = ClassifierRun {
         source,
         data: args.data.clone(),

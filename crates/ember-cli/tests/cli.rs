@@ -449,6 +449,39 @@ fn pretrain_then_generate_then_resume() {
         ]),
         "--eos-id 50257 is not a token id",
     );
+    // A classifier with that body copies the vocabulary too.
+    let labelled = dir.path().join("labelled.csv");
+    std::fs::write(
+        &labelled,
+        (0..40).fold(String::from("Label,Text\n"), |csv, i| {
+            csv + &format!("{},message number {i}\n", ["ham", "spam"][i % 2])
+        }),
+    )
+    .unwrap();
+    let classifier = dir.path().join("cls");
+    let out = ember(&[
+        "finetune",
+        "classify",
+        "--data",
+        labelled.to_str().unwrap(),
+        "--checkpoint",
+        tuned_str,
+        "--epochs",
+        "1",
+        "--out",
+        classifier.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded = std::fs::read_to_string(classifier.join("classifier.toml")).unwrap();
+    assert!(recorded.contains("tokenizer = \"tokenizer\""), "{recorded}");
+    assert_eq!(
+        std::fs::read(classifier.join("tokenizer/vocab.bpe")).unwrap(),
+        std::fs::read(tuned.join("tokenizer/vocab.bpe")).unwrap()
+    );
     // --input and --template go with --instruction; with --prompt they are refused, not
     // ignored.
     for flag in ["--input", "--template"] {
@@ -1494,6 +1527,65 @@ fn bert_pretrain_fill_mask_resume_and_classify() {
             &dir.path().join("cls-lora"),
         ),
         "--trainable lora is supported for GPT classifiers",
+    );
+    // The classifier keeps its own copy of the pretraining run's tokenizer: it still
+    // classifies when that run's tokenizer.json is gone.
+    let pretrained_run = dir.path().join("cls-pretrained");
+    let recorded = std::fs::read_to_string(pretrained_run.join("classifier.toml")).unwrap();
+    assert!(
+        recorded.contains("tokenizer = \"tokenizer.json\""),
+        "{recorded}"
+    );
+    // So does a BERT pretraining run given that tokenizer.
+    let given = dir.path().join("bert-given-tokenizer");
+    let out = ember(&[
+        "pretrain",
+        "--arch",
+        "bert",
+        "--corpus",
+        "the-verdict",
+        "--objectives",
+        "mlm",
+        "--model-config",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        run.join("tokenizer.json").to_str().unwrap(),
+        "--context-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        given.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(run.join("tokenizer.json")).unwrap();
+    let out = ember(&[
+        "fill-mask",
+        "--model",
+        given.to_str().unwrap(),
+        "it was the [MASK] of the picture.",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ember(&[
+        "classify",
+        "--checkpoint",
+        pretrained_run.to_str().unwrap(),
+        "Ok lar... Joking wif u oni...",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
