@@ -20,8 +20,8 @@ use crate::pretrain::{PretrainArgs, resume_from, train_and_report};
 use crate::progress::{EpochSample, TrainProgress};
 use crate::{data, device, models};
 
-/// The default BERT recipe, compiled in.
-const DEFAULT_RECIPE: &str = include_str!("../../../configs/pretrain/bert-mini-verdict.toml");
+/// The default BERT recipe (built in).
+const DEFAULT_RECIPE: &str = "bert-mini-verdict";
 
 /// The `arch` a BERT run writes into its `run.toml`.
 const ARCH: &str = "bert";
@@ -192,14 +192,11 @@ fn special_ids(tokenizer: &Tokenizer) -> Result<SpecialIds> {
 
 /// The recipe of a new run: the file given (or the built-in one), then the flags.
 fn new_recipe(args: &PretrainArgs) -> Result<BertRecipe> {
-    let mut recipe: BertRecipe = match &args.recipe {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the recipe {}", path.display()))?;
-            parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => parse_toml(DEFAULT_RECIPE).map_err(anyhow::Error::msg)?,
-    };
+    let mut recipe: BertRecipe = models::load_recipe(
+        models::RecipeKind::BertPretrain,
+        args.recipe.as_deref(),
+        DEFAULT_RECIPE,
+    )?;
     if let Some(model) = &args.model_config {
         recipe.model = model.clone();
     }

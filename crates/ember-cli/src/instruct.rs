@@ -12,7 +12,6 @@ use ember_data::instruct::{
     read_instructions, split_instructions,
 };
 use ember_data::loader::{Batches, TokenBatch};
-use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
 use ember_model::lora::LoraConfig;
@@ -30,7 +29,7 @@ use crate::{device, models};
 
 /// The default recipe: the book's chapter-7 settings (AdamW lr 5e-5, weight decay 0.1,
 /// 2 epochs, batch 8), for pretrained weights given with `--weights` or `--checkpoint`.
-const DEFAULT_RECIPE: &str = include_str!("../../../configs/finetune/instruct.toml");
+const DEFAULT_RECIPE: &str = "instruct";
 
 /// An instruction fine-tuning recipe (`configs/finetune/*.toml`), kept in the run's `run.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,7 +62,9 @@ pub struct InstructRecipe {
 
 #[derive(Args)]
 pub struct FinetuneInstructArgs {
-    /// Recipe TOML [default: configs/finetune/instruct.toml, built in: the book's settings].
+    /// Recipe: a TOML file or a built-in name: instruct (the book's settings, for pretrained
+    /// weights; the default), instruct-tiny (gpt-tiny from random weights, minutes on a CPU),
+    /// instruct-gpt2-medium (the book's chapter 7 model).
     #[arg(long)]
     recipe: Option<PathBuf>,
     /// `instruction-data` (the book's 1,100 entries, fetched) or an Alpaca-style JSON file:
@@ -141,17 +142,6 @@ fn read_data(source: &str) -> Result<Vec<InstructionEntry>> {
     Ok(read_instructions(&path)?)
 }
 
-fn load_recipe(path: Option<&Path>) -> Result<InstructRecipe> {
-    match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the recipe {}", path.display()))?;
-            parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-        }
-        None => parse_toml(DEFAULT_RECIPE).map_err(anyhow::Error::msg),
-    }
-}
-
 /// Applies the command-line flags to the recipe of a new run.
 fn apply_flags(recipe: &mut InstructRecipe, args: &FinetuneInstructArgs) -> Result<()> {
     if let Some(data) = &args.data {
@@ -221,7 +211,11 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         }
         None => {
             runs::check_new_run_dir(&args.out, args.overwrite, true)?;
-            let mut recipe = load_recipe(args.recipe.as_deref())?;
+            let mut recipe: InstructRecipe = models::load_recipe(
+                models::RecipeKind::Instruct,
+                args.recipe.as_deref(),
+                DEFAULT_RECIPE,
+            )?;
             apply_flags(&mut recipe, &args)?;
             let (info, model) = start_model(recipe, args.recipe.as_deref(), &device)?;
             (info, args.out.clone(), None, Some(model))

@@ -2,14 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::Device;
 use clap::Args;
 use ember_data::bpe::BpeTokenizer;
 use ember_data::loader::{Batch, TokenWindows, WindowLoader, split_text};
-use ember_model::config::parse_toml;
 use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
 use ember_model::sampling::SamplingConfig;
@@ -21,8 +20,8 @@ use crate::progress::{EpochSample, TrainProgress};
 use crate::runs::{self, RunInfo, read_run_info, write_run_info};
 use crate::{data, device, models};
 
-/// The default recipe, compiled in so `ember pretrain` works from any directory.
-const DEFAULT_RECIPE: &str = include_str!("../../../configs/pretrain/gpt-tiny-verdict.toml");
+/// The default recipe (built in, as every recipe of `configs/`).
+const DEFAULT_RECIPE: &str = "gpt-tiny-verdict";
 
 /// A pretraining recipe (`configs/pretrain/*.toml`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,8 +67,8 @@ pub struct PretrainArgs {
     /// next-sentence prediction; default recipe configs/pretrain/bert-mini-verdict.toml).
     #[arg(long, value_enum, default_value_t = Arch::Gpt)]
     pub(crate) arch: Arch,
-    /// Recipe TOML [default: configs/pretrain/gpt-tiny-verdict.toml, or bert-mini-verdict.toml
-    /// with --arch bert; both built in].
+    /// Recipe: a TOML file or a built-in name: gpt-tiny-verdict (the default), the-verdict-124m
+    /// (the book's chapter 5 run), or bert-mini-verdict (the default with --arch bert).
     #[arg(long)]
     pub(crate) recipe: Option<PathBuf>,
     /// Model config: a built-in name (gpt-tiny, gpt2-small, …) or a TOML file.
@@ -315,14 +314,11 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
             "--objectives and --vocab-size are for --arch bert; a GPT run's vocabulary is its tokenizer's"
         );
     }
-    let mut recipe: Recipe = match &args.recipe {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the recipe {}", path.display()))?;
-            parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => parse_toml(DEFAULT_RECIPE).map_err(anyhow::Error::msg)?,
-    };
+    let mut recipe: Recipe = models::load_recipe(
+        models::RecipeKind::GptPretrain,
+        args.recipe.as_deref(),
+        DEFAULT_RECIPE,
+    )?;
     if let Some(model) = &args.model_config {
         recipe.model = model.clone();
     }

@@ -30,7 +30,7 @@ pub enum TrainCommand {
 
 #[derive(Args)]
 pub struct TrainSeq2SeqArgs {
-    /// Recipe TOML (e.g. configs/seq2seq/dates-transformer.toml or dates-lstm.toml).
+    /// Recipe: a TOML file or a built-in name (dates-transformer, dates-lstm).
     #[arg(long, required_unless_present = "resume")]
     config: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint (--epochs may grow).
@@ -177,12 +177,11 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
     let mut recipe = match (&previous, &args.config) {
         (Some(run), _) => run.recipe.clone(),
-        (None, Some(config)) => {
-            let text = std::fs::read_to_string(config)
-                .with_context(|| format!("reading the recipe {}", config.display()))?;
-            parse_toml::<Seq2SeqRecipe>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?
-        }
+        (None, Some(config)) => crate::models::load_recipe::<Seq2SeqRecipe>(
+            crate::models::RecipeKind::Seq2Seq,
+            Some(config),
+            "dates-transformer",
+        )?,
         (None, None) => unreachable!("clap requires --config or --resume"),
     };
     if let Some(data) = &args.data {
