@@ -88,8 +88,8 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     torch_compile: bool,
     /// Dropout probability on both sides (embeddings, attention weights, residual branches, as
-    /// the book's model), replacing each config's drop_rate. 0 by default, as issue 10's
-    /// cases: the step's own work, without sampling masks.
+    /// the book's model), replacing each config's drop_rate. 0 by default: the step's own
+    /// work, without sampling masks.
     #[arg(long, default_value_t = 0.0, value_parser = parse_drop_rate)]
     drop_rate: f64,
     /// Run only this case and print its JSON line (the bench runs each case in its own

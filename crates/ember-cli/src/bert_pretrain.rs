@@ -250,9 +250,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         Some(info) => info.recipe.clone(),
         None => new_recipe(args)?,
     };
-    if let Some(epochs) = args.epochs {
-        recipe.train.epochs = epochs;
-    }
+    crate::pretrain::set_epochs(&mut recipe.train, args.epochs, previous.is_some());
     recipe.validate()?;
     let next_sentence = recipe.next_sentence()?;
 
@@ -423,6 +421,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         &run_dir,
         state,
         &mut observer,
+        "ember pretrain --resume",
     )?;
     if !observer.last_sample.is_empty() {
         println!("{}", observer.last_sample);

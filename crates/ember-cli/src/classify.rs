@@ -24,6 +24,7 @@ use ember_train::classify::{
     ClassData, ClassRecord, ClassifierModel, ClassifyObserver, ClassifyOptions, ClassifySummary,
     best_model_path, finetune, read_class_metrics,
 };
+use ember_train::lm::TrainError;
 use ember_train::plot::{Axes, Curve, plot_curves};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -142,7 +143,7 @@ impl LoraArgs {
 
 #[derive(Args)]
 pub struct FinetuneClassifyArgs {
-    /// `spam` (the SMS Spam Collection, balanced and split as in the book), a directory with
+    /// `spam` or `sms-spam` (the SMS Spam Collection, balanced and split as in the book), a directory with
     /// train.csv / validation.csv / test.csv, or one CSV/TSV file (split 70/10/20).
     #[arg(long, default_value = "spam")]
     data: String,
@@ -170,8 +171,8 @@ pub struct FinetuneClassifyArgs {
     /// bert-mini with --arch bert].
     #[arg(long, requires = "random_init", conflicts_with_all = ["weights", "checkpoint"])]
     model_config: Option<String>,
-    /// head | last-block | last-blocks:N | all | lora [default: last-block for GPT (the
-    /// book's choice), all for BERT].
+    /// head | last-block | last-blocks:N | all | lora [default: last-block for pretrained GPT
+    /// weights (the book's choice); all for BERT and for --random-init].
     #[arg(long)]
     trainable: Option<String>,
     /// BERT from --random-init: tokenizer.json, vocab.txt or a directory [default: a WordPiece
@@ -211,6 +212,7 @@ pub struct FinetuneClassifyArgs {
     /// Batches of each split for the per-epoch accuracies [default: all].
     #[arg(long)]
     eval_batches: Option<usize>,
+    /// Clip the gradients' global norm to this value [default: no clipping].
     #[arg(long)]
     grad_clip: Option<f64>,
     #[arg(long, default_value_t = 123)]
@@ -253,7 +255,8 @@ pub struct LoraMergeArgs {
 
 /// The splits named by `--data`.
 fn load_splits(args: &FinetuneClassifyArgs) -> Result<ClassSplits> {
-    if args.data == "spam" {
+    // `sms-spam` is the dataset's name in `ember data list`.
+    if matches!(args.data.as_str(), "spam" | "sms-spam") {
         let path = DataCache::from_env().file("sms-spam", "sms_spam/SMSSpamCollection")?;
         let data = classification::read_sms_spam(&path)?;
         return Ok(classification::split(&data, true, args.seed));
@@ -454,10 +457,11 @@ pub fn run_finetune(command: FinetuneCommand, device_spec: &str) -> Result<()> {
 
 fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?.autodiff();
+    // Freezing random weights would train the head on random features.
     let trainable_name = args.trainable.clone().unwrap_or_else(|| {
-        match args.arch {
-            Arch::Gpt => "last-block",
-            Arch::Bert => "all",
+        match (args.arch, args.random_init) {
+            (Arch::Gpt, false) => "last-block",
+            (Arch::Gpt, true) | (Arch::Bert, _) => "all",
         }
         .to_string()
     });
@@ -678,7 +682,18 @@ fn train_classifier<M: ClassifierModel>(
     if let Some(bar) = observer.bar.take() {
         bar.finish_and_clear();
     }
-    let (best, summary): (M, ClassifySummary) = result?;
+    let (best, summary): (M, ClassifySummary) = result.map_err(|err| match err {
+        TrainError::Interrupted { step } => {
+            let kept = match best_model_path(out).is_file() {
+                true => "the best model of the finished epochs is kept in best/ for `ember classify`",
+                false => "no epoch finished, so the run holds no model yet",
+            };
+            anyhow::anyhow!(
+                "interrupted after step {step}; classifier fine-tuning does not resume: {kept} (start again with --overwrite)"
+            )
+        }
+        other => other.into(),
+    })?;
     let records = read_class_metrics(&out.join("metrics.jsonl")).map_err(anyhow::Error::msg)?;
     plot_classifier(
         &records,
@@ -729,6 +744,13 @@ enum LoadedClassifier {
 fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<LoadedClassifier> {
     let num_classes = run.label_names.len().max(2);
     let path = best_model_path(dir);
+    if !path.exists() {
+        bail!(
+            "{} holds no trained classifier ({} is missing: its fine-tuning stopped before the first epoch ended)",
+            dir.display(),
+            path.display()
+        );
+    }
     let load_error = |e| anyhow::anyhow!("{}: {}", path.display(), checkpoint::record_error(e));
     Ok(match &run.model {
         BodyConfig::Gpt(config) => {

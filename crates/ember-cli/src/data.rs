@@ -101,7 +101,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             );
         }
         DataCommand::Prepare(args) => {
-            if args.name != "spam" {
+            if !matches!(args.name.as_str(), "spam" | "sms-spam") {
                 bail!("unknown dataset to prepare `{}` (known: spam)", args.name);
             }
             let path = cache.file("sms-spam", "sms_spam/SMSSpamCollection")?;

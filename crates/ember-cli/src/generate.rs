@@ -44,6 +44,7 @@ pub struct GenerateArgs {
     /// Prompt template for --instruction: alpaca or phi3 [default: the run's, else alpaca].
     #[arg(long, requires = "instruction", conflicts_with = "prompt")]
     template: Option<String>,
+    /// Tokens to generate after the prompt (fewer when a sequence reaches end-of-text).
     #[arg(long, default_value_t = 50)]
     max_new_tokens: usize,
     /// 0 is greedy decoding.
@@ -58,6 +59,7 @@ pub struct GenerateArgs {
     /// > 1 makes tokens already in the text less likely.
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
+    /// Seed of the sampling (the same seed repeats the same text).
     #[arg(long, default_value_t = 123)]
     seed: u64,
     /// Stop at this token id [default: the tokenizer's <|endoftext|>].
@@ -134,6 +136,7 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
     };
     // Settings first: a typo should not wait for the weights to load.
     sampling.validate().map_err(anyhow::Error::msg)?;
+
     let loaded = load_gpt(source, &device, None)?;
     let tokenizer = loaded.tokenizer()?;
     let template = match &args.template {
@@ -152,6 +155,12 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         ),
         (false, None) => tokenizer.special_id(END_OF_TEXT),
     };
+    if sampling.temperature == 0.0 && (sampling.top_k.is_some() || sampling.top_p.is_some()) {
+        eprintln!(
+            "note: --top-k/--top-p choose among tokens when sampling; at --temperature 0 (the \
+             default) decoding is greedy: give a temperature, e.g. 0.8, to sample"
+        );
+    }
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,

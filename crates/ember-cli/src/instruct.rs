@@ -102,12 +102,17 @@ pub struct FinetuneInstructArgs {
     trainable: String,
     #[command(flatten)]
     lora: LoraArgs,
+    /// Passes over the training split [default: the recipe's]; with --resume, the new total.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Entries per optimizer step [default: the recipe's].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Learning rate of AdamW [default: the recipe's].
     #[arg(long)]
     lr: Option<f64>,
+    /// Seed of the data order, dropout and (with --random-init) the weights [default: the
+    /// recipe's].
     #[arg(long)]
     seed: Option<u64>,
     /// Evaluate the train/validation loss every N steps (0: only at the end).
@@ -222,9 +227,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         }
     };
     let recipe = info.instruct.as_mut().expect("an instruction run");
-    if let Some(epochs) = args.epochs {
-        recipe.train.epochs = epochs;
-    }
+    crate::pretrain::set_epochs(&mut recipe.train, args.epochs, resume_dir.is_some());
     recipe.train.validate().map_err(anyhow::Error::msg)?;
     let recipe = recipe.clone();
 
@@ -361,6 +364,13 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         sample_tokens: recipe.sample_tokens,
         eos_id: Some(pad_id),
     });
+    if args.random_init && args.recipe.is_none() && args.lr.is_none() {
+        eprintln!(
+            "note: the built-in recipe `instruct` has the book's settings for pretrained weights \
+             (lr 5e-5), slow to learn from random ones; `--recipe instruct-tiny` trains gpt-tiny \
+             from scratch in minutes on a CPU"
+        );
+    }
     train_and_report(
         model,
         optim,
@@ -372,8 +382,11 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         &run_dir,
         state,
         &mut observer,
+        "ember finetune instruct --resume",
     )?;
-    println!("{}", observer.last_sample);
+    if !observer.last_sample.is_empty() {
+        println!("{}", observer.last_sample);
+    }
     println!(
         "run directory: {} (metrics.jsonl, loss.png, checkpoints/, train/validation/test.json)",
         run_dir.display()

@@ -13,7 +13,7 @@ use ember_model::generate::{GenerateOptions, generate};
 use ember_model::gpt::Gpt;
 use ember_model::sampling::SamplingConfig;
 use ember_train::checkpoint::{self, TrainState};
-use ember_train::lm::{LossModel, Splits, TrainObserver, TrainOptions, train};
+use ember_train::lm::{LossModel, Splits, TrainError, TrainObserver, TrainOptions, train};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::{EpochSample, TrainProgress};
@@ -77,12 +77,16 @@ pub struct PretrainArgs {
     /// Corpus: a text file or a dataset name (BERT: one or more).
     #[arg(long, num_args = 1..)]
     pub(crate) corpus: Vec<String>,
+    /// Passes over the training split [default: the recipe's]; with --resume, the new total.
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
+    /// Peak learning rate of AdamW [default: the recipe's].
     #[arg(long)]
     pub(crate) lr: Option<f64>,
+    /// Windows per optimizer step [default: the recipe's].
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
+    /// Seed of the initial weights, data order and dropout [default: the recipe's].
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Context length (window length; for BERT the longest sequence); overrides the recipe's.
@@ -154,9 +158,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     };
     let recipe = info.recipe.as_mut().expect("a training run has a recipe");
     // Flags that may change on resume too (e.g. more epochs).
-    if let Some(epochs) = args.epochs {
-        recipe.train.epochs = epochs;
-    }
+    set_epochs(&mut recipe.train, args.epochs, resume_dir.is_some());
     recipe.train.validate().map_err(anyhow::Error::msg)?;
     let recipe = recipe.clone();
 
@@ -231,6 +233,19 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         window,
         val_loader.num_batches()
     );
+    if tokenizer.vocab_size() < info.model.vocab_size
+        && resume_dir.is_none()
+        && info.source.is_none()
+    {
+        eprintln!(
+            "note: the tokenizer has {} tokens and the model's vocab_size is {}: the other outputs \
+             are never targets, and loss and perplexity count them (set vocab_size = {} in the \
+             model config to leave them out)",
+            tokenizer.vocab_size(),
+            info.model.vocab_size,
+            tokenizer.vocab_size()
+        );
+    }
     let mut observer = TrainProgress::new(GptSample {
         tokenizer: &tokenizer,
         start_context: recipe.start_context.clone(),
@@ -245,8 +260,11 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         &run_dir,
         state,
         &mut observer,
+        "ember pretrain --resume",
     )?;
-    println!("{}", observer.last_sample);
+    if !observer.last_sample.is_empty() {
+        println!("{}", observer.last_sample);
+    }
     println!(
         "run directory: {} (metrics.jsonl, loss.png, checkpoints/)",
         run_dir.display()
@@ -271,8 +289,26 @@ pub(crate) fn resume_from<M: Module>(
     Ok((model, optim, Some(state)))
 }
 
+/// Applies `--epochs` to a run's options. On resume, says when that changes the span of a
+/// learning-rate schedule with warmup or decay, which covers all epochs: the rate from the
+/// current step on then follows the new schedule (after a finished cosine it rises again).
+pub(crate) fn set_epochs(options: &mut TrainOptions, epochs: Option<usize>, resuming: bool) {
+    let Some(epochs) = epochs else { return };
+    let scheduled = options.warmup_steps > 0 || options.min_lr.is_some_and(|m| m != options.lr);
+    if resuming && scheduled && epochs != options.epochs {
+        eprintln!(
+            "note: the learning-rate schedule now spans {epochs} epochs instead of {}; the rate \
+             continues on the new schedule from the current step",
+            options.epochs
+        );
+    }
+    options.epochs = epochs;
+}
+
 /// Runs the training loop with Ctrl-C handling, then draws `loss.png` from `metrics.jsonl`
-/// and prints the last evaluation.
+/// and prints the last evaluation. `resume_command` (e.g. `ember pretrain --resume`) is what
+/// an interruption tells the user to run.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
     model: M,
     optim: ModuleOptimizer,
@@ -281,10 +317,28 @@ pub(crate) fn train_and_report<B: Batch, M: LossModel<B>>(
     run_dir: &Path,
     state: Option<TrainState>,
     observer: &mut dyn TrainObserver<M>,
+    resume_command: &str,
 ) -> Result<M> {
+    // Resuming a finished run (e.g. after a kill during the final report) trains nothing,
+    // and says so; the plot and the last evaluation are still reported.
+    if let Some(done) = state.as_ref().map(|s| s.epoch)
+        && done >= options.epochs
+    {
+        eprintln!(
+            "{} has already trained its {done} epoch(s): nothing to train (give --epochs N with N > {done} to train further)",
+            run_dir.display()
+        );
+    }
     crate::interrupt::install();
     let started = std::time::Instant::now();
-    let (model, final_state) = train(model, optim, splits, options, run_dir, state, observer)?;
+    let (model, final_state) = train(model, optim, splits, options, run_dir, state, observer)
+        .map_err(|err| match err {
+            TrainError::Interrupted { step } => anyhow::anyhow!(
+                "interrupted after step {step}; its checkpoint is saved: continue with `{resume_command} {}`",
+                run_dir.display()
+            ),
+            other => other.into(),
+        })?;
     let steps_per_epoch = splits.train.num_batches();
     let tokens_seen = final_state.tokens_seen;
     let records = ember_train::lm::read_metrics(&run_dir.join("metrics.jsonl"))

@@ -118,7 +118,7 @@ pub trait EpochSample<M> {
 pub struct TrainProgress<S> {
     bar: TrainBar,
     sampler: S,
-    /// The sample after the last epoch.
+    /// The sample after the last epoch, on one line.
     pub last_sample: String,
 }
 
@@ -156,12 +156,11 @@ impl<M, S: EpochSample<M>> ember_train::lm::TrainObserver<M> for TrainProgress<S
     fn on_epoch_end(&mut self, epoch: usize, model: &M) {
         match self.sampler.sample(model) {
             Ok(text) => {
-                self.bar.say(&format!(
-                    "ep {} sample: {}",
-                    epoch + 1,
-                    text.replace('\n', " ")
-                ));
-                self.last_sample = text;
+                // One line, as the book's generate_and_print_sample prints it: an early model
+                // emits runs of newlines.
+                let line = text.replace('\n', " ").trim_end().to_string();
+                self.bar.say(&format!("ep {} sample: {line}", epoch + 1));
+                self.last_sample = line;
             }
             Err(e) => self
                 .bar

@@ -302,6 +302,31 @@ pub fn load_gpt(path: &Path, device: &Device, context_length: Option<usize>) -> 
         });
     }
     if path.is_dir() && !is_hf_dir(path) {
+        if path.join("classifier.toml").is_file() {
+            bail!(
+                "{} is a classifier run, not a GPT run: classify texts with `ember classify --checkpoint {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        if path.join("seq2seq.toml").is_file() {
+            bail!(
+                "{} is an encoder–decoder run, not a GPT run: use it with `ember translate --checkpoint {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let run_above = path
+            .parent()
+            .filter(|dir| dir.file_name().is_some_and(|name| name == "checkpoints"))
+            .and_then(Path::parent);
+        if let Some(run) = run_above.filter(|run| run.join("run.toml").is_file()) {
+            bail!(
+                "{} is a checkpoint inside the run {}: give the run directory (its latest checkpoint is used)",
+                path.display(),
+                run.display()
+            );
+        }
         bail!(
             "{}: neither an ember run directory (run.toml) nor a HuggingFace model directory (config.json)",
             path.display()

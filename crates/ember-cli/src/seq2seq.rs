@@ -187,9 +187,7 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     if let Some(data) = &args.data {
         recipe.data = data.clone();
     }
-    if let Some(epochs) = args.epochs {
-        recipe.train.epochs = epochs;
-    }
+    crate::pretrain::set_epochs(&mut recipe.train, args.epochs, previous.is_some());
     if let Some(lr) = args.lr {
         recipe.train.lr = lr;
     }
@@ -348,6 +346,7 @@ where
         cx.out,
         state,
         &mut observer,
+        "ember train seq2seq --resume",
     )?;
     let model = model.valid();
     let started = std::time::Instant::now();

@@ -50,7 +50,13 @@ pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
     };
     if args.decode {
         let ids = parse_ids(&input, tokenizer.vocab_size())?;
-        print!("{}", tokenizer.decode(&ids)?);
+        // The text exactly as decoded (`> file` reproduces it), plus a newline on a terminal
+        // so that the prompt does not continue on its last line.
+        let text = tokenizer.decode(&ids)?;
+        print!("{text}");
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) && !text.ends_with('\n') {
+            println!();
+        }
         return Ok(());
     }
     let ids = tokenizer.encode(&input)?;

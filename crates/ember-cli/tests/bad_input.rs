@@ -966,6 +966,18 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         );
     }
     c.fails(
+        "import of a BERT as GPT-2",
+        &[
+            "import",
+            "gpt2",
+            "--from",
+            bert.to_str().unwrap(),
+            "--out",
+            "r-bert-as-gpt",
+        ],
+        "model_type is \"bert\", expected \"gpt2\"",
+    );
+    c.fails(
         "fill-mask on a GPT-2 checkpoint",
         &["fill-mask", "--model", &gpt_dir, "a [MASK]"],
         "model_type is \"gpt2\", expected \"bert\"",

@@ -308,15 +308,60 @@ fn pretrain_then_generate_then_resume() {
     };
     assert_eq!(sampled("1"), sampled("1"));
 
-    // Resume with one more epoch: continues from step 9 to 18.
+    // Resume with one more epoch: continues from step 9 to 18, on a schedule that now spans
+    // two epochs (and says so).
     let out = ember(&["pretrain", "--resume", run_str, "--epochs", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resuming"), "{stderr}");
     assert!(
+        stderr.contains("schedule now spans 2 epochs instead of 1"),
+        "{stderr}"
+    );
+    assert!(
         stdout(&out).contains("step 18: train loss"),
         "{}",
         stdout(&out)
+    );
+    // Resuming a finished run trains nothing and says so.
+    let out = ember(&["pretrain", "--resume", run_str]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has already trained its 2 epoch(s): nothing to train"),
+        "{stderr}"
+    );
+    // --top-k at the default temperature 0 decodes greedily, and says so.
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        run_str,
+        "--prompt",
+        "I",
+        "--max-new-tokens",
+        "2",
+        "--top-k",
+        "5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("decoding is greedy"), "{stderr}");
+    // A checkpoint inside the run instead of the run.
+    let step_dir = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .unwrap()
+        .path();
+    assert_one_line_error(
+        &ember(&[
+            "generate",
+            "--checkpoint",
+            step_dir.to_str().unwrap(),
+            "--prompt",
+            "a",
+        ]),
+        "is a checkpoint inside the run",
     );
 
     // A second run into the same directory is refused unless asked to replace it.
@@ -481,6 +526,33 @@ fn pretrain_then_generate_then_resume() {
     assert_eq!(
         std::fs::read(classifier.join("tokenizer/vocab.bpe")).unwrap(),
         std::fs::read(tuned.join("tokenizer/vocab.bpe")).unwrap()
+    );
+    assert_one_line_error(
+        &ember(&[
+            "generate",
+            "--checkpoint",
+            classifier.to_str().unwrap(),
+            "--prompt",
+            "a",
+        ]),
+        "is a classifier run, not a GPT run",
+    );
+    // A classifier run whose fine-tuning never finished an epoch holds no model.
+    let unfinished = dir.path().join("cls-unfinished");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::copy(
+        classifier.join("classifier.toml"),
+        unfinished.join("classifier.toml"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &ember(&[
+            "classify",
+            "--checkpoint",
+            unfinished.to_str().unwrap(),
+            "hi",
+        ]),
+        "holds no trained classifier",
     );
     // --input and --template go with --instruction; with --prompt they are refused, not
     // ignored.

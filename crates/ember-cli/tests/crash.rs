@@ -233,6 +233,10 @@ fn ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted after step"), "{stderr}");
+    assert!(
+        stderr.contains("continue with `ember pretrain --resume interrupted`"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     let step: usize = stderr
         .split("interrupted after step ")

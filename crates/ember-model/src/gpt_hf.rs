@@ -25,7 +25,6 @@ use crate::weights::{HostTensor, TensorSet, write_safetensors};
 /// The fields of HF's `GPT2Config` that shape the model. Other fields are ignored.
 #[derive(Debug, Deserialize)]
 struct HfGpt2Config {
-    model_type: Option<String>,
     vocab_size: usize,
     n_positions: usize,
     n_embd: usize,
@@ -73,14 +72,16 @@ pub fn read_gpt2_config(path: &Path) -> Result<(GptConfig, Option<u32>), HfError
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let hf: HfGpt2Config = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if let Some(model_type) = &hf.model_type
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    // Checked before the fields, so another model's config says what it is.
+    if let Some(model_type) = value.get("model_type").and_then(|v| v.as_str())
         && model_type != "gpt2"
     {
         return Err(bad(format!(
             "model_type is \"{model_type}\", expected \"gpt2\""
         )));
     }
+    let hf: HfGpt2Config = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     let activation = hf.activation_function.as_deref().unwrap_or("gelu_new");
     if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
         return Err(bad(format!(

@@ -196,8 +196,9 @@ pub fn evaluate<M: ClassifierModel>(
 }
 
 /// Fine-tunes `model` (on an autodiff device, trainable weights already chosen). Writes
-/// `metrics.jsonl`, a checkpoint after every epoch (`checkpoints/`) and the best model by
-/// validation accuracy as `best/model.bpk`; returns the best model and its accuracies.
+/// `metrics.jsonl` and the best model by validation accuracy as `best/model.bpk`; returns the
+/// best model and its accuracies. Classifier runs restart rather than resume, so no
+/// optimizer checkpoints are written (for a gpt2-small body they would be 1.5 GB an epoch).
 pub fn finetune<M: ClassifierModel>(
     mut model: M,
     mut optim: ModuleOptimizer,
@@ -268,7 +269,6 @@ pub fn finetune<M: ClassifierModel>(
             state.tokens_seen += rows.len() as u64;
             observer.on_step(state.step, loss_value);
             if observer.stop_requested() {
-                checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
                 return Err(TrainError::Interrupted { step: state.step });
             }
             if options.eval_freq > 0 && state.step.is_multiple_of(options.eval_freq) {
@@ -318,7 +318,6 @@ pub fn finetune<M: ClassifierModel>(
                 ))
             })?;
         }
-        checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
     }
     let best_epoch = best.map_or(0, |b| b.2);
     let model = model.valid().try_load_file(&best_path).map_err(|e| {

@@ -282,9 +282,7 @@ pub enum TrainError {
         "step {step}: loss is {loss} — training diverged (lower the learning rate or enable grad_clip)"
     )]
     NonFinite { step: usize, loss: f64 },
-    #[error(
-        "interrupted after step {step}; its checkpoint is saved in checkpoints/ (pretraining and instruction runs continue with --resume)"
-    )]
+    #[error("interrupted after step {step}; its checkpoint is saved in checkpoints/")]
     Interrupted { step: usize },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
