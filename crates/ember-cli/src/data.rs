@@ -148,7 +148,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                     "{:<18} {:>10} bytes  {:<9} {}",
                     status.name,
                     status.size,
-                    if status.cached { "cached" } else { "missing" },
+                    status.state.label(),
                     status.license
                 );
             }
@@ -161,7 +161,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 /// Reports what the pretraining loader makes of a corpus: the train split is shuffled-capable
 /// and drops its short last batch, the validation split keeps it (as in the book).
 fn windows(args: WindowsArgs) -> Result<()> {
-    let tokenizer = crate::tokenize::load_tokenizer(args.tokenizer.as_ref())?;
+    let tokenizer = match &args.tokenizer {
+        Some(arg) => crate::tokenize::resolve_tokenizer_arg(arg)?,
+        None => None,
+    };
+    let tokenizer = crate::tokenize::load_tokenizer(tokenizer.as_ref())?;
     let text = ember_data::read_text_file(&resolve_text_source(&args.corpus)?)?;
     let (train_text, val_text) = split_text(&text, args.train_ratio)?;
     let build = |part: &str, what: &str, drop_last: bool| -> Result<WindowLoader> {

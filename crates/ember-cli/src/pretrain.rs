@@ -95,8 +95,9 @@ pub struct PretrainArgs {
     /// Distance between window starts [default: the context length].
     #[arg(long)]
     pub(crate) stride: Option<usize>,
-    /// Tokenizer: for GPT a directory with encoder.json + vocab.bpe [default: GPT-2's]; for
-    /// BERT a tokenizer.json, vocab.txt or directory [default: WordPiece trained on the corpus].
+    /// Tokenizer: for GPT a directory with encoder.json + vocab.bpe, or a GPT run directory (its
+    /// tokenizer) [default: GPT-2's]; for BERT a tokenizer.json, vocab.txt or directory
+    /// [default: WordPiece trained on the corpus].
     #[arg(long)]
     pub(crate) tokenizer: Option<PathBuf>,
     /// Start from pretrained weights instead of random ones: a HuggingFace GPT-2 directory
@@ -425,7 +426,10 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
     model.emb_init_std = overrides.emb_init_std.unwrap_or(model.emb_init_std);
     model.context_length = recipe.context_length.unwrap_or(model.context_length);
     model.validate()?;
-    let tokenizer = args.tokenizer.as_ref().map(|dir| runs::absolute(dir));
+    let tokenizer = match &args.tokenizer {
+        Some(arg) => crate::tokenize::resolve_tokenizer_arg(arg)?.map(|dir| runs::absolute(&dir)),
+        None => None,
+    };
     Ok((
         RunInfo {
             model,

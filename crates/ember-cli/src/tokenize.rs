@@ -1,6 +1,6 @@
 //! `ember tokenize` and `ember tokenizer train`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -12,8 +12,9 @@ use crate::data;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// Text to encode (with --decode: token ids separated by spaces or commas).
-    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    /// Text to encode (with --decode: token ids separated by spaces or commas) [default:
+    /// standard input].
+    #[arg(long, conflicts_with = "file")]
     text: Option<String>,
     /// Read the text (or the ids) from this file instead.
     #[arg(long)]
@@ -21,8 +22,9 @@ pub struct TokenizeArgs {
     /// Decode token ids back to text.
     #[arg(long)]
     decode: bool,
-    /// Tokenizer: a directory with encoder.json + vocab.bpe, tokenizer.json or vocab.txt, or
-    /// one of those files [default: GPT-2's, fetched on first use].
+    /// Tokenizer: a directory with encoder.json + vocab.bpe, tokenizer.json or vocab.txt, one
+    /// of those files, or a run directory (its tokenizer) [default: GPT-2's, fetched on first
+    /// use].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Print the token count and bytes per token instead of the ids.
@@ -38,15 +40,38 @@ pub fn load_tokenizer(dir: Option<&PathBuf>) -> Result<BpeTokenizer> {
     }
 }
 
+/// A `--tokenizer` argument as a tokenizer location: a GPT run directory stands for the
+/// tokenizer it trained with (`None`: GPT-2's), anything else for itself.
+pub fn resolve_tokenizer_arg(path: &Path) -> Result<Option<PathBuf>> {
+    if path.join("run.toml").is_file() && !crate::bert_pretrain::is_bert_run(path) {
+        return Ok(crate::runs::read_run_info(path)?.tokenizer_dir(path));
+    }
+    Ok(Some(path.to_path_buf()))
+}
+
 pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
-    let tokenizer = match &args.tokenizer {
-        Some(path) => Tokenizer::open(path)?,
-        None => Tokenizer::Gpt2(data::gpt2_tokenizer()?),
+    let tokenizer = match args
+        .tokenizer
+        .as_deref()
+        .map(resolve_tokenizer_arg)
+        .transpose()?
+    {
+        Some(Some(path)) => Tokenizer::open(&path)?,
+        Some(None) | None => Tokenizer::Gpt2(data::gpt2_tokenizer()?),
     };
     let input = match (&args.text, &args.file) {
         (Some(text), _) => text.clone(),
         (None, Some(path)) => ember_data::read_text_file(path)?,
-        (None, None) => unreachable!("clap requires --text or --file"),
+        (None, None) => {
+            let mut stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin) {
+                bail!("give the text with --text or --file, or pipe it to standard input");
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stdin, &mut text)
+                .context("reading standard input (UTF-8 text)")?;
+            text
+        }
     };
     if args.decode {
         let ids = parse_ids(&input, tokenizer.vocab_size())?;

@@ -57,6 +57,21 @@ fn tokenize_prints_gpt2_ids_and_decodes_them() {
         &ember(&["tokenize", "--decode", "--text", "50257"]),
         "outside the vocabulary",
     );
+    // Without --text or --file, the text comes from standard input.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.arg("tokenize")
+        .env_remove("EMBER_DEVICE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    if std::env::var_os("EMBER_DATA_MIRROR").is_none() {
+        let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
+        cmd.env("EMBER_DATA_MIRROR", shared);
+    }
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"Hello, do you like tea?")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out).trim(), "15496 11 466 345 588 8887 30");
 }
 
 #[test]
@@ -494,6 +509,14 @@ fn pretrain_then_generate_then_resume() {
         ]),
         "--eos-id 50257 is not a token id",
     );
+    // A run directory as --tokenizer stands for the tokenizer it trained with.
+    let out = ember(&["tokenize", "--tokenizer", tuned_str, "--text", "Hello, do"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out).trim(), "15496 11 466");
     // A classifier with that body copies the vocabulary too.
     let labelled = dir.path().join("labelled.csv");
     std::fs::write(

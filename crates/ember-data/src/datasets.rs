@@ -118,8 +118,30 @@ pub struct DatasetStatus {
     pub name: String,
     pub license: String,
     pub size: u64,
-    /// Every file present with the right checksum.
-    pub cached: bool,
+    pub state: CacheState,
+}
+
+/// Whether a dataset's files are in the cache and intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheState {
+    /// Every file present with the right size and checksum.
+    Cached,
+    /// No file present.
+    Missing,
+    /// A file present with the wrong size or checksum, or only some files present: the next
+    /// fetch replaces them.
+    Incomplete,
+}
+
+impl CacheState {
+    /// The word `ember data list` shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheState::Cached => "cached",
+            CacheState::Missing => "missing",
+            CacheState::Incomplete => "damaged",
+        }
+    }
 }
 
 /// The local dataset cache (`$EMBER_HOME/datasets`) and the optional offline mirror.
@@ -209,7 +231,13 @@ impl DataCache {
                 name: d.name.clone(),
                 license: d.license.clone(),
                 size: d.files.iter().map(|f| f.size).sum(),
-                cached: d.files.iter().all(|f| self.is_verified(f)),
+                state: if d.files.iter().all(|f| self.is_verified(f)) {
+                    CacheState::Cached
+                } else if d.files.iter().all(|f| !self.root.join(&f.path).exists()) {
+                    CacheState::Missing
+                } else {
+                    CacheState::Incomplete
+                },
             })
             .collect()
     }

@@ -75,6 +75,12 @@ fn fetches_every_dataset_from_the_mirror_then_from_the_cache() {
     }
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = DataCache::new(cache_dir.path().to_path_buf(), Some(mirror));
+    assert!(
+        cache
+            .status()
+            .iter()
+            .all(|s| s.state == ember_data::datasets::CacheState::Missing)
+    );
     for name in cache.manifest().names() {
         let paths = cache.fetch(name, &mut NoProgress).unwrap();
         let entry = cache.manifest().get(name).unwrap();
@@ -82,7 +88,12 @@ fn fetches_every_dataset_from_the_mirror_then_from_the_cache() {
             assert_eq!(hash_file(path).unwrap(), (file.size, file.sha256.clone()));
         }
     }
-    assert!(cache.status().iter().all(|s| s.cached));
+    assert!(
+        cache
+            .status()
+            .iter()
+            .all(|s| s.state == ember_data::datasets::CacheState::Cached)
+    );
     // Without a mirror (and with unreachable URLs) the cache alone must serve them.
     let offline = DataCache::new(cache_dir.path().to_path_buf(), None);
     let path = offline.file("gpt2-bpe", "gpt2/vocab.bpe").unwrap();
@@ -139,7 +150,10 @@ fn a_corrupted_cached_file_or_stale_partial_is_not_trusted() {
     // A recent partial may be another process's fetch in progress: kept, and not trusted.
     let recent = cache_dir.path().join(".hello.txt.partial-99998-0.tmp");
     std::fs::write(&recent, &body[..3]).unwrap();
-    assert!(!cache.status()[0].cached);
+    assert_eq!(
+        cache.status()[0].state,
+        ember_data::datasets::CacheState::Incomplete
+    );
     let again = cache.file("demo", "hello.txt").unwrap();
     assert_eq!(std::fs::read(&again).unwrap(), body);
     assert!(!stale.exists());
