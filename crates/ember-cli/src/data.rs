@@ -39,6 +39,9 @@ pub struct GenerateArgs {
     /// Output directory.
     #[arg(long, default_value = "data/dates")]
     out: PathBuf,
+    /// Replace the files of an earlier run of this command in --out.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -48,6 +51,9 @@ pub struct PrepareArgs {
     /// Output directory.
     #[arg(long, default_value = "data/spam")]
     out: PathBuf,
+    /// Replace the files of an earlier run of this command in --out.
+    #[arg(long)]
+    force: bool,
     /// Seed of the undersampling and the shuffle.
     #[arg(long, default_value_t = 123)]
     seed: u64,
@@ -69,9 +75,14 @@ pub struct WindowsArgs {
     /// Fraction of the text (by characters) used for training; the rest is validation.
     #[arg(long, default_value_t = 0.9)]
     train_ratio: f64,
-    /// Tokenizer directory (encoder.json + vocab.bpe) [default: GPT-2's].
+    /// Tokenizer directory (encoder.json + vocab.bpe) or a GPT run directory [default:
+    /// GPT-2's].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Also print the first N training windows: input ids, target ids (the inputs shifted
+    /// by one) and the input text, as the book's chapter 2 shows its first batch.
+    #[arg(long, default_value_t = 0)]
+    show: usize,
 }
 
 #[derive(Args)]
@@ -92,6 +103,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             if args.name != "dates" {
                 bail!("unknown dataset to generate `{}` (known: dates)", args.name);
             }
+            crate::runs::refuse_to_replace(
+                &args.out,
+                &["train.tsv", "val.tsv", "test.tsv"],
+                args.force,
+            )?;
             let examples = ember_data::dates::generate(args.n as usize, args.seed);
             let [train, val, test] = ember_data::dates::write_splits(&args.out, &examples)
                 .with_context(|| format!("{}: cannot write", args.out.display()))?;
@@ -104,6 +120,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             if !matches!(args.name.as_str(), "spam" | "sms-spam") {
                 bail!("unknown dataset to prepare `{}` (known: spam)", args.name);
             }
+            crate::runs::refuse_to_replace(
+                &args.out,
+                &["train.csv", "validation.csv", "test.csv"],
+                args.force,
+            )?;
             let path = cache.file("sms-spam", "sms_spam/SMSSpamCollection")?;
             let data = ember_data::classification::read_sms_spam(&path)?;
             let splits = ember_data::classification::split(&data, true, args.seed);
@@ -188,6 +209,14 @@ fn windows(args: WindowsArgs) -> Result<()> {
             loader.batch_size(),
             loader.num_tokens()
         );
+    }
+    let join = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    for index in 0..args.show.min(train.windows().len()) {
+        let (inputs, targets) = train.windows().window(index);
+        println!("window {index}:");
+        println!("  inputs:  {}", join(inputs));
+        println!("  targets: {}", join(targets));
+        println!("  text:    {:?}", tokenizer.decode(inputs)?);
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use ember_data::bpe::END_OF_TEXT;
 use ember_model::gpt_hf::{export_gpt2, gpt2_size_name};
@@ -90,16 +90,7 @@ pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
 pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
     let ExportCommand::Gpt2(args) = command;
     let device = device::parse_device(device_spec)?;
-    if !args.force {
-        for file in ["config.json", "model.safetensors"] {
-            if args.out.join(file).exists() {
-                bail!(
-                    "{} already exists; pass --force to replace it",
-                    args.out.join(file).display()
-                );
-            }
-        }
-    }
+    runs::refuse_to_replace(&args.out, &["config.json", "model.safetensors"], args.force)?;
     let loaded = load_gpt(&args.checkpoint, &device, None)?;
     // Weights without a fitting vocabulary (e.g. a test model) export without one.
     let tokenizer = loaded

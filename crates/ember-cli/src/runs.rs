@@ -71,6 +71,21 @@ pub fn write_run_info(run_dir: &Path, info: &RunInfo) -> Result<()> {
     write_run_file(run_dir, "run.toml", info)
 }
 
+/// Refuses to write over any of `files` that exists, unless `force` (the `--force` of the
+/// commands that write plain output files rather than runs).
+pub fn refuse_to_replace(dir: &Path, files: &[&str], force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    if let Some(existing) = files.iter().map(|f| dir.join(f)).find(|p| p.exists()) {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            existing.display()
+        );
+    }
+    Ok(())
+}
+
 /// `path` made absolute against the working directory (unchanged if that cannot be read), for
 /// paths a run records: the run may be used from another directory.
 pub fn absolute(path: &Path) -> PathBuf {

@@ -140,10 +140,14 @@ pub struct TrainArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Replace a vocabulary already in --out.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run_tokenizer(cmd: TokenizerCommand) -> Result<()> {
     let TokenizerCommand::Train(args) = cmd;
+    crate::runs::refuse_to_replace(&args.out, &["encoder.json", "vocab.bpe"], args.force)?;
     let mut corpora = Vec::new();
     for source in &args.corpus {
         let path = data::resolve_text_source(source)?;

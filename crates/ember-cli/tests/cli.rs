@@ -91,6 +91,24 @@ fn windows_reports_the_books_batches() {
         text.contains("validation: 2 windows, 1 batches of up to 2, 512 tokens"),
         "{text}"
     );
+    // The book's first two windows of length 4 with stride 1 (section 2.6).
+    let out = ember(&[
+        "data",
+        "windows",
+        "--max-length",
+        "4",
+        "--stride",
+        "1",
+        "--show",
+        "2",
+    ]);
+    let text = stdout(&out);
+    for line in [
+        "  inputs:  40 367 2885 1464\n  targets: 367 2885 1464 1807\n  text:    \"I HAD always\"",
+        "  inputs:  367 2885 1464 1807\n  targets: 2885 1464 1807 3619\n",
+    ] {
+        assert!(text.contains(line), "{text}");
+    }
 }
 
 #[test]
@@ -133,6 +151,30 @@ fn tokenizer_train_writes_a_vocabulary_that_loads_back() {
         &ids,
     ]);
     assert_eq!(stdout(&out), "the verdict");
+    // A second training into the same directory needs --force.
+    let train_again = |extra: &[&str]| {
+        let mut args = vec![
+            "tokenizer",
+            "train",
+            "--corpus",
+            "the-verdict",
+            "--vocab-size",
+            "300",
+            "--out",
+            tokenizer,
+        ];
+        args.extend_from_slice(extra);
+        ember(&args)
+    };
+    let before = std::fs::read(out_dir.join("vocab.bpe")).unwrap();
+    assert_one_line_error(&train_again(&[]), "already exists; pass --force");
+    assert_eq!(std::fs::read(out_dir.join("vocab.bpe")).unwrap(), before);
+    let out = train_again(&["--force"]);
+    assert!(
+        stdout(&out).contains("trained 300 tokens"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
