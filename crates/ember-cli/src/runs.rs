@@ -248,8 +248,16 @@ impl LoadedGpt {
     pub fn tokenizer(&self) -> Result<BpeTokenizer> {
         let tokenizer = crate::tokenize::load_tokenizer(self.tokenizer.as_ref())?;
         if tokenizer.vocab_size() > self.config.vocab_size {
+            let hint = match &self.tokenizer {
+                None => {
+                    "; the weights came without a vocabulary (GPT-2's is assumed): put the \
+                         model's vocab.json + merges.txt (or encoder.json + vocab.bpe) beside its \
+                         HuggingFace config.json (and import it again)"
+                }
+                Some(_) => "",
+            };
             bail!(
-                "the tokenizer ({}) has {} tokens but the model's vocab_size is {}",
+                "the tokenizer ({}) has {} tokens but the model's vocab_size is {}{hint}",
                 self.tokenizer
                     .as_ref()
                     .map_or("GPT-2's".to_string(), |d| d.display().to_string()),
