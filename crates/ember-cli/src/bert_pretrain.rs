@@ -250,7 +250,11 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         Some(info) => info.recipe.clone(),
         None => new_recipe(args)?,
     };
-    crate::pretrain::set_epochs(&mut recipe.train, args.epochs, previous.is_some());
+    crate::pretrain::set_epochs(
+        &mut recipe.train,
+        args.epochs,
+        previous.is_some().then_some(run_dir.as_path()),
+    )?;
     recipe.validate()?;
     let next_sentence = recipe.next_sentence()?;
 

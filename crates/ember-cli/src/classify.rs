@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use clap::{Args, Subcommand};
@@ -19,7 +20,7 @@ use ember_model::config::parse_toml;
 use ember_model::gpt::{Gpt, GptConfig};
 use ember_model::lora::{LoraConfig, LoraTarget};
 use ember_model::weights::write_safetensors;
-use ember_train::checkpoint;
+use ember_train::checkpoint::{self, TrainState};
 use ember_train::classify::{
     ClassData, ClassRecord, ClassifierModel, ClassifyObserver, ClassifyOptions, ClassifySummary,
     best_model_path, finetune, read_class_metrics,
@@ -54,6 +55,22 @@ pub struct ClassifierRun {
     pub model: BodyConfig,
     pub lora: Option<LoraConfig>,
     pub options: ClassifyOptions,
+    /// The columns and balancing of a CSV/TSV `data`: with `data` and the seed, what
+    /// `--resume` needs to rebuild the same splits.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    #[serde(default)]
+    pub balance: bool,
+}
+
+fn default_text_column() -> String {
+    "Text".into()
+}
+
+fn default_label_column() -> String {
+    "Label".into()
 }
 
 /// The body's config; its fields tell GPT and BERT apart.
@@ -195,8 +212,9 @@ pub struct FinetuneClassifyArgs {
     /// its config's dropout (hidden_dropout_prob, also before the head).
     #[arg(long)]
     drop_rate: Option<f64>,
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    /// Passes over the training split [default: 5]; with --resume, the new total.
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[arg(long, default_value_t = 5e-5)]
@@ -222,6 +240,10 @@ pub struct FinetuneClassifyArgs {
     /// Replace a run already in --out.
     #[arg(long)]
     overwrite: bool,
+    /// Continue the classifier run in this directory from its latest checkpoint, with its own
+    /// settings (only --epochs may change).
+    #[arg(long, conflicts_with_all = ["data", "text_column", "label_column", "balance", "arch", "weights", "checkpoint", "random_init", "model_config", "trainable", "tokenizer", "vocab_size", "pooling", "lora_rank", "lora_alpha", "lora_targets", "rslora", "max_length", "drop_rate", "batch_size", "lr", "weight_decay", "eval_freq", "eval_iter", "eval_batches", "grad_clip", "seed", "out", "overwrite"])]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -253,15 +275,24 @@ pub struct LoraMergeArgs {
     out: PathBuf,
 }
 
+/// How the splits of a run come from `--data`.
+struct DataSource<'a> {
+    data: &'a str,
+    text_column: &'a str,
+    label_column: &'a str,
+    balance: bool,
+    seed: u64,
+}
+
 /// The splits named by `--data`.
-fn load_splits(args: &FinetuneClassifyArgs) -> Result<ClassSplits> {
+fn load_splits(source: &DataSource<'_>) -> Result<ClassSplits> {
     // `sms-spam` is the dataset's name in `ember data list`.
-    if matches!(args.data.as_str(), "spam" | "sms-spam") {
+    if is_spam_dataset(source.data) {
         let path = DataCache::from_env().file("sms-spam", "sms_spam/SMSSpamCollection")?;
         let data = classification::read_sms_spam(&path)?;
-        return Ok(classification::split(&data, true, args.seed));
+        return Ok(classification::split(&data, true, source.seed));
     }
-    let path = Path::new(&args.data);
+    let path = Path::new(source.data);
     if path.is_dir() {
         let mut files = Vec::new();
         for name in ["train", "validation", "test"] {
@@ -274,18 +305,22 @@ fn load_splits(args: &FinetuneClassifyArgs) -> Result<ClassSplits> {
         }
         return Ok(classification::read_split_tables(
             [&files[0], &files[1], &files[2]],
-            &args.text_column,
-            &args.label_column,
+            source.text_column,
+            source.label_column,
         )?);
     }
     if !path.exists() {
         bail!(
             "--data {}: no such file or directory (and not `spam`)",
-            args.data
+            source.data
         );
     }
-    let data = classification::read_table(path, &args.text_column, &args.label_column)?;
-    Ok(classification::split(&data, args.balance, args.seed))
+    let data = classification::read_table(path, source.text_column, source.label_column)?;
+    Ok(classification::split(&data, source.balance, source.seed))
+}
+
+fn is_spam_dataset(data: &str) -> bool {
+    matches!(data, "spam" | "sms-spam")
 }
 
 /// How the texts of a classifier run become ids.
@@ -457,6 +492,9 @@ pub fn run_finetune(command: FinetuneCommand, device_spec: &str) -> Result<()> {
 
 fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?.autodiff();
+    if let Some(run_dir) = &args.resume {
+        return resume_classifier(run_dir, args.epochs, &device);
+    }
     // Freezing random weights would train the head on random features.
     let trainable_name = args.trainable.clone().unwrap_or_else(|| {
         match (args.arch, args.random_init) {
@@ -492,7 +530,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         None
     };
     let options = ClassifyOptions {
-        epochs: args.epochs,
+        epochs: args.epochs.unwrap_or(5),
         batch_size: args.batch_size,
         lr: args.lr,
         weight_decay: args.weight_decay,
@@ -510,7 +548,20 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     }
     runs::check_new_run_dir(&args.out, args.overwrite, false)?;
 
-    let splits = load_splits(&args)?;
+    // A data path is recorded absolute: --resume may run from another directory.
+    let data_arg = match is_spam_dataset(&args.data) {
+        true => args.data.clone(),
+        false => runs::absolute(Path::new(&args.data))
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let splits = load_splits(&DataSource {
+        data: &data_arg,
+        text_column: &args.text_column,
+        label_column: &args.label_column,
+        balance: args.balance,
+        seed: args.seed,
+    })?;
     let num_classes = splits.label_names.len().max(2);
     for (name, part) in [
         ("train", &splits.train),
@@ -610,7 +661,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     };
     let run = ClassifierRun {
         source,
-        data: args.data.clone(),
+        data: data_arg,
         label_names: splits.label_names.clone(),
         pooling,
         max_length,
@@ -620,35 +671,110 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
         model: config.clone(),
         lora,
         options: options.clone(),
+        text_column: args.text_column.clone(),
+        label_column: args.label_column.clone(),
+        balance: args.balance,
     };
     let data = ClassData {
         train: &train,
         validation: &validation,
         test: &test,
     };
+    fit(body, &run, data, &args.out, None)
+}
+
+/// `finetune classify --resume`: the run's own splits, tokenizer and settings (only the
+/// number of epochs may grow), its latest checkpoint, then the same loop.
+fn resume_classifier(run_dir: &Path, epochs: Option<usize>, device: &Device) -> Result<()> {
+    let mut run = read_run(run_dir)?;
+    let checkpoint_dir = checkpoint::latest(run_dir)?;
+    if let Some(epochs) = epochs {
+        let done = checkpoint::load_state(&checkpoint_dir)?.epoch;
+        if epochs < done {
+            bail!(
+                "--epochs {epochs}: {} has already trained {done} epoch(s); give at least {done}",
+                run_dir.display()
+            );
+        }
+        run.options.epochs = epochs;
+    }
+    run.options.validate().map_err(anyhow::Error::msg)?;
+    let splits = load_splits(&DataSource {
+        data: &run.data,
+        text_column: &run.text_column,
+        label_column: &run.label_column,
+        balance: run.balance,
+        seed: run.options.seed,
+    })?;
+    if splits.label_names != run.label_names {
+        bail!(
+            "{}: its classes are now {} but the run was trained on {}",
+            run.data,
+            splits.label_names.join(", "),
+            run.label_names.join(", ")
+        );
+    }
+    let encoder = run_encoder(run_dir, &run)?;
+    let train = encoder.batches(&splits.train, run.max_length, run.pad_id)?;
+    let validation = encoder.batches(&splits.validation, run.max_length, run.pad_id)?;
+    let test = encoder.batches(&splits.test, run.max_length, run.pad_id)?;
+    let body = match &run.model {
+        BodyConfig::Gpt(config) => Body::Gpt(Box::new(config.init(device))),
+        BodyConfig::Bert(config) => {
+            let heads = BertHeads {
+                pooler: true,
+                ..BertHeads::default()
+            };
+            Body::Bert(Box::new(config.init(heads, device)))
+        }
+    };
+    let data = ClassData {
+        train: &train,
+        validation: &validation,
+        test: &test,
+    };
+    fit(body, &run, data, run_dir, Some(&checkpoint_dir))
+}
+
+/// Builds the classifier around `body`, loads the checkpoint in `resume_dir` (when
+/// resuming), freezes what the run does not train, and fine-tunes.
+fn fit(
+    body: Body,
+    run: &ClassifierRun,
+    data: ClassData<'_>,
+    out: &Path,
+    resume_dir: Option<&Path>,
+) -> Result<()> {
+    let num_classes = run.label_names.len().max(2);
+    let trainable = Trainable::parse(&run.trainable).map_err(anyhow::Error::msg)?;
+    let optim = run.options.optimizer();
     match body {
         Body::Gpt(gpt) => {
-            let mut model =
-                GptClassifier::new(*gpt, num_classes, pooling.expect("GPT runs have a pooling"));
+            let pooling = run.pooling.expect("GPT runs have a pooling");
+            let mut model = GptClassifier::new(*gpt, num_classes, pooling);
             if let Some(lora) = &run.lora {
                 model = model.add_lora(lora);
             }
+            // Trainable weights are chosen after loading: a loaded record replaces them.
+            let (model, optim, state) =
+                crate::pretrain::resume_from(resume_dir, out, model, optim)?;
             let model = model.set_trainable(trainable);
             let counts = model.param_counts();
-            let best = train_classifier(model, counts, &run, data, &args.out)?;
+            let best = train_classifier(model, optim, counts, run, data, out, state)?;
             if run.lora.is_some() {
-                save_adapters(&args.out, &best, &run)?;
+                save_adapters(out, &best, run)?;
             }
         }
         Body::Bert(bert) => {
-            let BodyConfig::Bert(bert_config) = &config else {
+            let BodyConfig::Bert(bert_config) = &run.model else {
                 unreachable!("a BERT body has a BERT config")
             };
-            let model = BertClassifier::new(*bert, num_classes, bert_config.hidden_dropout_prob)
-                .set_trainable(trainable)
-                .map_err(anyhow::Error::msg)?;
+            let model = BertClassifier::new(*bert, num_classes, bert_config.hidden_dropout_prob);
+            let (model, optim, state) =
+                crate::pretrain::resume_from(resume_dir, out, model, optim)?;
+            let model = model.set_trainable(trainable).map_err(anyhow::Error::msg)?;
             let counts = model.param_counts();
-            train_classifier(model, counts, &run, data, &args.out)?;
+            train_classifier(model, optim, counts, run, data, out, state)?;
         }
     }
     Ok(())
@@ -658,10 +784,12 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
 /// best model.
 fn train_classifier<M: ClassifierModel>(
     model: M,
+    optim: ModuleOptimizer,
     (trainable_params, total_params): (usize, usize),
     run: &ClassifierRun,
     data: ClassData<'_>,
     out: &Path,
+    resume: Option<TrainState>,
 ) -> Result<M> {
     eprintln!(
         "model from {}: {total_params} parameters, {trainable_params} trainable ({})",
@@ -671,27 +799,15 @@ fn train_classifier<M: ClassifierModel>(
     let options = &run.options;
     let mut observer = Progress::default();
     crate::interrupt::install();
-    let result = finetune(
-        model,
-        options.optimizer(),
-        data,
-        options,
-        out,
-        &mut observer,
-    );
+    let result = finetune(model, optim, data, options, out, resume, &mut observer);
     if let Some(bar) = observer.bar.take() {
         bar.finish_and_clear();
     }
     let (best, summary): (M, ClassifySummary) = result.map_err(|err| match err {
-        TrainError::Interrupted { step } => {
-            let kept = match best_model_path(out).is_file() {
-                true => "the best model of the finished epochs is kept in best/ for `ember classify`",
-                false => "no epoch finished, so the run holds no model yet",
-            };
-            anyhow::anyhow!(
-                "interrupted after step {step}; classifier fine-tuning does not resume: {kept} (start again with --overwrite)"
-            )
-        }
+        TrainError::Interrupted { step } => anyhow::anyhow!(
+            "interrupted after step {step}; its checkpoint is saved: continue with `ember finetune classify --resume {}`",
+            out.display()
+        ),
         other => other.into(),
     })?;
     let records = read_class_metrics(&out.join("metrics.jsonl")).map_err(anyhow::Error::msg)?;
@@ -709,7 +825,7 @@ fn train_classifier<M: ClassifierModel>(
         summary.seconds
     );
     println!(
-        "run directory: {} (classifier.toml, metrics.jsonl, loss.png, accuracy.png, best/)",
+        "run directory: {} (classifier.toml, metrics.jsonl, loss.png, accuracy.png, best/, checkpoints/)",
         out.display()
     );
     Ok(best)
@@ -746,9 +862,10 @@ fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<L
     let path = best_model_path(dir);
     if !path.exists() {
         bail!(
-            "{} holds no trained classifier ({} is missing: its fine-tuning stopped before the first epoch ended)",
+            "{} holds no trained classifier yet ({} is missing: its fine-tuning stopped before the first epoch ended; continue it with `ember finetune classify --resume {}`)",
             dir.display(),
-            path.display()
+            path.display(),
+            dir.display()
         );
     }
     let load_error = |e| anyhow::anyhow!("{}: {}", path.display(), checkpoint::record_error(e));
@@ -858,17 +975,7 @@ pub fn run_classify(args: ClassifyArgs, device_spec: &str) -> Result<()> {
     let device = device::parse_device(device_spec)?;
     let run = read_run(&args.checkpoint)?;
     let model = load_classifier(&args.checkpoint, &run, &device)?;
-    let tokenizer_path = run.tokenizer_path(&args.checkpoint);
-    let encoder = match &run.model {
-        BodyConfig::Gpt(_) => {
-            TextEncoder::Gpt(crate::tokenize::load_tokenizer(tokenizer_path.as_ref())?)
-        }
-        BodyConfig::Bert(_) => TextEncoder::Bert(Tokenizer::open(
-            tokenizer_path
-                .as_deref()
-                .context("the BERT classifier run names no tokenizer")?,
-        )?),
-    };
+    let encoder = run_encoder(&args.checkpoint, &run)?;
     let texts: Vec<String> = match &args.file {
         Some(path) => ember_data::read_text_file(path)?
             .lines()
@@ -888,6 +995,26 @@ pub fn run_classify(args: ClassifyArgs, device_spec: &str) -> Result<()> {
         println!("{label}\t{probability:.4}\t{text}");
     }
     Ok(())
+}
+
+/// Where the classifier run in `dir` keeps its tokenizer (`None`: GPT-2's).
+pub fn tokenizer_location(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(read_run(dir)?.tokenizer_path(dir))
+}
+
+/// The tokenizer of the classifier run in `dir`.
+fn run_encoder(dir: &Path, run: &ClassifierRun) -> Result<TextEncoder> {
+    let tokenizer_path = run.tokenizer_path(dir);
+    Ok(match &run.model {
+        BodyConfig::Gpt(_) => {
+            TextEncoder::Gpt(crate::tokenize::load_tokenizer(tokenizer_path.as_ref())?)
+        }
+        BodyConfig::Bert(_) => TextEncoder::Bert(Tokenizer::open(
+            tokenizer_path
+                .as_deref()
+                .context("the BERT classifier run names no tokenizer")?,
+        )?),
+    })
 }
 
 /// (label name, probability) of each text.
@@ -950,6 +1077,11 @@ pub fn run_lora(command: LoraCommand, device_spec: &str) -> Result<()> {
         );
     };
     let merged = model.merge_lora();
+    // The merged run gets its own copy of a vocabulary kept inside the adapters' run.
+    if let Some(own) = run.tokenizer.clone().filter(|path| path.is_relative()) {
+        let source = args.checkpoint.join(&own);
+        runs::copy_vocabulary(&source, &args.out.join(&own), ("encoder.json", "vocab.bpe"))?;
+    }
     run.lora = None;
     run.trainable = format!("{} (merged)", run.trainable);
     run.source = format!("{} merged from {}", run.source, args.checkpoint.display());

@@ -136,6 +136,9 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
     };
     // Settings first: a typo should not wait for the weights to load.
     sampling.validate().map_err(anyhow::Error::msg)?;
+    if let Some(i) = args.prompt.iter().position(String::is_empty) {
+        bail!("prompt {} is empty", i + 1);
+    }
 
     let loaded = load_gpt(source, &device, None)?;
     let tokenizer = loaded.tokenizer()?;

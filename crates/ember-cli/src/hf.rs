@@ -66,7 +66,6 @@ pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
         batch_in_epoch: 0,
         tokens_seen: 0,
     };
-    checkpoint::save(&args.out, &loaded.model, None, &state, 1)?;
     let mut info = RunInfo {
         model: loaded.config.clone(),
         tokenizer: loaded.tokenizer.as_deref().map(runs::absolute),
@@ -74,8 +73,10 @@ pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
         recipe: None,
         instruct: None,
     };
-    // The run keeps its own copy of the vocabulary, so it does not depend on --from staying.
+    // The run keeps its own copy of the vocabulary, so it does not depend on --from staying;
+    // copied first, as a failed copy leaves no checkpoint that makes --out look taken.
     runs::keep_own_tokenizer(&args.out, &mut info)?;
+    checkpoint::save(&args.out, &loaded.model, None, &state, 1)?;
     write_run_info(&args.out, &info)?;
     println!(
         "imported {} ({} parameters, context {}) into {}",

@@ -227,7 +227,11 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         }
     };
     let recipe = info.instruct.as_mut().expect("an instruction run");
-    crate::pretrain::set_epochs(&mut recipe.train, args.epochs, resume_dir.is_some());
+    crate::pretrain::set_epochs(
+        &mut recipe.train,
+        args.epochs,
+        resume_dir.is_some().then_some(run_dir.as_path()),
+    )?;
     recipe.train.validate().map_err(anyhow::Error::msg)?;
     let recipe = recipe.clone();
 
@@ -640,9 +644,9 @@ pub fn judge_prompt(entry: &InstructionEntry, response: &str) -> String {
     )
 }
 
-/// The judge's score: the first number in its reply, when it is a whole number from 0 to 100.
-/// The whole number is read, sign and exponent included, so `-5` or `1e3` is no score
-/// rather than 5 or 1.
+/// The judge's score: the first number in its reply, when it is a whole number from 0 to 100
+/// (`85`, `85.0`). The whole number is read, so `-5`, `.5`, `72.5` or `1e3` is no score
+/// rather than 5, 5, 72 or 1.
 pub fn parse_score(reply: &str) -> Option<u32> {
     let bytes = reply.as_bytes();
     let start = bytes.iter().position(u8::is_ascii_digit)?;
@@ -652,21 +656,30 @@ pub fn parse_score(reply: &str) -> Option<u32> {
         }
         i
     };
-    let mut end = digits_from(start);
-    // A fraction or exponent belongs to the number only when digits follow it: "40." ends
-    // a sentence.
-    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
-        end = digits_from(end + 1);
+    let end = digits_from(start);
+    if start > 0 && matches!(bytes[start - 1], b'-' | b'.') {
+        return None;
     }
-    if matches!(bytes.get(end), Some(b'e' | b'E')) {
-        let sign = usize::from(matches!(bytes.get(end + 1), Some(b'+' | b'-')));
-        if bytes.get(end + 1 + sign).is_some_and(u8::is_ascii_digit) {
-            end = digits_from(end + 1 + sign);
+    // A fraction belongs to the number only when digits follow the point ("40." ends a
+    // sentence); it must be all zeros. An exponent makes it no plain score.
+    let mut after = end;
+    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        after = digits_from(end + 1);
+        if bytes[end + 1..after].iter().any(|&b| b != b'0') {
+            return None;
         }
     }
-    let negative = start > 0 && bytes[start - 1] == b'-';
-    let value: f64 = reply[start..end].parse().ok()?;
-    (!negative && value.fract() == 0.0 && value <= 100.0).then_some(value as u32)
+    if matches!(bytes.get(after), Some(b'e' | b'E'))
+        && bytes
+            .get(after + 1)
+            .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-'))
+    {
+        return None;
+    }
+    reply[start..end]
+        .parse::<u32>()
+        .ok()
+        .filter(|score| *score <= 100)
 }
 
 /// One chat request to an Ollama server (`POST /api/chat`), deterministic as in the book
@@ -813,10 +826,14 @@ mod tests {
         assert_eq!(parse_score("1000"), None);
         assert_eq!(parse_score("-5"), None);
         assert_eq!(parse_score("1e3"), None);
-        assert_eq!(parse_score("1E+1 points"), Some(10));
+        assert_eq!(parse_score("1E+1 points"), None);
+        assert_eq!(parse_score("1e-400"), None);
+        assert_eq!(parse_score(".5"), None);
         assert_eq!(parse_score("72.0"), Some(72));
         assert_eq!(parse_score("72.5"), None);
-        assert_eq!(parse_score("100e"), Some(100));
+        assert_eq!(parse_score("99.99999999999999999"), None);
+        assert_eq!(parse_score("100 excellent"), Some(100));
         assert_eq!(parse_score("Score - 60"), Some(60));
+        assert_eq!(parse_score("99999999999999999999"), None);
     }
 }

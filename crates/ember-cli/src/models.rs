@@ -89,7 +89,8 @@ fn load_config<C>(
     if let Some(path) = beside_recipe {
         return Ok(from_file(&path)?);
     }
-    match built_in.iter().find(|(name, _)| *name == name_or_path) {
+    let name = built_in_name(name_or_path, "models");
+    match built_in.iter().find(|(built_in, _)| *built_in == name) {
         Some((name, text)) => {
             from_text(text).map_err(|e| anyhow::anyhow!("built-in model config {name}: {e}"))
         }
@@ -102,6 +103,18 @@ fn load_config<C>(
                 .join(", ")
         ),
     }
+}
+
+/// The built-in name a config argument may stand for: `NAME`, `NAME.toml` or
+/// `[./]configs/DIR/NAME.toml` (the file's path in this repository).
+fn built_in_name<'a>(text: &'a str, dir: &str) -> &'a str {
+    let text = text.strip_prefix("./").unwrap_or(text);
+    let text = text
+        .strip_prefix("configs/")
+        .and_then(|rest| rest.strip_prefix(dir))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(text);
+    text.strip_suffix(".toml").unwrap_or(text)
 }
 
 /// What a recipe drives; each command reads its own kind.
@@ -186,16 +199,12 @@ pub fn load_recipe<T: DeserializeOwned>(
         let text = built_in(default).expect("the default recipe is built in");
         return parse_toml(text).map_err(|e| anyhow::anyhow!("built-in recipe {default}: {e}"));
     };
-    if path.exists() {
+    if path.is_file() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the recipe {}", path.display()))?;
         return parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
     }
-    let text = path.to_str().unwrap_or_default();
-    let name = text
-        .strip_prefix(&format!("configs/{}/", kind.dir()))
-        .and_then(|rest| rest.strip_suffix(".toml"))
-        .unwrap_or(text);
+    let name = built_in_name(path.to_str().unwrap_or_default(), kind.dir());
     match built_in(name) {
         Some(recipe) => {
             parse_toml(recipe).map_err(|e| anyhow::anyhow!("built-in recipe {name}: {e}"))
@@ -227,8 +236,14 @@ mod tests {
                 load_recipe::<T>(*k, Some(Path::new(name)), name)
                     .unwrap_or_else(|e| panic!("{name}: {e:#}"));
                 let in_repo = format!("configs/{}/{name}.toml", k.dir());
-                load_recipe::<T>(*k, Some(Path::new(&in_repo)), name)
-                    .unwrap_or_else(|e| panic!("{in_repo}: {e:#}"));
+                for given in [
+                    in_repo.clone(),
+                    format!("./{in_repo}"),
+                    format!("{name}.toml"),
+                ] {
+                    load_recipe::<T>(*k, Some(Path::new(&given)), name)
+                        .unwrap_or_else(|e| panic!("{given}: {e:#}"));
+                }
                 count += 1;
             }
             count
@@ -238,6 +253,14 @@ mod tests {
             + check::<crate::instruct::InstructRecipe>(RecipeKind::Instruct)
             + check::<crate::seq2seq::Seq2SeqRecipe>(RecipeKind::Seq2Seq);
         assert_eq!(total, RECIPES.len());
+        for given in [
+            "gpt2-small",
+            "gpt2-small.toml",
+            "./configs/models/gpt2-small.toml",
+        ] {
+            let config = load_gpt_config(given, None).unwrap_or_else(|e| panic!("{given}: {e:#}"));
+            assert_eq!(config.emb_dim, 768, "{given}");
+        }
         // Every TOML under configs/ (but models/) is built in.
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut files = 0;

@@ -159,7 +159,11 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     };
     let recipe = info.recipe.as_mut().expect("a training run has a recipe");
     // Flags that may change on resume too (e.g. more epochs).
-    set_epochs(&mut recipe.train, args.epochs, resume_dir.is_some());
+    set_epochs(
+        &mut recipe.train,
+        args.epochs,
+        resume_dir.is_some().then_some(run_dir.as_path()),
+    )?;
     recipe.train.validate().map_err(anyhow::Error::msg)?;
     let recipe = recipe.clone();
 
@@ -290,20 +294,37 @@ pub(crate) fn resume_from<M: Module>(
     Ok((model, optim, Some(state)))
 }
 
-/// Applies `--epochs` to a run's options. On resume, says when that changes the span of a
+/// Applies `--epochs` to a run's options. On resume (`resumed_run`: its directory), refuses
+/// fewer epochs than the run has done, and says when the number changes the span of a
 /// learning-rate schedule with warmup or decay, which covers all epochs: the rate from the
 /// current step on then follows the new schedule (after a finished cosine it rises again).
-pub(crate) fn set_epochs(options: &mut TrainOptions, epochs: Option<usize>, resuming: bool) {
-    let Some(epochs) = epochs else { return };
-    let scheduled = options.warmup_steps > 0 || options.min_lr.is_some_and(|m| m != options.lr);
-    if resuming && scheduled && epochs != options.epochs {
-        eprintln!(
-            "note: the learning-rate schedule now spans {epochs} epochs instead of {}; the rate \
-             continues on the new schedule from the current step",
-            options.epochs
-        );
+pub(crate) fn set_epochs(
+    options: &mut TrainOptions,
+    epochs: Option<usize>,
+    resumed_run: Option<&Path>,
+) -> Result<()> {
+    let Some(epochs) = epochs else {
+        return Ok(());
+    };
+    if let Some(run_dir) = resumed_run {
+        let done = checkpoint::load_state(&checkpoint::latest(run_dir)?)?.epoch;
+        if epochs < done {
+            bail!(
+                "--epochs {epochs}: {} has already trained {done} epoch(s); give at least {done}",
+                run_dir.display()
+            );
+        }
+        let scheduled = options.warmup_steps > 0 || options.min_lr.is_some_and(|m| m != options.lr);
+        if scheduled && epochs != options.epochs {
+            eprintln!(
+                "note: the learning-rate schedule now spans {epochs} epochs instead of {}; the \
+                 rate continues on the new schedule from the current step",
+                options.epochs
+            );
+        }
     }
     options.epochs = epochs;
+    Ok(())
 }
 
 /// Runs the training loop with Ctrl-C handling, then draws `loss.png` from `metrics.jsonl`

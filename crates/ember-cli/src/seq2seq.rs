@@ -187,7 +187,11 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     if let Some(data) = &args.data {
         recipe.data = data.clone();
     }
-    crate::pretrain::set_epochs(&mut recipe.train, args.epochs, previous.is_some());
+    crate::pretrain::set_epochs(
+        &mut recipe.train,
+        args.epochs,
+        previous.is_some().then_some(out.as_path()),
+    )?;
     if let Some(lr) = args.lr {
         recipe.train.lr = lr;
     }

@@ -40,11 +40,15 @@ pub fn load_tokenizer(dir: Option<&PathBuf>) -> Result<BpeTokenizer> {
     }
 }
 
-/// A `--tokenizer` argument as a tokenizer location: a GPT run directory stands for the
-/// tokenizer it trained with (`None`: GPT-2's), anything else for itself.
+/// A `--tokenizer` argument as a tokenizer location: a GPT or classifier run directory
+/// stands for the tokenizer it trained with (`None`: GPT-2's), anything else for itself (a
+/// BERT run directory holds its `tokenizer.json`).
 pub fn resolve_tokenizer_arg(path: &Path) -> Result<Option<PathBuf>> {
     if path.join("run.toml").is_file() && !crate::bert_pretrain::is_bert_run(path) {
         return Ok(crate::runs::read_run_info(path)?.tokenizer_dir(path));
+    }
+    if path.join("classifier.toml").is_file() {
+        return crate::classify::tokenizer_location(path);
     }
     Ok(Some(path.to_path_buf()))
 }

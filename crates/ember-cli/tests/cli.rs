@@ -166,6 +166,33 @@ fn tokenizer_train_writes_a_vocabulary_that_loads_back() {
         args.extend_from_slice(extra);
         ember(&args)
     };
+    // A GPT run directory as --tokenizer stands for its own vocabulary (ids unlike GPT-2's).
+    let fake_run = dir.path().join("run-with-bpe");
+    std::fs::create_dir_all(fake_run.join("tokenizer")).unwrap();
+    for file in ["encoder.json", "vocab.bpe"] {
+        std::fs::copy(out_dir.join(file), fake_run.join("tokenizer").join(file)).unwrap();
+    }
+    std::fs::write(
+        fake_run.join("run.toml"),
+        "tokenizer = \"tokenizer\"\n\n[model]\nvocab_size = 400\ncontext_length = 16\n\
+         emb_dim = 8\nn_heads = 2\nn_layers = 1\ndrop_rate = 0.0\nqkv_bias = false\n\
+         tie_weights = true\n",
+    )
+    .unwrap();
+    let out = ember(&[
+        "tokenize",
+        "--tokenizer",
+        fake_run.to_str().unwrap(),
+        "--text",
+        "the verdict",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out), ids);
+    assert_ne!(ids.trim(), "1169 15593");
     let before = std::fs::read(out_dir.join("vocab.bpe")).unwrap();
     assert_one_line_error(&train_again(&[]), "already exists; pass --force");
     assert_eq!(std::fs::read(out_dir.join("vocab.bpe")).unwrap(), before);
@@ -222,6 +249,8 @@ fn bad_input_is_one_clear_line() {
         (&["pretrain"], ["--out", "elsewhere"]),
         (&["finetune", "instruct"], ["--trainable", "lora"]),
         (&["finetune", "instruct"], ["--lr", "0.5"]),
+        (&["finetune", "classify"], ["--lr", "0.5"]),
+        (&["finetune", "classify"], ["--data", "x.csv"]),
     ] {
         let args = [command, &["--resume", "some-run"], &flag].concat();
         let out = ember(&args);
@@ -388,6 +417,10 @@ fn pretrain_then_generate_then_resume() {
         stderr.contains("has already trained its 2 epoch(s): nothing to train"),
         "{stderr}"
     );
+    assert_one_line_error(
+        &ember(&["pretrain", "--resume", run_str, "--epochs", "1"]),
+        "has already trained 2 epoch(s); give at least 2",
+    );
     // --top-k at the default temperature 0 decodes greedily, and says so.
     let out = ember(&[
         "generate",
@@ -551,14 +584,7 @@ fn pretrain_then_generate_then_resume() {
         ]),
         "--eos-id 50257 is not a token id",
     );
-    // A run directory as --tokenizer stands for the tokenizer it trained with.
-    let out = ember(&["tokenize", "--tokenizer", tuned_str, "--text", "Hello, do"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout(&out).trim(), "15496 11 466");
+
     // A classifier with that body copies the vocabulary too.
     let labelled = dir.path().join("labelled.csv");
     std::fs::write(
@@ -578,6 +604,10 @@ fn pretrain_then_generate_then_resume() {
         tuned_str,
         "--epochs",
         "1",
+        "--trainable",
+        "lora",
+        "--lora-rank",
+        "2",
         "--out",
         classifier.to_str().unwrap(),
     ]);
@@ -592,6 +622,36 @@ fn pretrain_then_generate_then_resume() {
         std::fs::read(classifier.join("tokenizer/vocab.bpe")).unwrap(),
         std::fs::read(tuned.join("tokenizer/vocab.bpe")).unwrap()
     );
+    // Merging its adapters gives a run with its own copy as well.
+    let merged = dir.path().join("cls-merged");
+    let out = ember(&[
+        "lora",
+        "merge",
+        "--checkpoint",
+        classifier.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let classify = |run: &std::path::Path| {
+        let out = ember(&[
+            "classify",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "message 3",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    assert_eq!(classify(&merged), classify(&classifier));
     assert_one_line_error(
         &ember(&[
             "generate",

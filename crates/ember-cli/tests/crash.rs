@@ -395,3 +395,116 @@ fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
     );
     assert_generates(dir.path());
 }
+
+/// Ctrl-C during a classifier fine-tune saves a checkpoint of that step, and `--resume`
+/// continues it to the same metrics and the same model as a run never interrupted (mid-epoch:
+/// the epoch's remaining batches and dropout masks are the uninterrupted run's).
+#[test]
+fn ctrl_c_of_a_classifier_fine_tune_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("micro.toml"), MICRO).unwrap();
+    let words = [
+        "free", "prize", "call", "now", "see", "you", "later", "lunch",
+    ];
+    let csv = (0..400).fold(String::from("Label,Text\n"), |csv, i| {
+        let label = ["ham", "spam"][i % 2];
+        let text: Vec<&str> = (0..6)
+            .map(|j| words[(i * 7 + j * (i % 2 + 1)) % 8])
+            .collect();
+        csv + &format!("{label},{} {i}\n", text.join(" "))
+    });
+    std::fs::write(dir.path().join("labelled.csv"), csv).unwrap();
+    let finetune = |out: &str| {
+        let mut cmd = ember(dir.path());
+        cmd.args([
+            "finetune",
+            "classify",
+            "--data",
+            "labelled.csv",
+            "--random-init",
+            "--model-config",
+            "micro.toml",
+            "--max-length",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "30",
+            "--lr",
+            "1e-3",
+            "--eval-freq",
+            "3",
+            "--eval-iter",
+            "1",
+            "--out",
+            out,
+        ]);
+        cmd
+    };
+    let out = finetune("reference").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every metrics field but the wall-clock seconds.
+    let metrics = |run: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|line| {
+                let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect()
+    };
+    let reference = metrics("reference");
+
+    let run_dir = dir.path().join("interrupted");
+    let child = finetune("interrupted")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
+        assert!(Instant::now() < deadline, "no metrics after 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("continue with `ember finetune classify --resume interrupted`"),
+        "{stderr}"
+    );
+    assert!(metrics("interrupted").len() < reference.len());
+    let out = ember(dir.path())
+        .args(["finetune", "classify", "--resume", "interrupted"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming interrupted from step"),
+        "{stderr}"
+    );
+    assert_eq!(metrics("interrupted"), reference);
+    let classify = |run: &str| {
+        let out = ember(dir.path())
+            .args([
+                "classify",
+                "--checkpoint",
+                run,
+                "free prize now",
+                "see you later",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(classify("interrupted"), classify("reference"));
+    assert!(classify("reference").contains('\t'));
+}

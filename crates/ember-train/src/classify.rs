@@ -147,8 +147,8 @@ pub trait ClassifyObserver {
     fn on_start(&mut self, _total_steps: usize) {}
     fn on_step(&mut self, _step: usize, _loss: f64) {}
     fn on_record(&mut self, _record: &ClassRecord) {}
-    /// Asked after every step: true stops with a checkpoint of the step just finished (the
-    /// best model so far stays in `best/`).
+    /// Asked after every step: true stops with a checkpoint of the step just finished, to
+    /// resume from (the best model so far stays in `best/`).
     fn stop_requested(&self) -> bool {
         false
     }
@@ -196,15 +196,20 @@ pub fn evaluate<M: ClassifierModel>(
 }
 
 /// Fine-tunes `model` (on an autodiff device, trainable weights already chosen). Writes
-/// `metrics.jsonl` and the best model by validation accuracy as `best/model.bpk`; returns the
-/// best model and its accuracies. Classifier runs restart rather than resume, so no
-/// optimizer checkpoints are written (for a gpt2-small body they would be 1.5 GB an epoch).
+/// `metrics.jsonl`, a checkpoint (model, optimizer, state; the newest one kept) after every
+/// epoch and when stopped, and the best model by validation accuracy as `best/model.bpk`;
+/// returns the best model and its accuracies.
+///
+/// With `resume` (a checkpoint's state, its model and optimizer already loaded), training
+/// continues where it stopped: the same batches and dropout masks as an uninterrupted run,
+/// `metrics.jsonl` cut back to that step, and the best epoch so far read from it.
 pub fn finetune<M: ClassifierModel>(
     mut model: M,
     mut optim: ModuleOptimizer,
     data: ClassData<'_>,
     options: &ClassifyOptions,
     run_dir: &Path,
+    resume: Option<TrainState>,
     observer: &mut dyn ClassifyObserver,
 ) -> Result<(M, ClassifySummary), TrainError> {
     options.validate().map_err(TrainError::Invalid)?;
@@ -223,10 +228,42 @@ pub fn finetune<M: ClassifierModel>(
         move |source| TrainError::Io { path, source }
     };
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(io(&metrics_path))?;
-    let best_path = run_dir.join("best").join("model.bpk");
+    let best_path = best_model_path(run_dir);
     std::fs::create_dir_all(run_dir.join("best")).map_err(io(run_dir))?;
+    // On resume: the records up to the checkpoint's step, the best finished epoch among them
+    // (its model is in best/), and the seconds already spent.
+    let kept: Vec<ClassRecord> = match &resume {
+        Some(state) if metrics_path.exists() => read_class_metrics(&metrics_path)
+            .map_err(TrainError::Invalid)?
+            .into_iter()
+            .filter(|r| r.step <= state.step)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut best: Option<(f64, f64, usize)> = None; // (val_acc, -val_loss, epoch)
+    for record in kept.iter().filter(|r| r.kind == "epoch") {
+        let key = (
+            record.val_acc.unwrap_or(f64::NAN),
+            -record.val_loss,
+            record.epoch,
+        );
+        if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+            best = Some(key);
+        }
+    }
+    let mut kept_text = String::new();
+    for record in &kept {
+        kept_text += &serde_json::to_string(record).expect("metrics serialize");
+        kept_text.push('\n');
+    }
+    ember_data::write_atomically(&metrics_path, kept_text.as_bytes()).map_err(io(&metrics_path))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io(&metrics_path))?;
+    let seconds_before = kept.last().map_or(0.0, |r| r.seconds);
     let started = Instant::now();
+    let seconds = move || seconds_before + started.elapsed().as_secs_f64();
     let mut write = |record: &ClassRecord, observer: &mut dyn ClassifyObserver| {
         let line = serde_json::to_string(record).expect("metrics serialize");
         observer.on_record(record);
@@ -235,19 +272,20 @@ pub fn finetune<M: ClassifierModel>(
             .map_err(io(&metrics_path))
     };
 
-    observer.on_start(steps_per_epoch * options.epochs);
-    let mut state = TrainState {
+    let mut state = resume.unwrap_or(TrainState {
         step: 0,
         epoch: 0,
         batch_in_epoch: 0,
         tokens_seen: 0,
-    };
-    let mut best: Option<(f64, f64, usize)> = None; // (val_acc, -val_loss, epoch)
-    for epoch in 0..options.epochs {
+    });
+    observer.on_start(steps_per_epoch * options.epochs);
+    for epoch in state.epoch..options.epochs {
         let epoch_seed = options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         for rows in data
             .train
             .batches(options.batch_size, Some(epoch_seed), true)
+            .into_iter()
+            .skip(state.batch_in_epoch)
         {
             device.seed(epoch_seed.wrapping_add(state.step as u64));
             let (ids, lengths, labels) = data.train.tensors(&rows, &device);
@@ -269,6 +307,7 @@ pub fn finetune<M: ClassifierModel>(
             state.tokens_seen += rows.len() as u64;
             observer.on_step(state.step, loss_value);
             if observer.stop_requested() {
+                checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
                 return Err(TrainError::Interrupted { step: state.step });
             }
             if options.eval_freq > 0 && state.step.is_multiple_of(options.eval_freq) {
@@ -283,7 +322,7 @@ pub fn finetune<M: ClassifierModel>(
                     train_acc: None,
                     val_acc: None,
                     test_acc: None,
-                    seconds: started.elapsed().as_secs_f64(),
+                    seconds: seconds(),
                 };
                 write(&record, observer)?;
             }
@@ -304,7 +343,7 @@ pub fn finetune<M: ClassifierModel>(
             train_acc: Some(train_acc),
             val_acc: Some(val_acc),
             test_acc: Some(test_acc),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: seconds(),
         };
         write(&record, observer)?;
         let key = (val_acc, -val_loss, epoch);
@@ -318,6 +357,7 @@ pub fn finetune<M: ClassifierModel>(
                 ))
             })?;
         }
+        checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
     }
     let best_epoch = best.map_or(0, |b| b.2);
     let model = model.valid().try_load_file(&best_path).map_err(|e| {
@@ -333,7 +373,7 @@ pub fn finetune<M: ClassifierModel>(
         train_acc: accuracy(data.train),
         val_acc: accuracy(data.validation),
         test_acc: accuracy(data.test),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: seconds(),
     };
     Ok((model, summary))
 }
