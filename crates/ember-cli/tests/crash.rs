@@ -20,6 +20,27 @@ fn ember(dir: &Path) -> Command {
     cmd
 }
 
+/// Runs `command`, sends it SIGINT (Ctrl-C) once `run_dir/metrics.jsonl` has a line, and
+/// returns its stderr after checking the exit status of an interruption, 130.
+fn interrupt_after_first_metrics(command: &mut Command, run_dir: &Path) -> String {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
+        assert!(Instant::now() < deadline, "no metrics after 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    stderr
+}
+
 /// A tiny model on the-verdict with a checkpoint after every step, so that kills often land
 /// inside a checkpoint write.
 const RECIPE: &str = r#"
@@ -209,29 +230,17 @@ fn ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly() {
     let reference = losses(&dir.path().join("reference"));
 
     let run_dir = dir.path().join("interrupted");
-    let child = ember(dir.path())
-        .args([
+    // Interrupted once the first evaluation (step 4) is on disk.
+    let stderr = interrupt_after_first_metrics(
+        ember(dir.path()).args([
             "pretrain",
             "--recipe",
             "recipe.toml",
             "--out",
             "interrupted",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Interrupt once the first evaluation (step 4) is on disk.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
-        assert!(Instant::now() < deadline, "no metrics after 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+        ]),
+        &run_dir,
+    );
     assert!(stderr.contains("interrupted after step"), "{stderr}");
     assert!(
         stderr.contains("continue with `ember pretrain --resume interrupted`"),
@@ -461,21 +470,7 @@ fn ctrl_c_of_a_classifier_fine_tune_resumes_exactly() {
     let reference = metrics("reference");
 
     let run_dir = dir.path().join("interrupted");
-    let child = finetune("interrupted")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
-        assert!(Instant::now() < deadline, "no metrics after 120 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let stderr = interrupt_after_first_metrics(&mut finetune("interrupted"), &run_dir);
     assert!(
         stderr.contains("continue with `ember finetune classify --resume interrupted`"),
         "{stderr}"
