@@ -441,8 +441,10 @@ fn ctrl_c_of_a_classifier_fine_tune_resumes_exactly() {
             "30",
             "--lr",
             "1e-3",
+            // An evaluation after every step: whichever step the interruption lands on, its
+            // evaluation must be in the metrics exactly once.
             "--eval-freq",
-            "3",
+            "1",
             "--eval-iter",
             "1",
             "--out",

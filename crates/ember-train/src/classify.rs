@@ -306,10 +306,6 @@ pub fn finetune<M: ClassifierModel>(
             state.batch_in_epoch += 1;
             state.tokens_seen += rows.len() as u64;
             observer.on_step(state.step, loss_value);
-            if observer.stop_requested() {
-                checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
-                return Err(TrainError::Interrupted { step: state.step });
-            }
             if options.eval_freq > 0 && state.step.is_multiple_of(options.eval_freq) {
                 let eval = Some(options.eval_iter);
                 let record = ClassRecord {
@@ -325,6 +321,11 @@ pub fn finetune<M: ClassifierModel>(
                     seconds: seconds(),
                 };
                 write(&record, observer)?;
+            }
+            // After the step's evaluation: a resumed run starts with the next step.
+            if observer.stop_requested() {
+                checkpoint::save(run_dir, &model, Some(&optim), &state, 1)?;
+                return Err(TrainError::Interrupted { step: state.step });
             }
         }
         state.epoch = epoch + 1;
