@@ -403,13 +403,13 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     )?;
     use ember_data::loader::Batches;
     eprintln!(
-        "model: {} parameters ({}); train: {} batches of {} sequences per epoch (≤ {} tokens); validation: {} batches",
+        "model: {} parameters ({}); train: {} of {} sequences per epoch (≤ {} tokens); validation: {}",
         config.num_params(heads),
         recipe.objectives.join(" + "),
-        train_loader.num_batches(),
+        crate::progress::batches(train_loader.num_batches()),
         recipe.train.batch_size,
         recipe.max_length,
-        val_loader.num_batches()
+        crate::progress::batches(val_loader.num_batches())
     );
     let mut observer = TrainProgress::new(MaskSample {
         tokenizer: &tokenizer,
@@ -469,7 +469,11 @@ impl EpochSample<Bert> for MaskSample<'_> {
             .iter()
             .map(|(id, p)| {
                 let token = self.tokenizer.token(*id).unwrap_or_else(|| id.to_string());
-                format!("{token} {p:.2}")
+                // An early model spreads its probability thin: 3.1e-3, not 0.00.
+                match *p >= 0.01 {
+                    true => format!("{token} {p:.2}"),
+                    false => format!("{token} {p:.1e}"),
+                }
             })
             .collect();
         Ok(format!("{} → {}", self.sample, words.join(" · ")))

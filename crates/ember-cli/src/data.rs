@@ -203,9 +203,9 @@ fn windows(args: WindowsArgs) -> Result<()> {
     let val = build(val_text, "the validation split", false)?;
     for (name, loader) in [("train", &train), ("validation", &val)] {
         println!(
-            "{name}: {} windows, {} batches of up to {}, {} tokens",
+            "{name}: {} windows, {} of up to {}, {} tokens",
             loader.windows().len(),
-            loader.num_batches(),
+            crate::progress::batches(loader.num_batches()),
             loader.batch_size(),
             loader.num_tokens()
         );

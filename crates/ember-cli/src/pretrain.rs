@@ -231,12 +231,12 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         recipe.train.optimizer(),
     )?;
     eprintln!(
-        "model: {} parameters; train: {} batches of {} × {} tokens per epoch; validation: {} batches",
+        "model: {} parameters; train: {} of {} × {} tokens per epoch; validation: {}",
         info.model.num_params(),
-        train_loader.num_batches(),
+        crate::progress::batches(train_loader.num_batches()),
         train_loader.batch_size(),
         window,
-        val_loader.num_batches()
+        crate::progress::batches(val_loader.num_batches())
     );
     if tokenizer.vocab_size() < info.model.vocab_size
         && resume_dir.is_none()

@@ -39,6 +39,14 @@ impl FetchProgress for FetchBar {
     }
 }
 
+/// `n` batches, in words: "1 batch", "9 batches".
+pub fn batches(n: usize) -> String {
+    match n {
+        1 => "1 batch".into(),
+        n => format!("{n} batches"),
+    }
+}
+
 /// A plain counter bar with a message.
 pub fn count_bar(total: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);

@@ -88,7 +88,7 @@ fn windows_reports_the_books_batches() {
         "{text}"
     );
     assert!(
-        text.contains("validation: 2 windows, 1 batches of up to 2, 512 tokens"),
+        text.contains("validation: 2 windows, 1 batch of up to 2, 512 tokens"),
         "{text}"
     );
     // The book's first two windows of length 4 with stride 1 (section 2.6).
