@@ -467,11 +467,7 @@ fn load_body(
                     (tokenizer, PathBuf::from("tokenizer.json"))
                 }
             };
-            let heads = BertHeads {
-                pooler: true,
-                ..BertHeads::default()
-            };
-            let bert = config.init(heads, device);
+            let bert = config.init(CLASSIFIER_HEADS, device);
             Ok((
                 format!("random init ({name})"),
                 BodyConfig::Bert(config),
@@ -689,13 +685,7 @@ fn resume_classifier(run_dir: &Path, epochs: Option<usize>, device: &Device) -> 
     let mut run = read_run(run_dir)?;
     let checkpoint_dir = checkpoint::latest(run_dir)?;
     if let Some(epochs) = epochs {
-        let done = checkpoint::load_state(&checkpoint_dir)?.epoch;
-        if epochs < done {
-            bail!(
-                "--epochs {epochs}: {} has already trained {done} epoch(s); give at least {done}",
-                run_dir.display()
-            );
-        }
+        runs::refuse_fewer_epochs(run_dir, &checkpoint_dir, epochs)?;
         run.options.epochs = epochs;
     }
     run.options.validate().map_err(anyhow::Error::msg)?;
@@ -718,16 +708,7 @@ fn resume_classifier(run_dir: &Path, epochs: Option<usize>, device: &Device) -> 
     let train = encoder.batches(&splits.train, run.max_length, run.pad_id)?;
     let validation = encoder.batches(&splits.validation, run.max_length, run.pad_id)?;
     let test = encoder.batches(&splits.test, run.max_length, run.pad_id)?;
-    let body = match &run.model {
-        BodyConfig::Gpt(config) => Body::Gpt(Box::new(config.init(device))),
-        BodyConfig::Bert(config) => {
-            let heads = BertHeads {
-                pooler: true,
-                ..BertHeads::default()
-            };
-            Body::Bert(Box::new(config.init(heads, device)))
-        }
-    };
+    let body = body_of(&run.model, device);
     let data = ClassData {
         train: &train,
         validation: &validation,
@@ -745,19 +726,13 @@ fn fit(
     out: &Path,
     resume_dir: Option<&Path>,
 ) -> Result<()> {
-    let num_classes = run.label_names.len().max(2);
     let trainable = Trainable::parse(&run.trainable).map_err(anyhow::Error::msg)?;
     let optim = run.options.optimizer();
-    match body {
-        Body::Gpt(gpt) => {
-            let pooling = run.pooling.expect("GPT runs have a pooling");
-            let mut model = GptClassifier::new(*gpt, num_classes, pooling);
-            if let Some(lora) = &run.lora {
-                model = model.add_lora(lora);
-            }
-            // Trainable weights are chosen after loading: a loaded record replaces them.
+    // Trainable weights are chosen after loading: a loaded record replaces them.
+    match classifier_of(body, run) {
+        Classifier::Gpt(model) => {
             let (model, optim, state) =
-                crate::pretrain::resume_from(resume_dir, out, model, optim)?;
+                crate::pretrain::resume_from(resume_dir, out, *model, optim)?;
             let model = model.set_trainable(trainable);
             let counts = model.param_counts();
             let best = train_classifier(model, optim, counts, run, data, out, state)?;
@@ -765,19 +740,50 @@ fn fit(
                 save_adapters(out, &best, run)?;
             }
         }
-        Body::Bert(bert) => {
-            let BodyConfig::Bert(bert_config) = &run.model else {
-                unreachable!("a BERT body has a BERT config")
-            };
-            let model = BertClassifier::new(*bert, num_classes, bert_config.hidden_dropout_prob);
+        Classifier::Bert(model) => {
             let (model, optim, state) =
-                crate::pretrain::resume_from(resume_dir, out, model, optim)?;
+                crate::pretrain::resume_from(resume_dir, out, *model, optim)?;
             let model = model.set_trainable(trainable).map_err(anyhow::Error::msg)?;
             let counts = model.param_counts();
             train_classifier(model, optim, counts, run, data, out, state)?;
         }
     }
     Ok(())
+}
+
+/// The BERT heads of a classifier body: the pooler, under the classification head.
+const CLASSIFIER_HEADS: BertHeads = BertHeads {
+    pooler: true,
+    mlm: false,
+    nsp: false,
+};
+
+/// A body with the layers of `config` (weights random until loaded).
+fn body_of(config: &BodyConfig, device: &Device) -> Body {
+    match config {
+        BodyConfig::Gpt(config) => Body::Gpt(Box::new(config.init(device))),
+        BodyConfig::Bert(config) => Body::Bert(Box::new(config.init(CLASSIFIER_HEADS, device))),
+    }
+}
+
+/// The classifier `run` describes around `body`: its head, pooling, LoRA adapters and (BERT)
+/// dropout before the head.
+fn classifier_of(body: Body, run: &ClassifierRun) -> Classifier {
+    let num_classes = run.label_names.len().max(2);
+    match (body, &run.model) {
+        (Body::Gpt(gpt), _) => {
+            let pooling = run.pooling.unwrap_or_default();
+            let mut model = GptClassifier::new(*gpt, num_classes, pooling);
+            if let Some(lora) = &run.lora {
+                model = model.add_lora(lora);
+            }
+            Classifier::Gpt(Box::new(model))
+        }
+        (Body::Bert(bert), BodyConfig::Bert(config)) => Classifier::Bert(Box::new(
+            BertClassifier::new(*bert, num_classes, config.hidden_dropout_prob),
+        )),
+        (Body::Bert(_), BodyConfig::Gpt(_)) => unreachable!("a BERT body has a BERT config"),
+    }
 }
 
 /// Writes the run file, fine-tunes, plots and prints the best epoch's accuracies; returns the
@@ -851,14 +857,14 @@ fn read_run(dir: &Path) -> Result<ClassifierRun> {
     parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// The best model of a classifier run, on `device`.
-enum LoadedClassifier {
+/// A classifier of either family.
+enum Classifier {
     Gpt(Box<GptClassifier>),
     Bert(Box<BertClassifier>),
 }
 
-fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<LoadedClassifier> {
-    let num_classes = run.label_names.len().max(2);
+/// The best model of a classifier run, on `device`.
+fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<Classifier> {
     let path = best_model_path(dir);
     if !path.exists() {
         bail!(
@@ -869,25 +875,12 @@ fn load_classifier(dir: &Path, run: &ClassifierRun, device: &Device) -> Result<L
         );
     }
     let load_error = |e| anyhow::anyhow!("{}: {}", path.display(), checkpoint::record_error(e));
-    Ok(match &run.model {
-        BodyConfig::Gpt(config) => {
-            let mut model = GptClassifier::new(
-                config.init(device),
-                num_classes,
-                run.pooling.unwrap_or_default(),
-            );
-            if let Some(lora) = &run.lora {
-                model = model.add_lora(lora);
-            }
-            LoadedClassifier::Gpt(Box::new(model.try_load_file(&path).map_err(load_error)?))
+    Ok(match classifier_of(body_of(&run.model, device), run) {
+        Classifier::Gpt(model) => {
+            Classifier::Gpt(Box::new(model.try_load_file(&path).map_err(load_error)?))
         }
-        BodyConfig::Bert(config) => {
-            let heads = BertHeads {
-                pooler: true,
-                ..BertHeads::default()
-            };
-            let model = BertClassifier::new(config.init(heads, device), num_classes, 0.0);
-            LoadedClassifier::Bert(Box::new(model.try_load_file(&path).map_err(load_error)?))
+        Classifier::Bert(model) => {
+            Classifier::Bert(Box::new(model.try_load_file(&path).map_err(load_error)?))
         }
     })
 }
@@ -988,8 +981,8 @@ pub fn run_classify(args: ClassifyArgs, device_spec: &str) -> Result<()> {
         bail!("nothing to classify");
     }
     let predictions = match &model {
-        LoadedClassifier::Gpt(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,
-        LoadedClassifier::Bert(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,
+        Classifier::Gpt(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,
+        Classifier::Bert(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,
     };
     for (text, (label, probability)) in texts.iter().zip(predictions) {
         println!("{label}\t{probability:.4}\t{text}");
@@ -1070,7 +1063,7 @@ pub fn run_lora(command: LoraCommand, device_spec: &str) -> Result<()> {
         );
     }
     runs::refuse_existing_run(&args.out)?;
-    let LoadedClassifier::Gpt(model) = load_classifier(&args.checkpoint, &run, &device)? else {
+    let Classifier::Gpt(model) = load_classifier(&args.checkpoint, &run, &device)? else {
         bail!(
             "{}: only GPT classifiers have LoRA adapters",
             args.checkpoint.display()

@@ -307,13 +307,7 @@ pub(crate) fn set_epochs(
         return Ok(());
     };
     if let Some(run_dir) = resumed_run {
-        let done = checkpoint::load_state(&checkpoint::latest(run_dir)?)?.epoch;
-        if epochs < done {
-            bail!(
-                "--epochs {epochs}: {} has already trained {done} epoch(s); give at least {done}",
-                run_dir.display()
-            );
-        }
+        runs::refuse_fewer_epochs(run_dir, &checkpoint::latest(run_dir)?, epochs)?;
         let scheduled = options.warmup_steps > 0 || options.min_lr.is_some_and(|m| m != options.lr);
         if scheduled && epochs != options.epochs {
             eprintln!(

@@ -86,6 +86,19 @@ pub fn refuse_to_replace(dir: &Path, files: &[&str], force: bool) -> Result<()> 
     Ok(())
 }
 
+/// Refuses to resume `run_dir` for fewer epochs in all than its checkpoint in
+/// `checkpoint_dir` has already trained.
+pub fn refuse_fewer_epochs(run_dir: &Path, checkpoint_dir: &Path, epochs: usize) -> Result<()> {
+    let done = checkpoint::load_state(checkpoint_dir)?.epoch;
+    if epochs < done {
+        bail!(
+            "--epochs {epochs}: {} has already trained {done} epoch(s); give at least {done}",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// `path` made absolute against the working directory (unchanged if that cannot be read), for
 /// paths a run records: the run may be used from another directory.
 pub fn absolute(path: &Path) -> PathBuf {

@@ -676,9 +676,10 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             vec![r#"{"instruction": "Say hi.", "output": "Hi."}"#; 40].join(", ")
         ),
     );
-    c.fails(
-        "instruct with no batches per evaluation",
-        &[
+    // Instruction fine-tunes: no batches per evaluation, and (below, with the other flags
+    // that do not apply) a LoRA flag without --trainable lora.
+    let instruct = |c: &mut Cases, what: &str, extra: &[&str], needle: &str| {
+        let mut args = vec![
             "finetune",
             "instruct",
             "--data",
@@ -686,12 +687,17 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             "--random-init",
             "--model-config",
             &micro,
-            "--eval-iter",
-            "0",
             "--out",
             "run",
             "--overwrite",
-        ],
+        ];
+        args.extend_from_slice(extra);
+        c.fails(what, &args, needle);
+    };
+    instruct(
+        &mut c,
+        "instruct with no batches per evaluation",
+        &["--eval-iter", "0"],
         "eval_iter must be at least 1",
     );
     // Flags that do not apply to the run asked for are refused, not silently ignored.
@@ -741,21 +747,10 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         args.extend(extra);
         c.fails(what, &args, needle);
     }
-    c.fails(
+    instruct(
+        &mut c,
         "instruct LoRA flag without --trainable lora",
-        &[
-            "finetune",
-            "instruct",
-            "--data",
-            &entries,
-            "--random-init",
-            "--model-config",
-            &micro,
-            "--rslora",
-            "--out",
-            "run",
-            "--overwrite",
-        ],
+        &["--rslora"],
         "--rslora needs --trainable lora",
     );
     c.fails(
