@@ -98,6 +98,7 @@ pub fn plot_curves(curves: &[Curve], axes: &Axes, path: &Path) -> Result<(), Str
         chart
             .configure_mesh()
             .x_desc("Epochs")
+            .x_label_formatter(&|v| tick_label(*v))
             .y_desc(axes.y_label)
             .label_style(("sans-serif", 15))
             .draw()
@@ -105,6 +106,7 @@ pub fn plot_curves(curves: &[Curve], axes: &Axes, path: &Path) -> Result<(), Str
         chart
             .configure_secondary_axes()
             .x_desc(axes.top_label)
+            .x_label_formatter(&|v| tick_label(*v))
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| draw_err(&e))?;
@@ -132,6 +134,20 @@ pub fn plot_curves(curves: &[Curve], axes: &Axes, path: &Path) -> Result<(), Str
         root.present().map_err(|e| draw_err(&e))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A tick of a count axis as a reader writes it: `2000`, `1.5`, `250k`, `1.2M` (plotters'
+/// default shows `2000.0` and `1250000.0`).
+fn tick_label(value: f64) -> String {
+    let (scaled, suffix) = match value.abs() {
+        v if v >= 1e6 => (value / 1e6, "M"),
+        v if v >= 1e4 => (value / 1e3, "k"),
+        _ => (value, ""),
+    };
+    let text = format!("{scaled:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    let text = if text == "-0" { "0" } else { text };
+    format!("{text}{suffix}")
 }
 
 /// Draws attention weights `weights[row][col]` (each output token's weights over the source
@@ -191,4 +207,48 @@ pub fn plot_attention(
         root.present().map_err(|e| err(&e))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_ticks_read_as_written() {
+        let cases = [
+            (0.0, "0"),
+            (2000.0, "2000"),
+            (1.5, "1.5"),
+            (0.25, "0.25"),
+            (250_000.0, "250k"),
+            (1_250_000.0, "1.25M"),
+            (-0.0001, "0"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(tick_label(value), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn a_loss_plot_is_a_png_and_an_empty_one_an_error() {
+        let dir = std::env::temp_dir().join(format!("ember-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = |step, loss| EvalRecord {
+            step,
+            epoch: 0,
+            tokens_seen: step as u64 * 2048,
+            train_loss: loss,
+            val_loss: loss + 0.5,
+            lr: 1e-4,
+            tokens_per_s: 100.0,
+        };
+        let path = dir.join("loss.png");
+        plot_losses(&[record(0, 9.0), record(5, 6.0), record(10, 4.0)], 5, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let err = plot_losses(&[], 5, &dir.join("empty.png")).unwrap_err();
+        assert!(err.contains("nothing to plot"), "{err}");
+        assert!(!dir.join("empty.png").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
