@@ -402,10 +402,12 @@ impl Stream {
     }
 }
 
-/// `linear.weight += adapter.delta()`.
+/// `linear.weight += adapter.delta()`. The sum is detached: a merged weight is a new leaf (on
+/// an autodiff device a parameter computed from others cannot take gradients of its own, and
+/// training from a LoRA run failed on that).
 pub fn merge_into(linear: &mut Linear, adapter: Option<LoraAdapter>) {
     if let Some(adapter) = adapter {
-        linear.weight = Param::from_tensor(linear.weight.val() + adapter.delta());
+        linear.weight = Param::from_tensor((linear.weight.val() + adapter.delta()).detach());
     }
 }
 
@@ -536,7 +538,7 @@ impl Gpt {
                         s![.., slot * d..(slot + 1) * d],
                         weight.slice(s![.., slot * d..(slot + 1) * d]) + adapter.delta(),
                     );
-                    attn.c_attn.weight = Param::from_tensor(updated);
+                    attn.c_attn.weight = Param::from_tensor(updated.detach());
                 }
             }
             merge_into(&mut attn.c_proj, attn.lora_out.take());

@@ -215,3 +215,33 @@ fn trainable_and_lora_options_parse() {
     );
     assert!(LoraTarget::parse_list("q,x").unwrap_err().contains("`x`"));
 }
+
+/// A model whose adapters were merged on an autodiff device (loading a LoRA run to train it
+/// further: `pretrain --weights RUN`, `finetune classify --checkpoint RUN`) trains: every merged
+/// weight is a parameter of its own that takes a gradient, not a sum that Burn refuses to track.
+#[test]
+fn merged_adapters_on_an_autodiff_device_take_gradients() {
+    let device = Device::flex().autodiff();
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 5, 9, 30, 2, 7, 7, 0], [2, 4]),
+        &device,
+    );
+    let lengths = Tensor::<1, Int>::from_data(TensorData::new(vec![4i64, 4], [2]), &device);
+    let model = GptClassifier::new(tiny().init(&device), 3, Pooling::Last)
+        .add_lora(&lora(2, LoraTarget::ALL.to_vec()))
+        .merge_lora()
+        .set_trainable(Trainable::All);
+    let grads = model.forward(ids, lengths).sum().backward();
+    let block = &model.gpt.h[0];
+    for (name, weight) in [
+        ("c_attn", &block.attn.c_attn.weight),
+        ("c_proj", &block.attn.c_proj.weight),
+        ("c_fc", &block.mlp.c_fc.weight),
+        ("mlp.c_proj", &block.mlp.c_proj.weight),
+        ("head", &model.head.weight),
+    ] {
+        let grad = weight.grad(&grads).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm: f32 = grad.abs().sum().into_scalar();
+        assert!(norm > 0.0, "{name}: zero gradient");
+    }
+}
