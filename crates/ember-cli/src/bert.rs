@@ -69,6 +69,9 @@ pub struct EmbedArgs {
     /// Write the JSON lines here (written whole, then renamed) instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long, requires = "out")]
+    force: bool,
     /// Tokenizer: tokenizer.json, vocab.txt or a directory [default: the model directory's].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -284,6 +287,9 @@ fn sentence_transformers_settings(dir: &Path) -> Result<(Option<SentencePooling>
 }
 
 pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
+    if let Some(out) = &args.out {
+        crate::runs::refuse_to_replace_file(out, args.force)?;
+    }
     let texts: Vec<String> = match &args.file {
         Some(path) => ember_data::read_text_file(path)?
             .lines()

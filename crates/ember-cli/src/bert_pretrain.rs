@@ -144,7 +144,13 @@ fn read_run(run_dir: &Path) -> Result<BertRunInfo> {
     let path = run_dir.join("run.toml");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} is not an ember run directory", run_dir.display()))?;
-    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let info: BertRunInfo =
+        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    crate::runs::checked_run_file(&path, info, |info| {
+        info.model.validate().map_err(|e| e.to_string())?;
+        info.recipe.validate().map_err(|e| e.to_string())?;
+        info.recipe.train.validate()
+    })
 }
 
 /// The tokenizer file of the BERT run in `run_dir`.
@@ -373,7 +379,21 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     };
     let heads = info.heads()?;
     device.seed(recipe.train.seed);
+    crate::memory::check_model_fits(config.num_params(heads), true, &device)?;
     let model = config.init(heads, &device);
+    // The checkpoint before the run file: a resume that fails on a damaged checkpoint leaves
+    // the run's description (its epochs) as it was.
+    let resume_dir = if resuming {
+        Some(checkpoint::latest(&run_dir)?)
+    } else {
+        None
+    };
+    let (model, optim, state) = resume_from(
+        resume_dir.as_deref(),
+        &run_dir,
+        model,
+        recipe.train.optimizer(),
+    )?;
     // Everything is checked: now the run directory is written.
     if !resuming {
         crate::runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
@@ -390,17 +410,6 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         }
     }
     crate::runs::write_run_file(&run_dir, "run.toml", &info)?;
-    let resume_dir = if resuming {
-        Some(checkpoint::latest(&run_dir)?)
-    } else {
-        None
-    };
-    let (model, optim, state) = resume_from(
-        resume_dir.as_deref(),
-        &run_dir,
-        model,
-        recipe.train.optimizer(),
-    )?;
     use ember_data::loader::Batches;
     eprintln!(
         "model: {} parameters ({}); train: {} of {} sequences per epoch (≤ {} tokens); validation: {}",

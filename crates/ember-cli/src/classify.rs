@@ -410,6 +410,7 @@ fn load_body(
                 None => {
                     let name = args.model_config.as_deref().unwrap_or("gpt2-small");
                     let config = models::load_gpt_config(name, None)?;
+                    crate::memory::check_model_fits(config.num_params(), true, device)?;
                     let gpt = config.init(device);
                     (format!("random init ({name})"), config, gpt, None)
                 }
@@ -467,6 +468,7 @@ fn load_body(
                     (tokenizer, PathBuf::from("tokenizer.json"))
                 }
             };
+            crate::memory::check_model_fits(config.num_params(CLASSIFIER_HEADS), true, device)?;
             let bert = config.init(CLASSIFIER_HEADS, device);
             Ok((
                 format!("random init ({name})"),
@@ -854,7 +856,42 @@ fn read_run(dir: &Path) -> Result<ClassifierRun> {
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let run: ClassifierRun =
+        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    runs::checked_run_file(&path, run, |run| {
+        let (positions, vocab) = match &run.model {
+            BodyConfig::Gpt(c) => {
+                c.validate().map_err(|e| e.to_string())?;
+                (c.context_length, c.vocab_size)
+            }
+            BodyConfig::Bert(c) => {
+                c.validate().map_err(|e| e.to_string())?;
+                (c.max_position_embeddings, c.vocab_size)
+            }
+        };
+        if !(1..=positions).contains(&run.max_length) {
+            return Err(format!(
+                "max_length {} is outside 1..={positions}, the model's positions",
+                run.max_length
+            ));
+        }
+        if run.pad_id as usize >= vocab {
+            return Err(format!(
+                "pad_id {} is outside the model's vocabulary of {vocab}",
+                run.pad_id
+            ));
+        }
+        if run.label_names.len() < 2 {
+            return Err(format!(
+                "label_names has {} names; a classifier has at least 2",
+                run.label_names.len()
+            ));
+        }
+        if let Some(lora) = &run.lora {
+            lora.validate()?;
+        }
+        run.options.validate()
+    })
 }
 
 /// A classifier of either family.

@@ -221,7 +221,7 @@ pub fn cpu_threads() -> usize {
 }
 
 /// Whether `device` is one of the CPU backends, which compute each op as it is called.
-fn is_cpu(device: &Device) -> bool {
+pub fn is_cpu(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     if *device == Device::flex() {
         return true;

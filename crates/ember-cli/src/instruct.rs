@@ -304,6 +304,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
     let model = match start {
         Some(model) => model,
         None => {
+            crate::memory::check_model_fits(info.model.num_params(), true, &device)?;
             let mut model = info.model.init(&device);
             if let Some(lora) = &recipe.lora {
                 model = model.add_lora(lora);
@@ -311,6 +312,14 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
             model
         }
     };
+    // The checkpoint before the run file: a resume that fails on a damaged checkpoint leaves
+    // the run's description (its epochs) as it was.
+    let (mut model, optim, state) = resume_from(
+        resume_dir.as_deref(),
+        &run_dir,
+        model,
+        recipe.train.optimizer(),
+    )?;
     if resume_dir.is_none() {
         runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
     }
@@ -324,12 +333,6 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         write_entries(&run_dir.join(name), part, None)?;
     }
 
-    let (mut model, optim, state) = resume_from(
-        resume_dir.as_deref(),
-        &run_dir,
-        model,
-        recipe.train.optimizer(),
-    )?;
     if recipe.lora.is_some() {
         model = model.train_only_lora();
     }
@@ -566,12 +569,7 @@ pub fn response_options(
 
 pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
     crate::memory::huge_pages_from_now();
-    if args.out.exists() && !args.force {
-        bail!(
-            "{} exists; choose another --out or pass --force to replace it",
-            args.out.display()
-        );
-    }
+    crate::runs::refuse_to_replace_file(&args.out, args.force)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -723,14 +721,8 @@ fn ollama_chat(
 }
 
 pub fn run_judge(args: JudgeArgs) -> Result<()> {
-    if let Some(out) = &args.out
-        && out.exists()
-        && !args.force
-    {
-        bail!(
-            "{} exists; choose another --out or pass --force to replace it",
-            out.display()
-        );
+    if let Some(out) = &args.out {
+        crate::runs::refuse_to_replace_file(out, args.force)?;
     }
     let entries = read_instructions(&args.responses)?;
     let mut responses = Vec::with_capacity(entries.len());

@@ -133,3 +133,70 @@ unsafe impl GlobalAlloc for HugePages {
         moved
     }
 }
+
+/// This machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`); `None` where that
+/// is not known.
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses to build a model of `params` f32 parameters on a CPU `device` when it cannot fit in this machine's memory: the weights alone (4 bytes a parameter), or
+/// for `training` the weights, their gradients and AdamW's two moments (16 bytes), before any
+/// activation. Why: the allocation of a too-large model aborts the process with a trace, and
+/// a config with a mistyped size (`emb_dim = 1000000`) should get a line that says why.
+pub fn check_model_fits(
+    params: usize,
+    training: bool,
+    device: &burn::prelude::Device,
+) -> anyhow::Result<()> {
+    if !crate::device::is_cpu(device) {
+        return Ok(());
+    }
+    let Some(total) = total_memory() else {
+        return Ok(());
+    };
+    model_fits(params, training, total)
+}
+
+fn model_fits(params: usize, training: bool, total: u64) -> anyhow::Result<()> {
+    let (bytes_per_param, what) = match training {
+        true => (16, "training it (weights, gradients and AdamW's moments in f32)"),
+        false => (4, "its f32 weights"),
+    };
+    let needed = params as u128 * bytes_per_param;
+    if needed > total as u128 {
+        anyhow::bail!(
+            "the model has {params} parameters: {what} needs {:.1} GB, more than this machine's \
+             {:.1} GB of memory (check the model config's sizes)",
+            needed as f64 / 1e9,
+            total as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_larger_than_memory_is_refused_with_its_size() {
+        let gib = 1u64 << 30;
+        // gpt2-small trains in 2 GiB (2.0 GB of state), not in 1 GiB.
+        assert!(model_fits(124_439_808, true, 2 * gib).is_ok());
+        let err = model_fits(124_439_808, true, gib).unwrap_err().to_string();
+        assert!(err.contains("124439808 parameters") && err.contains("2.0 GB"), "{err}");
+        assert!(model_fits(124_439_808, false, gib).is_ok());
+        assert!(model_fits(usize::MAX, false, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn this_machine_reports_its_memory() {
+        if cfg!(target_os = "linux") {
+            assert!(total_memory().is_some_and(|bytes| bytes > 1 << 20));
+        }
+    }
+}

@@ -216,20 +216,24 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     device.seed(recipe.train.seed);
     let model = match pretrained {
         Some(model) => model,
-        None => info.model.init(&device),
+        None => {
+            crate::memory::check_model_fits(info.model.num_params(), true, &device)?;
+            info.model.init(&device)
+        }
     };
-    if resume_dir.is_none() {
-        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
-    }
-    runs::keep_own_tokenizer(&run_dir, &mut info)?;
-    write_run_info(&run_dir, &info)?;
-
+    // The checkpoint before the run file: a resume that fails on a damaged checkpoint leaves
+    // the run's description (its epochs) as it was.
     let (model, optim, state) = resume_from(
         resume_dir.as_deref(),
         &run_dir,
         model,
         recipe.train.optimizer(),
     )?;
+    if resume_dir.is_none() {
+        runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
+    }
+    runs::keep_own_tokenizer(&run_dir, &mut info)?;
+    write_run_info(&run_dir, &info)?;
     eprintln!(
         "model: {} parameters; train: {} of {} × {} tokens per epoch; validation: {}",
         info.model.num_params(),

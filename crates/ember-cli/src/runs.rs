@@ -63,7 +63,32 @@ pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
             run_dir.display()
         );
     }
-    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let info: RunInfo = parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    checked_run_file(&path, info, |info| {
+        info.model.validate().map_err(|e| e.to_string())?;
+        if let Some(recipe) = &info.recipe {
+            recipe.train.validate()?;
+        }
+        if let Some(instruct) = &info.instruct {
+            instruct.train.validate()?;
+            if let Some(lora) = &instruct.lora {
+                lora.validate()?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `value`, read from the run file at `path`, if `check` passes. Why: a run file is written by
+/// ember, but a value edited into it by hand (`n_heads = 0`) would otherwise fail deep inside a
+/// tensor op; checked as a config file is, the error names the file.
+pub fn checked_run_file<T>(
+    path: &Path,
+    value: T,
+    check: impl FnOnce(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
+    check(&value).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(value)
 }
 
 /// Writes `RUN_DIR/run.toml` atomically (creating the directory).
@@ -74,13 +99,17 @@ pub fn write_run_info(run_dir: &Path, info: &RunInfo) -> Result<()> {
 /// Refuses to write over any of `files` that exists, unless `force` (the `--force` of the
 /// commands that write plain output files rather than runs).
 pub fn refuse_to_replace(dir: &Path, files: &[&str], force: bool) -> Result<()> {
-    if force {
-        return Ok(());
-    }
-    if let Some(existing) = files.iter().map(|f| dir.join(f)).find(|p| p.exists()) {
+    files
+        .iter()
+        .try_for_each(|f| refuse_to_replace_file(&dir.join(f), force))
+}
+
+/// Refuses to write over the file at `path` if it exists, unless `force`.
+pub fn refuse_to_replace_file(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
         bail!(
-            "{} already exists; pass --force to replace it",
-            existing.display()
+            "{} already exists; choose another path or pass --force to replace it",
+            path.display()
         );
     }
     Ok(())

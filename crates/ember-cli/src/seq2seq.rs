@@ -68,7 +68,7 @@ pub struct TranslateArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     beam: u32,
     /// Rank finished beams by log p / length^P.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = finite_number)]
     length_penalty: f64,
     /// Most tokens per output, the end token included [default: twice the longest training
     /// target].
@@ -77,6 +77,18 @@ pub struct TranslateArgs {
     /// Draw the attention over the source of the (single) text as a heatmap PNG.
     #[arg(long)]
     attention_png: Option<PathBuf>,
+    /// Replace an existing --attention-png file.
+    #[arg(long, requires = "attention_png")]
+    force: bool,
+}
+
+/// A finite number (NaN and infinities rank nothing).
+fn finite_number(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The model part of a recipe: `arch = "transformer"` or `"lstm"` with that model's fields.
@@ -268,9 +280,6 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         val: &val_loader,
     }
     .check()?;
-    if previous.is_none() {
-        crate::runs::prepare_new_run_dir(&out, args.overwrite, true)?;
-    }
     let run = Seq2SeqRun {
         recipe: recipe.clone(),
         vocab: match &vocab {
@@ -279,12 +288,19 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         },
         decode_max_len,
     };
-    if let Some(trained) = &trained_bpe {
-        trained
-            .save(&out)
-            .with_context(|| format!("writing the BPE vocabulary into {}", out.display()))?;
-    }
-    crate::runs::write_run_file(&out, RUN_FILE, &run)?;
+    // Written once the model is built and its checkpoint (when resuming) loaded: a failure
+    // before leaves the old run, or the run being resumed, as it was.
+    let write_run = || -> Result<()> {
+        if previous.is_none() {
+            crate::runs::prepare_new_run_dir(&out, args.overwrite, true)?;
+        }
+        if let Some(trained) = &trained_bpe {
+            trained
+                .save(&out)
+                .with_context(|| format!("writing the BPE vocabulary into {}", out.display()))?;
+        }
+        crate::runs::write_run_file(&out, RUN_FILE, &run)
+    };
     let resume_dir = match &previous {
         Some(_) => Some(checkpoint::latest(&out)?),
         None => None,
@@ -308,6 +324,7 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
         val_pairs: &val_pairs,
         out: &out,
         resume_dir: resume_dir.as_deref(),
+        write_run: &write_run,
     };
     match &recipe.model {
         Seq2SeqConfig::Transformer(config) => train_and_test(config.init(&device), context),
@@ -325,6 +342,8 @@ struct TrainContext<'a> {
     out: &'a Path,
     /// The checkpoint to continue from.
     resume_dir: Option<&'a Path>,
+    /// Prepares the run directory and writes the run's files.
+    write_run: &'a dyn Fn() -> Result<()>,
 }
 
 fn train_and_test<M>(model: M, cx: TrainContext<'_>) -> Result<()>
@@ -339,6 +358,7 @@ where
         decode_max_len: cx.run.decode_max_len,
     });
     let (model, optim, state) = resume_from(cx.resume_dir, cx.out, model, options.optimizer())?;
+    (cx.write_run)()?;
     let model = train_and_report(
         model,
         optim,
@@ -451,7 +471,24 @@ fn read_run(dir: &Path) -> Result<Seq2SeqRun> {
             dir.display()
         )
     })?;
-    parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let run: Seq2SeqRun =
+        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    crate::runs::checked_run_file(&path, run, |run| {
+        match &run.recipe.model {
+            Seq2SeqConfig::Transformer(c) => c.validate(),
+            Seq2SeqConfig::Lstm(c) => c.validate(),
+        }
+        .map_err(|e| e.to_string())?;
+        run.recipe.train.validate()?;
+        if !(1..=run.recipe.model.max_len()).contains(&run.decode_max_len) {
+            return Err(format!(
+                "decode_max_len {} is outside 1..={}, the model's max_len",
+                run.decode_max_len,
+                run.recipe.model.max_len()
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// The vocabulary a run was trained with.
@@ -467,6 +504,9 @@ pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
     let run = read_run(&args.checkpoint)?;
     if args.attention_png.is_some() && args.texts.len() != 1 {
         bail!("--attention-png draws one text's attention; give exactly one text");
+    }
+    if let Some(png) = &args.attention_png {
+        crate::runs::refuse_to_replace_file(png, args.force)?;
     }
     let vocab = run_vocab(&run, &args.checkpoint)?;
     let dir = checkpoint::latest(&args.checkpoint)?;
@@ -491,6 +531,9 @@ fn translate_texts<M: Seq2SeqModel>(
     let decode_max_len = args.max_len.map_or(run.decode_max_len, |n| n as usize);
     let options = decode_options(decode_max_len, args.beam as usize, args.length_penalty);
     let max_len = run.recipe.model.max_len();
+    if decode_max_len > max_len {
+        bail!("--max-len {decode_max_len} exceeds the model's max_len {max_len}");
+    }
     for text in &args.texts {
         let len = vocab.encode(text).len();
         if len == 0 {

@@ -186,7 +186,7 @@ pub fn run_tokenizer(cmd: TokenizerCommand) -> Result<()> {
         println!(
             "note: stopped at {} tokens: no pair occurs {} times or more",
             tokenizer.vocab_size(),
-            args.min_frequency
+            args.min_frequency.max(1)
         );
     }
     let gpt2 = data::gpt2_tokenizer().ok();

@@ -392,6 +392,20 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         &["pretrain", "--lr=-0.1", "--out", "r-lr"],
         "lr must be positive",
     );
+    c.fails(
+        "epochs whose schedule would overflow",
+        &["pretrain", "--epochs", "1844674407370955162", "--out", "r-epochs"],
+        "epochs must be at most",
+    );
+    // A size far beyond memory: refused before anything is allocated or written (the check
+    // reads /proc/meminfo).
+    #[cfg(target_os = "linux")]
+    model(
+        &mut c,
+        "model-larger-than-memory",
+        &MICRO.replace("emb_dim = 8", "emb_dim = 1000000"),
+        "more than this machine's",
+    );
 
     // Devices.
     c.fails(

@@ -194,7 +194,7 @@ fn tokenizer_train_writes_a_vocabulary_that_loads_back() {
     assert_eq!(stdout(&out), ids);
     assert_ne!(ids.trim(), "1169 15593");
     let before = std::fs::read(out_dir.join("vocab.bpe")).unwrap();
-    assert_one_line_error(&train_again(&[]), "already exists; pass --force");
+    assert_one_line_error(&train_again(&[]), "pass --force to replace it");
     assert_eq!(std::fs::read(out_dir.join("vocab.bpe")).unwrap(), before);
     let out = train_again(&["--force"]);
     assert!(
@@ -393,6 +393,46 @@ fn pretrain_then_generate_then_resume() {
         ]))
     };
     assert_eq!(sampled("1"), sampled("1"));
+
+    // A copy of the run with a damaged checkpoint: the resume fails naming the file, and the
+    // run's description keeps its epochs (it is written only once the checkpoint has loaded).
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::copy(run.join("run.toml"), damaged.join("run.toml")).unwrap();
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let step_dir = format!("checkpoints/{}", latest.trim());
+    std::fs::create_dir_all(damaged.join(&step_dir)).unwrap();
+    for entry in std::fs::read_dir(run.join(&step_dir)).unwrap().flatten() {
+        std::fs::copy(entry.path(), damaged.join(&step_dir).join(entry.file_name())).unwrap();
+    }
+    std::fs::copy(run.join("checkpoints/latest"), damaged.join("checkpoints/latest")).unwrap();
+    let model_bpk = damaged.join(&step_dir).join("model.bpk");
+    let bytes = std::fs::read(&model_bpk).unwrap();
+    std::fs::write(&model_bpk, &bytes[..bytes.len() / 2]).unwrap();
+    let damaged_str = damaged.to_str().unwrap();
+    let run_toml = std::fs::read_to_string(damaged.join("run.toml")).unwrap();
+    let out = ember(&["pretrain", "--resume", damaged_str, "--epochs", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("model.bpk"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(damaged.join("run.toml")).unwrap(),
+        run_toml
+    );
+    // A value edited into the run file by hand is refused naming the file, not a panic.
+    std::fs::write(
+        damaged.join("run.toml"),
+        run_toml.replace("n_heads = 2", "n_heads = 0"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &ember(&["generate", "--checkpoint", damaged_str, "--prompt", "a"]),
+        "run.toml: n_heads must be at least 1",
+    );
 
     // Resume with one more epoch: continues from step 9 to 18, on a schedule that now spans
     // two epochs (and says so).
@@ -706,7 +746,7 @@ fn pretrain_then_generate_then_resume() {
             "--out",
             exported.to_str().unwrap(),
         ]),
-        "already exists; pass --force",
+        "pass --force to replace it",
     );
 
     assert_one_line_error(

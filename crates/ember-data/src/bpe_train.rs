@@ -98,7 +98,9 @@ pub fn train<'t>(
         .collect();
 
     let target_merges = vocab_size - MIN_VOCAB_SIZE;
-    let mut merges = Vec::with_capacity(target_merges);
+    // Room for as many merges as the corpus has pairs to start with: a `vocab_size` far beyond
+    // what the corpus can give (`--vocab-size 4294967296`) must not allocate for itself.
+    let mut merges = Vec::with_capacity(target_merges.min(pair_counts.len()));
     while merges.len() < target_merges {
         let Some((count, Reverse(pair))) = heap.pop() else {
             break;

@@ -159,9 +159,15 @@ impl BertConfig {
 
     /// Exact number of parameters of [`BertConfig::init`] with `heads`.
     pub fn num_params(&self, heads: BertHeads) -> usize {
-        let (v, h, i) = (self.vocab_size, self.hidden_size, self.intermediate_size);
+        // In u128, saturated, as `GptConfig::num_params`.
+        let (v, h, i) = (
+            self.vocab_size as u128,
+            self.hidden_size as u128,
+            self.intermediate_size as u128,
+        );
         let ln = 2 * h;
-        let embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + ln;
+        let positions = self.max_position_embeddings as u128 + self.type_vocab_size as u128;
+        let embeddings = (v + positions) * h + ln;
         let layer = 4 * (h * h + h) + ln + (h * i + i) + (i * h + h) + ln;
         let pooler = if heads.pooler || heads.nsp {
             h * h + h
@@ -170,7 +176,8 @@ impl BertConfig {
         };
         let mlm = if heads.mlm { h * h + h + ln + v } else { 0 };
         let nsp = if heads.nsp { 2 * h + 2 } else { 0 };
-        embeddings + self.num_hidden_layers * layer + pooler + mlm + nsp
+        let total = embeddings + self.num_hidden_layers as u128 * layer + pooler + mlm + nsp;
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 
     /// A randomly initialised model on `device`, initialised as HF's BERT: weights N(0, 0.02),

@@ -112,7 +112,7 @@ fn generate_here(
 
     // Each step adds a column: row r occupies the last `sequences[r].len() + pending.len()` of
     // `width` columns, the columns before are padding.
-    for width in longest..longest + options.max_new_tokens {
+    for width in longest..longest.saturating_add(options.max_new_tokens) {
         let incremental = options.use_cache
             && width <= context
             && !state.cache.is_empty()

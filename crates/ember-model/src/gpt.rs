@@ -105,17 +105,20 @@ impl GptConfig {
 
     /// Exact number of parameters of [`GptConfig::init`], without building the model.
     pub fn num_params(&self) -> usize {
+        // In u128, saturated: a mistyped size (`emb_dim = 1e9`) reports a huge count instead
+        // of overflowing, and the caller refuses it.
         let (v, c, d, l) = (
-            self.vocab_size,
-            self.context_length,
-            self.emb_dim,
-            self.n_layers,
+            self.vocab_size as u128,
+            self.context_length as u128,
+            self.emb_dim as u128,
+            self.n_layers as u128,
         );
         let ln = 2 * d;
         let attn = d * 3 * d + if self.qkv_bias { 3 * d } else { 0 } + d * d + d;
         let mlp = d * 4 * d + 4 * d + 4 * d * d + d;
         let head = if self.tie_weights { 0 } else { d * v };
-        v * d + c * d + l * (2 * ln + attn + mlp) + ln + head
+        let total = v * d + c * d + l * (2 * ln + attn + mlp) + ln + head;
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 
     /// Builds a randomly initialised model on `device` (weights N(0, 0.02), as GPT-2).

@@ -278,7 +278,7 @@ pub fn finetune<M: ClassifierModel>(
         batch_in_epoch: 0,
         tokens_seen: 0,
     });
-    observer.on_start(steps_per_epoch * options.epochs);
+    observer.on_start(steps_per_epoch.saturating_mul(options.epochs));
     for epoch in state.epoch..options.epochs {
         let epoch_seed = options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         for rows in data

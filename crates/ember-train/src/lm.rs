@@ -75,6 +75,9 @@ fn default_keep() -> usize {
     2
 }
 
+/// Most epochs a run may ask for.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
 /// The checks every training loop makes of its optimizer settings (`grad_clip`: when given).
 pub(crate) fn check_settings(
     epochs: usize,
@@ -85,6 +88,11 @@ pub(crate) fn check_settings(
 ) -> Result<(), String> {
     if epochs == 0 {
         return Err("epochs must be at least 1".into());
+    }
+    // A bound no run comes near, so that epochs × batches (the schedule's length) cannot
+    // overflow: a mistyped count is an error, not a schedule 4 steps long.
+    if epochs > MAX_EPOCHS {
+        return Err(format!("epochs must be at most {MAX_EPOCHS}, got {epochs}"));
     }
     if batch_size == 0 {
         return Err("batch_size must be at least 1".into());
@@ -381,7 +389,7 @@ fn train_steps<B: Batch, M: LossModel<B>>(
         val: val_loader,
     } = splits;
     let steps_per_epoch = train_loader.num_batches();
-    let total_steps = steps_per_epoch * options.epochs;
+    let total_steps = steps_per_epoch.saturating_mul(options.epochs);
     let schedule = options.schedule(total_steps);
     let device = model.device();
     let mut state = resume.unwrap_or(TrainState {
