@@ -138,12 +138,13 @@ pub(crate) type MaskPrediction = (usize, Vec<(u32, f32)>);
 
 /// The `top_k` most likely tokens `(id, probability)` at every `mask_id` of each input:
 /// `[input][mask] = (position, candidates)`. Only the masked rows go through the vocabulary
-/// projection and the softmax.
+/// projection and the softmax. Candidates are the first `tokens` ids, the tokenizer's: rows of
+/// a larger embedding table have no text to show.
 pub(crate) fn mask_predictions(
     model: &Bert,
     inputs: &[EncoderInput],
-    pad_id: u32,
-    mask_id: u32,
+    [pad_id, mask_id]: [u32; 2],
+    tokens: usize,
     top_k: usize,
     device: &Device,
 ) -> Result<Vec<Vec<MaskPrediction>>> {
@@ -183,6 +184,7 @@ pub(crate) fn mask_predictions(
     for (&(row, pos), dist) in positions.iter().zip(probs.chunks(vocab)) {
         let mut ranked: Vec<(u32, f32)> = dist
             .iter()
+            .take(tokens)
             .enumerate()
             .map(|(id, &p)| (id as u32, p))
             .collect();
@@ -247,8 +249,8 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
     let predictions = mask_predictions(
         &loaded.model,
         &inputs,
-        pad_id(&loaded),
-        mask_id,
+        [pad_id(&loaded), mask_id],
+        tokenizer.vocab_size(),
         args.top_k as usize,
         &device,
     )?;

@@ -298,6 +298,18 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
                         config.vocab_size
                     );
                 }
+                // The model starts from scratch: its embedding table and MLM output are sized
+                // to the tokenizer, as with a vocabulary trained here (rows no id reaches would
+                // only compete in the softmax).
+                if tokenizer.vocab_size() < config.vocab_size {
+                    eprintln!(
+                        "note: vocab_size {} → {}, the size of the tokenizer {}",
+                        config.vocab_size,
+                        tokenizer.vocab_size(),
+                        path.display()
+                    );
+                    config.vocab_size = tokenizer.vocab_size();
+                }
                 // The run keeps its own copy (saved with it, once all is checked), so it
                 // does not depend on --tokenizer staying; GPT-2's BPE has no tokenizer.json
                 // form and is recorded by path.
@@ -465,8 +477,8 @@ impl EpochSample<Bert> for MaskSample<'_> {
         let predictions = crate::bert::mask_predictions(
             model,
             std::slice::from_ref(&input),
-            self.specials.pad,
-            self.specials.mask,
+            [self.specials.pad, self.specials.mask],
+            self.tokenizer.vocab_size(),
             3,
             &model.device(),
         )

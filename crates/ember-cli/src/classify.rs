@@ -196,9 +196,9 @@ pub struct FinetuneClassifyArgs {
     /// vocabulary trained on the training split, saved in the run].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Size of that WordPiece vocabulary.
-    #[arg(long, default_value_t = 8000)]
-    vocab_size: usize,
+    /// Size of that WordPiece vocabulary [default: 8000].
+    #[arg(long, requires = "random_init", conflicts_with = "tokenizer")]
+    vocab_size: Option<usize>,
     /// GPT: last (the last position, as the book) or last-non-pad (each text's last token)
     /// [default: last].
     #[arg(long)]
@@ -275,6 +275,9 @@ pub struct LoraMergeArgs {
     out: PathBuf,
 }
 
+/// Tokens of the WordPiece vocabulary trained for a BERT classifier from random weights.
+const DEFAULT_WORDPIECE_SIZE: usize = 8000;
+
 /// How the splits of a run come from `--data`.
 struct DataSource<'a> {
     data: &'a str,
@@ -294,6 +297,12 @@ fn load_splits(source: &DataSource<'_>) -> Result<ClassSplits> {
     }
     let path = Path::new(source.data);
     if path.is_dir() {
+        if source.balance {
+            bail!(
+                "--balance undersamples one file before splitting it; {} is split already (train, validation, test)",
+                path.display()
+            );
+        }
         let mut files = Vec::new();
         for name in ["train", "validation", "test"] {
             let file = ["csv", "tsv"]
@@ -463,7 +472,8 @@ fn load_body(
                 None => {
                     let texts = splits.train.iter().map(|e| e.text.as_str());
                     // Saved into --out with the run (a relative path), once all is checked.
-                    let tokenizer = Tokenizer::train_wordpiece(texts, args.vocab_size, true)?;
+                    let size = args.vocab_size.unwrap_or(DEFAULT_WORDPIECE_SIZE);
+                    let tokenizer = Tokenizer::train_wordpiece(texts, size, true)?;
                     config.vocab_size = tokenizer.vocab_size();
                     (tokenizer, PathBuf::from("tokenizer.json"))
                 }
@@ -514,6 +524,11 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     if args.arch == Arch::Bert && trainable == Trainable::Lora {
         bail!(
             "--trainable lora is supported for GPT classifiers; for BERT use head, last-block, last-blocks:N or all"
+        );
+    }
+    if args.arch == Arch::Gpt && args.vocab_size.is_some() {
+        bail!(
+            "--vocab-size sizes the WordPiece vocabulary trained for a BERT from --random-init (--arch bert)"
         );
     }
     if args.arch == Arch::Bert && args.drop_rate.is_some() {

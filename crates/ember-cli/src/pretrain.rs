@@ -108,7 +108,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub(crate) objectives: Option<String>,
     /// BERT: size of the WordPiece vocabulary trained on the corpus [default: the recipe's].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tokenizer")]
     pub(crate) vocab_size: Option<usize>,
     /// Run directory for checkpoints, metrics and the loss plot.
     #[arg(long, default_value = "runs/pretrain")]

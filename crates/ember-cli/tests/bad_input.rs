@@ -748,6 +748,17 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             vec!["--arch", "bert", "--random-init", "--drop-rate", "0.1"],
             "--drop-rate is for GPT classifiers",
         ),
+        (
+            "--vocab-size for a GPT classifier",
+            vec![
+                "--random-init",
+                "--model-config",
+                micro.as_str(),
+                "--vocab-size",
+                "100",
+            ],
+            "--vocab-size sizes the WordPiece vocabulary",
+        ),
     ] {
         let mut args = vec![
             "finetune",
@@ -761,6 +772,26 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         args.extend(extra);
         c.fails(what, &args, needle);
     }
+    for split in ["train", "validation", "test"] {
+        c.write(&format!("split/{split}.csv"), "Label,Text\nham,hello\nspam,win\n");
+    }
+    c.fails(
+        "--balance with data split already",
+        &[
+            "finetune",
+            "classify",
+            "--data",
+            &c.p("split"),
+            "--balance",
+            "--random-init",
+            "--model-config",
+            &micro,
+            "--out",
+            "run",
+            "--overwrite",
+        ],
+        "is split already",
+    );
     instruct(
         &mut c,
         "instruct LoRA flag without --trainable lora",
