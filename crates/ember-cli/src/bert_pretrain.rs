@@ -405,6 +405,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
         &run_dir,
         model,
         recipe.train.optimizer(),
+        Some(ember_data::loader::Batches::num_batches(&train_loader)),
     )?;
     // Everything is checked: now the run directory is written.
     if !resuming {

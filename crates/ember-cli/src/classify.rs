@@ -749,7 +749,7 @@ fn fit(
     match classifier_of(body, run) {
         Classifier::Gpt(model) => {
             let (model, optim, state) =
-                crate::pretrain::resume_from(resume_dir, out, *model, optim)?;
+                crate::pretrain::resume_from(resume_dir, out, *model, optim, None)?;
             let model = model.set_trainable(trainable);
             let counts = model.param_counts();
             let best = train_classifier(model, optim, counts, run, data, out, state)?;
@@ -759,7 +759,7 @@ fn fit(
         }
         Classifier::Bert(model) => {
             let (model, optim, state) =
-                crate::pretrain::resume_from(resume_dir, out, *model, optim)?;
+                crate::pretrain::resume_from(resume_dir, out, *model, optim, None)?;
             let model = model.set_trainable(trainable).map_err(anyhow::Error::msg)?;
             let counts = model.param_counts();
             train_classifier(model, optim, counts, run, data, out, state)?;

@@ -60,11 +60,10 @@ pub fn run_import(command: ImportCommand, device_spec: &str) -> Result<()> {
     if let Err(err) = loaded.tokenizer() {
         eprintln!("warning: {err:#}; text commands will not work with this run");
     }
+    // Imported weights have trained no batches of ember's (nothing to resume).
     let state = TrainState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        tokens_seen: 0,
+        batches_per_epoch: None,
+        ..TrainState::start(0)
     };
     let mut info = RunInfo {
         model: loaded.config.clone(),

@@ -319,6 +319,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
         &run_dir,
         model,
         recipe.train.optimizer(),
+        Some(Batches::<TokenBatch>::num_batches(&train_loader)),
     )?;
     if resume_dir.is_none() {
         runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;

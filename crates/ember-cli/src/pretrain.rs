@@ -228,6 +228,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
         &run_dir,
         model,
         recipe.train.optimizer(),
+        Some(train_loader.num_batches()),
     )?;
     if resume_dir.is_none() {
         runs::prepare_new_run_dir(&run_dir, args.overwrite, true)?;
@@ -281,19 +282,27 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads the checkpoint in `resume_dir` (when resuming) into `model` and `optim`.
+/// Loads the checkpoint in `resume_dir` (when resuming) into `model` and `optim`, refusing it
+/// when the training data no longer gives the `train_batches` per epoch it was saved with
+/// (`None`: checked by the training loop).
 pub(crate) fn resume_from<M: Module>(
     resume_dir: Option<&Path>,
     run_dir: &Path,
     model: M,
     optim: ModuleOptimizer,
+    train_batches: Option<usize>,
 ) -> Result<(M, ModuleOptimizer, Option<TrainState>)> {
     let Some(dir) = resume_dir else {
         return Ok((model, optim, None));
     };
+    let state = checkpoint::load_state(dir)?;
+    if let Some(batches) = train_batches {
+        state
+            .check_batches_per_epoch(batches)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", run_dir.display()))?;
+    }
     let model = checkpoint::load_model(dir, model)?;
     let optim = checkpoint::load_optimizer(dir, optim)?;
-    let state = checkpoint::load_state(dir)?;
     eprintln!("resuming {} from step {}", run_dir.display(), state.step);
     Ok((model, optim, Some(state)))
 }

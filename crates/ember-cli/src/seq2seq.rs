@@ -357,7 +357,13 @@ where
         pair: cx.val_pairs.first().cloned(),
         decode_max_len: cx.run.decode_max_len,
     });
-    let (model, optim, state) = resume_from(cx.resume_dir, cx.out, model, options.optimizer())?;
+    let (model, optim, state) = resume_from(
+        cx.resume_dir,
+        cx.out,
+        model,
+        options.optimizer(),
+        Some(ember_data::loader::Batches::num_batches(cx.train)),
+    )?;
     (cx.write_run)()?;
     let model = train_and_report(
         model,

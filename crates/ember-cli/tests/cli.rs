@@ -433,6 +433,22 @@ fn pretrain_then_generate_then_resume() {
         &ember(&["generate", "--checkpoint", damaged_str, "--prompt", "a"]),
         "run.toml: n_heads must be at least 1",
     );
+    // Resuming on other data (5 batches an epoch, not 9) is refused: it would stop mid-epoch.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "hello world. ".repeat(1000)).unwrap();
+    let corpus_line = run_toml
+        .lines()
+        .find(|l| l.starts_with("corpus = "))
+        .unwrap();
+    std::fs::write(
+        damaged.join("run.toml"),
+        run_toml.replace(corpus_line, &format!("corpus = {:?}", short.to_str().unwrap())),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &ember(&["pretrain", "--resume", damaged_str]),
+        "the training data changed since the checkpoint of step 9: 9 batches per epoch then, 5 now",
+    );
 
     // Resume with one more epoch: continues from step 9 to 18, on a schedule that now spans
     // two epochs (and says so).

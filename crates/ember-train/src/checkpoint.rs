@@ -26,6 +26,37 @@ pub struct TrainState {
     pub batch_in_epoch: usize,
     /// Input tokens processed so far.
     pub tokens_seen: u64,
+    /// Training batches per epoch when the checkpoint was saved (absent from checkpoints of
+    /// earlier versions): resuming on data of another size would stop mid-epoch or run past
+    /// the schedule, so [`TrainState::check_batches_per_epoch`] refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batches_per_epoch: Option<usize>,
+}
+
+impl TrainState {
+    /// The state of a run that has not trained yet, on `batches_per_epoch` batches an epoch.
+    pub fn start(batches_per_epoch: usize) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            batches_per_epoch: Some(batches_per_epoch),
+        }
+    }
+
+    /// Refuses to continue on `batches` training batches per epoch when the checkpoint was
+    /// saved with another count: the training data changed since.
+    pub fn check_batches_per_epoch(&self, batches: usize) -> Result<(), String> {
+        match self.batches_per_epoch {
+            Some(saved) if saved != batches => Err(format!(
+                "the training data changed since the checkpoint of step {}: {saved} batches per \
+                 epoch then, {batches} now (restore the data, or start a new run)",
+                self.step
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Errors reading or writing checkpoints; messages name the path.

@@ -221,6 +221,11 @@ pub fn finetune<M: ClassifierModel>(
             options.batch_size
         )));
     }
+    if let Some(state) = &resume {
+        state
+            .check_batches_per_epoch(steps_per_epoch)
+            .map_err(TrainError::Invalid)?;
+    }
     let device = model.device();
     let metrics_path = run_dir.join("metrics.jsonl");
     let io = |path: &Path| {
@@ -272,12 +277,13 @@ pub fn finetune<M: ClassifierModel>(
             .map_err(io(&metrics_path))
     };
 
-    let mut state = resume.unwrap_or(TrainState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        tokens_seen: 0,
-    });
+    let mut state = match resume {
+        Some(state) => TrainState {
+            batches_per_epoch: Some(steps_per_epoch),
+            ..state
+        },
+        None => TrainState::start(steps_per_epoch),
+    };
     observer.on_start(steps_per_epoch.saturating_mul(options.epochs));
     for epoch in state.epoch..options.epochs {
         let epoch_seed = options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -392,12 +392,18 @@ fn train_steps<B: Batch, M: LossModel<B>>(
     let total_steps = steps_per_epoch.saturating_mul(options.epochs);
     let schedule = options.schedule(total_steps);
     let device = model.device();
-    let mut state = resume.unwrap_or(TrainState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        tokens_seen: 0,
-    });
+    let mut state = match resume {
+        Some(state) => {
+            state
+                .check_batches_per_epoch(steps_per_epoch)
+                .map_err(TrainError::Invalid)?;
+            TrainState {
+                batches_per_epoch: Some(steps_per_epoch),
+                ..state
+            }
+        }
+        None => TrainState::start(steps_per_epoch),
+    };
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics = open_metrics(&metrics_path, state.step)?;
     observer.on_start(total_steps, state.step);
