@@ -470,6 +470,16 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         &["import", "gpt2", "--from", &lying_dir, "--out", "r-lying"],
         "model.safetensors",
     );
+    // A NaN as the first value of the first tensor (transformer.h.0.attn.c_attn.bias).
+    let mut nan_bytes = weights.clone();
+    let first_value = 8 + header_len + start.parse::<usize>().unwrap();
+    nan_bytes[first_value..first_value + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan_dir = hf(&mut c, "nan", nan_bytes, None);
+    c.fails(
+        "NaN in the weights",
+        &["import", "gpt2", "--from", &nan_dir, "--out", "r-nan"],
+        "transformer.h.0.attn.c_attn.bias holds 1 NaN or infinite value(s)",
+    );
     let mut absurd = u64::MAX.to_le_bytes().to_vec();
     absurd.extend_from_slice(&weights[8..]);
     let absurd_dir = hf(&mut c, "absurd", absurd, None);

@@ -133,7 +133,17 @@ pub fn read_checked(
             found: found.to_vec(),
         });
     }
-    Ok(weights.read(name)?)
+    let tensor = weights.read(name)?;
+    // A NaN in the weights makes every output NaN (`generate` printed `!!!!`, `score` a NaN
+    // loss): refused here, naming the tensor.
+    let non_finite = tensor.data.iter().filter(|x| !x.is_finite()).count();
+    if non_finite > 0 {
+        return Err(HfError::Other(format!(
+            "{}: tensor {name} holds {non_finite} NaN or infinite value(s)",
+            weights.path().display()
+        )));
+    }
+    Ok(tensor)
 }
 
 /// A device parameter holding `host`.
