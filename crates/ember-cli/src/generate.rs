@@ -16,6 +16,9 @@ use crate::instruct::Responder;
 use crate::runs::load_gpt;
 use ember_data::instruct::Template;
 
+/// Sampling seed when --seed is not given.
+const DEFAULT_SEED: u64 = 123;
+
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Run directory written by `ember pretrain` or `ember import` (its latest checkpoint).
@@ -59,9 +62,9 @@ pub struct GenerateArgs {
     /// > 1 makes tokens already in the text less likely.
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
-    /// Seed of the sampling (the same seed repeats the same text).
-    #[arg(long, default_value_t = 123)]
-    seed: u64,
+    /// Seed of the sampling (the same seed repeats the same text) [default: 123].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Stop at this token id [default: the tokenizer's <|endoftext|>].
     #[arg(long, conflicts_with = "no_eos")]
     eos_id: Option<u32>,
@@ -158,17 +161,26 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
         ),
         (false, None) => tokenizer.special_id(END_OF_TEXT),
     };
-    if sampling.temperature == 0.0 && (sampling.top_k.is_some() || sampling.top_p.is_some()) {
+    let sampling_flags: Vec<&str> = [
+        ("--top-k", sampling.top_k.is_some()),
+        ("--top-p", sampling.top_p.is_some()),
+        ("--seed", args.seed.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if sampling.temperature == 0.0 && !sampling_flags.is_empty() {
         eprintln!(
-            "note: --top-k/--top-p choose among tokens when sampling; at --temperature 0 (the \
-             default) decoding is greedy: give a temperature, e.g. 0.8, to sample"
+            "note: {} only matter when sampling; at --temperature 0 (the default) decoding is \
+             greedy: give a temperature, e.g. 0.8, to sample",
+            sampling_flags.join(", ")
         );
     }
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
         eos_id,
-        seed: args.seed,
+        seed: args.seed.unwrap_or(DEFAULT_SEED),
         use_cache: !args.no_cache,
         threads: crate::device::decode_threads(&device),
         read_every: crate::device::decode_read_every(&device),

@@ -486,6 +486,7 @@ impl Responder<'_> {
         mut done: impl FnMut(usize),
     ) -> Result<Vec<String>> {
         let mut responses = Vec::with_capacity(queries.len());
+        let mut cropped = 0;
         for chunk in queries.chunks(batch.max(1)) {
             let prompts: Vec<Vec<u32>> = chunk
                 .iter()
@@ -497,10 +498,19 @@ impl Responder<'_> {
             let results = generate(self.model, &prompts, &self.options, |_, _| {})
                 .map_err(anyhow::Error::msg)?;
             for result in results {
+                cropped += usize::from(result.prompt_cropped);
                 let text = self.tokenizer.decode(&result.tokens)?;
                 responses.push(text.trim().to_string());
             }
             done(chunk.len());
+        }
+        if cropped > 0 {
+            let context = self.model.context_length();
+            eprintln!(
+                "warning: {cropped} of {} prompt(s) had more than {context} tokens (the context \
+                 length); only their last {context} were used, without the start of the instruction",
+                queries.len()
+            );
         }
         Ok(responses)
     }

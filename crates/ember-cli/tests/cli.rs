@@ -488,10 +488,16 @@ fn pretrain_then_generate_then_resume() {
         "2",
         "--top-k",
         "5",
+        "--seed",
+        "7",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("decoding is greedy"), "{stderr}");
+    assert!(
+        stderr.contains("note: --top-k, --seed only matter when sampling")
+            && stderr.contains("decoding is greedy"),
+        "{stderr}"
+    );
     // A checkpoint inside the run instead of the run.
     let step_dir = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
@@ -1014,6 +1020,17 @@ fn prepare_finetune_classify_lora_and_merge() {
         lines[0].starts_with("1\t") && lines[1].starts_with("0\t"),
         "{lines:?}"
     );
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A text longer than the run's max_length (48 tokens) is classified from its start, and
+    // the user is told.
+    let long = "Ok lar... ".repeat(30);
+    let out = ember(&["classify", "--checkpoint", run.to_str().unwrap(), &long]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: 1 of 1 text(s) had more than 48 tokens"),
+        "{stderr}"
+    );
     assert_one_line_error(
         &finetune(&["--trainable", "all"], &run),
         "already holds a run",
@@ -1256,6 +1273,24 @@ fn finetune_instruct_generate_respond_and_judge() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!stdout(&out).contains("### "), "{}", stdout(&out));
+    // An instruction longer than the context (64 tokens) is answered from its end, with a
+    // warning that its start was dropped.
+    let long = "Rewrite the sentence. ".repeat(20);
+    let out = ember(&[
+        "generate",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--instruction",
+        &long,
+        "--max-new-tokens",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: 1 of 1 prompt(s) had more than 64 tokens"),
+        "{stderr}"
+    );
 
     // respond: every test entry gets a model_response, other fields kept.
     let responses = dir.path().join("responses.json");
