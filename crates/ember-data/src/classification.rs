@@ -170,21 +170,40 @@ fn read_rows(
             "is a directory, expected a CSV or TSV file",
         ));
     }
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    // The line of a record from its byte offset: the csv crate's own line count is one short
+    // per CRLF line ending before it (and after a CRLF the offset is that of its `\n`, so line
+    // endings at the offset are skipped first).
+    let line_at = |position: Option<&csv::Position>| {
+        position.map_or(0, |p| {
+            let mut start = (p.byte() as usize).min(bytes.len());
+            while bytes.get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+                start += 1;
+            }
+            1 + bytes[..start].iter().filter(|&&b| b == b'\n').count()
+        })
+    };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
-        .from_path(path)
-        .map_err(|e| file_error(path, e))?;
+        .from_reader(bytes.as_slice());
     let headers = reader.headers().map_err(|e| file_error(path, e))?.clone();
     let column = |name: &str| {
         headers
             .iter()
             .position(|h| h.trim() == name)
             .ok_or_else(|| {
+                // A comma-separated file named .txt/.tsv reads as one tab-separated column.
+                let hint = match delimiter == b'\t' && headers.len() == 1 && headers[0].contains(',')
+                {
+                    true => "; the file is read as tab-separated (its extension): name a \
+                             comma-separated file .csv",
+                    false => "",
+                };
                 file_error(
                     path,
                     format!(
-                        "no column `{name}` in the header (columns: {})",
+                        "no column `{name}` in the header (columns: {}){hint}",
                         headers.iter().collect::<Vec<_>>().join(", ")
                     ),
                 )
@@ -194,14 +213,14 @@ fn read_rows(
     let mut raw: Vec<(String, String, usize)> = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
+            let line = line_at(e.position());
             TableError::Line {
                 path: path.to_path_buf(),
                 line,
                 message: e.to_string(),
             }
         })?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let line = line_at(record.position());
         if record.len() > headers.len() {
             // Most often an unquoted delimiter inside the text, which would cut it silently.
             return Err(TableError::Line {
@@ -434,6 +453,23 @@ impl ClassBatches {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_line_with_either_line_ending() {
+        let dir = tempfile::tempdir().unwrap();
+        for ending in ["\n", "\r\n"] {
+            let path = dir.path().join("table.csv");
+            let rows = ["Label,Text", "ham,hello", "\"spam\",\"two\nlines\"", "spam,a,b"];
+            std::fs::write(&path, rows.join(ending) + ending).unwrap();
+            // The quoted text spans lines 3 and 4, so the bad row is line 5.
+            let err = read_table(&path, "Text", "Label").unwrap_err().to_string();
+            assert!(err.contains(": line 5: 3 fields"), "{ending:?}: {err}");
+        }
+        let txt = dir.path().join("table.txt");
+        std::fs::write(&txt, "Label,Text\nham,hello\n").unwrap();
+        let err = read_table(&txt, "Text", "Label").unwrap_err().to_string();
+        assert!(err.contains("name a comma-separated file .csv"), "{err}");
+    }
 
     #[test]
     fn labels_are_numbered_by_value_or_by_sorted_name() {
