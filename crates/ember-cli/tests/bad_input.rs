@@ -515,6 +515,17 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         ],
         "config.json",
     );
+    let mistyped = hf(
+        &mut c,
+        "mistyped-config",
+        weights.clone(),
+        Some(config.replace("\"vocab_size\": 1024", "\"vocab_size\": \"1024\"")),
+    );
+    c.fails(
+        "config.json field of the wrong type",
+        &["import", "gpt2", "--from", &mistyped, "--out", "r-mistyped"],
+        "config.json: `vocab_size`: invalid type: string \"1024\"",
+    );
     c.fails(
         "neither a run nor a HF directory",
         &["generate", "--checkpoint", "adir", "--prompt", "a"],

@@ -57,7 +57,7 @@ pub fn read_bert_config(path: &Path) -> Result<BertConfig, HfError> {
             "model_type is \"{model_type}\", expected \"bert\""
         )));
     }
-    let hf: HfBertConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let hf: HfBertConfig = crate::hf::config_from_json(value).map_err(bad)?;
     if let Some(kind) = &hf.position_embedding_type
         && kind != "absolute"
     {

@@ -81,7 +81,7 @@ pub fn read_gpt2_config(path: &Path) -> Result<(GptConfig, Option<u32>), HfError
             "model_type is \"{model_type}\", expected \"gpt2\""
         )));
     }
-    let hf: HfGpt2Config = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let hf: HfGpt2Config = crate::hf::config_from_json(value).map_err(bad)?;
     let activation = hf.activation_function.as_deref().unwrap_or("gelu_new");
     if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
         return Err(bad(format!(

@@ -112,6 +112,20 @@ pub fn find_weights_file(dir: &Path) -> Result<PathBuf, HfError> {
     Ok(file)
 }
 
+/// `value` (a parsed config.json) as `T`; an error names the field at fault (serde_json's own
+/// says `invalid type: string "abc", expected usize` without the field).
+pub fn config_from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        match field.as_str() {
+            "." => e.inner().to_string(),
+            _ => format!("`{field}`: {}", e.inner()),
+        }
+    })
+}
+
 /// Reads tensor `name` of `weights`, checking that it exists with shape `expected`.
 pub fn read_checked(
     weights: &TensorSet,
