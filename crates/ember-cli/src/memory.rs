@@ -163,7 +163,10 @@ pub fn check_model_fits(
 
 fn model_fits(params: usize, training: bool, total: u64) -> anyhow::Result<()> {
     let (bytes_per_param, what) = match training {
-        true => (16, "training it (weights, gradients and AdamW's moments in f32)"),
+        true => (
+            16,
+            "training it (weights, gradients and AdamW's moments in f32)",
+        ),
         false => (4, "its f32 weights"),
     };
     let needed = params as u128 * bytes_per_param;
@@ -188,7 +191,10 @@ mod tests {
         // gpt2-small trains in 2 GiB (2.0 GB of state), not in 1 GiB.
         assert!(model_fits(124_439_808, true, 2 * gib).is_ok());
         let err = model_fits(124_439_808, true, gib).unwrap_err().to_string();
-        assert!(err.contains("124439808 parameters") && err.contains("2.0 GB"), "{err}");
+        assert!(
+            err.contains("124439808 parameters") && err.contains("2.0 GB"),
+            "{err}"
+        );
         assert!(model_fits(124_439_808, false, gib).is_ok());
         assert!(model_fits(usize::MAX, false, u64::MAX).is_err());
     }

@@ -63,7 +63,8 @@ pub fn read_run_info(run_dir: &Path) -> Result<RunInfo> {
             run_dir.display()
         );
     }
-    let info: RunInfo = parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let info: RunInfo =
+        parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     checked_run_file(&path, info, |info| {
         info.model.validate().map_err(|e| e.to_string())?;
         if let Some(recipe) = &info.recipe {

@@ -92,11 +92,39 @@ fn finite_number(text: &str) -> std::result::Result<f64, String> {
 }
 
 /// The model part of a recipe: `arch = "transformer"` or `"lstm"` with that model's fields.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(tag = "arch", rename_all = "lowercase")]
 pub enum Seq2SeqConfig {
     Transformer(TransformerSeq2SeqConfig),
     Lstm(LstmSeq2SeqConfig),
+}
+
+/// By hand rather than serde's internally tagged form, whose errors inside the table name
+/// neither the field nor its line (`[model]`: invalid type: string "x", expected usize): the
+/// table is read whole, then as the config `arch` names, whose errors name the field.
+impl<'de> Deserialize<'de> for Seq2SeqConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let arch = match table.remove("arch") {
+            Some(toml::Value::String(arch)) => arch,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`arch`: expected \"transformer\" or \"lstm\", found {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("arch")),
+        };
+        // toml's own errors from a table name the key (`… expected usize in `d_model``).
+        fn read<T: serde::de::DeserializeOwned, E: Error>(table: toml::Table) -> Result<T, E> {
+            T::deserialize(toml::Value::Table(table)).map_err(E::custom)
+        }
+        match arch.as_str() {
+            "transformer" => read(table).map(Self::Transformer),
+            "lstm" => read(table).map(Self::Lstm),
+            other => Err(D::Error::unknown_variant(other, &["transformer", "lstm"])),
+        }
+    }
 }
 
 impl Seq2SeqConfig {
@@ -247,7 +275,16 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
             (vocab, Some(trained))
         }
     };
-    recipe.model.set_vocab(vocab.len())?;
+    // The model's checks, which need the vocabulary's size, name the file they read.
+    let recipe_file = match (&previous, &args.config) {
+        (Some(_), _) => out.join(RUN_FILE),
+        (None, Some(config)) => config.clone(),
+        (None, None) => unreachable!("clap requires --config or --resume"),
+    };
+    recipe
+        .model
+        .set_vocab(vocab.len())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", recipe_file.display()))?;
     let max_len = recipe.model.max_len();
     let decode_max_len = match &previous {
         Some(run) => run.decode_max_len,

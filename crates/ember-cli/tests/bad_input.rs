@@ -394,7 +394,13 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
     );
     c.fails(
         "epochs whose schedule would overflow",
-        &["pretrain", "--epochs", "1844674407370955162", "--out", "r-epochs"],
+        &[
+            "pretrain",
+            "--epochs",
+            "1844674407370955162",
+            "--out",
+            "r-epochs",
+        ],
         "epochs must be at most",
     );
     // A size far beyond memory: refused before anything is allocated or written (the check
@@ -794,7 +800,10 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
         c.fails(what, &args, needle);
     }
     for split in ["train", "validation", "test"] {
-        c.write(&format!("split/{split}.csv"), "Label,Text\nham,hello\nspam,win\n");
+        c.write(
+            &format!("split/{split}.csv"),
+            "Label,Text\nham,hello\nspam,win\n",
+        );
     }
     c.fails(
         "--balance with data split already",
@@ -1204,6 +1213,10 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
     let bad_recipe = recipe("s2s-bad.toml", &c.p("pairs"));
     let missing_recipe = recipe("s2s-missing.toml", &c.p("no-pairs"));
     let long_recipe = recipe("s2s-long.toml", &c.p("long"));
+    let good_recipe = recipe("s2s-good.toml", &c.p("good-pairs"));
+    for split in ["train", "val", "test"] {
+        c.write(&format!("good-pairs/{split}.tsv"), "a\tb\n");
+    }
     c.write("pairs/train.tsv", "a\tb\nno tab\n");
     c.write("pairs/val.tsv", "a\tb\n");
     c.write("pairs/test.tsv", "a\tb\n");
@@ -1245,6 +1258,31 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             &c.p("s2s-run-3"),
         ],
         "test.tsv: pair 1 is 20 tokens long",
+    );
+    let s2s_model = |c: &mut Cases, what: &str, from: &str, to: &str, needle: &str| {
+        let text = std::fs::read_to_string(&good_recipe).unwrap();
+        assert!(text.contains(from), "{from}");
+        let file = c.write(&format!("{what}.toml"), text.replace(from, to));
+        let out = c.p(&format!("r-{what}"));
+        c.fails(
+            what,
+            &["train", "seq2seq", "--config", &file, "--out", &out],
+            needle,
+        );
+    };
+    s2s_model(
+        &mut c,
+        "s2s-mistyped",
+        "d_model = 8",
+        "d_model = \"x\"",
+        "s2s-mistyped.toml: line 2: `[model]`: invalid type: string \"x\", expected usize in `d_model`",
+    );
+    s2s_model(
+        &mut c,
+        "s2s-zero-width",
+        "d_model = 8",
+        "d_model = 0",
+        "s2s-zero-width.toml: d_model must be at least 1",
     );
     c.fails(
         "translate with a broken recipe",

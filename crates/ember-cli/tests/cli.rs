@@ -403,9 +403,17 @@ fn pretrain_then_generate_then_resume() {
     let step_dir = format!("checkpoints/{}", latest.trim());
     std::fs::create_dir_all(damaged.join(&step_dir)).unwrap();
     for entry in std::fs::read_dir(run.join(&step_dir)).unwrap().flatten() {
-        std::fs::copy(entry.path(), damaged.join(&step_dir).join(entry.file_name())).unwrap();
+        std::fs::copy(
+            entry.path(),
+            damaged.join(&step_dir).join(entry.file_name()),
+        )
+        .unwrap();
     }
-    std::fs::copy(run.join("checkpoints/latest"), damaged.join("checkpoints/latest")).unwrap();
+    std::fs::copy(
+        run.join("checkpoints/latest"),
+        damaged.join("checkpoints/latest"),
+    )
+    .unwrap();
     let model_bpk = damaged.join(&step_dir).join("model.bpk");
     let bytes = std::fs::read(&model_bpk).unwrap();
     std::fs::write(&model_bpk, &bytes[..bytes.len() / 2]).unwrap();
@@ -442,7 +450,10 @@ fn pretrain_then_generate_then_resume() {
         .unwrap();
     std::fs::write(
         damaged.join("run.toml"),
-        run_toml.replace(corpus_line, &format!("corpus = {:?}", short.to_str().unwrap())),
+        run_toml.replace(
+            corpus_line,
+            &format!("corpus = {:?}", short.to_str().unwrap()),
+        ),
     )
     .unwrap();
     assert_one_line_error(
@@ -1020,7 +1031,11 @@ fn prepare_finetune_classify_lora_and_merge() {
         lines[0].starts_with("1\t") && lines[1].starts_with("0\t"),
         "{lines:?}"
     );
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A text longer than the run's max_length (48 tokens) is classified from its start, and
     // the user is told.
     let long = "Ok lar... ".repeat(30);
@@ -2001,8 +2016,8 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
             assert!(stderr.contains(&format!("from step {before}")), "{stderr}");
             assert_eq!(steps(&run), before / 2 * 3);
         }
-        let png = dir.path().join(format!("{arch}.png"));
         for beam in ["1", "3"] {
+            let png = dir.path().join(format!("{arch}-beam{beam}.png"));
             let out = ember(&[
                 "translate",
                 "--checkpoint",
@@ -2021,6 +2036,30 @@ fn train_seq2seq_then_translate_with_beam_and_attention() {
             assert_eq!(stdout(&out).lines().count(), 1);
             assert!(std::fs::metadata(&png).unwrap().len() > 1000);
         }
+        // An existing picture is replaced only with --force.
+        let png = dir.path().join(format!("{arch}-beam1.png"));
+        let draw = |force: &[&str]| {
+            let args = [
+                &[
+                    "translate",
+                    "--checkpoint",
+                    run.to_str().unwrap(),
+                    "--attention-png",
+                    png.to_str().unwrap(),
+                    "3rd of March 1998",
+                ],
+                force,
+            ]
+            .concat();
+            ember(&args)
+        };
+        assert_one_line_error(&draw(&[]), "pass --force to replace it");
+        let out = draw(&["--force"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_one_line_error(
             &ember(&[
                 "translate",

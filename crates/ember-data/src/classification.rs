@@ -194,12 +194,14 @@ fn read_rows(
             .position(|h| h.trim() == name)
             .ok_or_else(|| {
                 // A comma-separated file named .txt/.tsv reads as one tab-separated column.
-                let hint = match delimiter == b'\t' && headers.len() == 1 && headers[0].contains(',')
-                {
-                    true => "; the file is read as tab-separated (its extension): name a \
-                             comma-separated file .csv",
-                    false => "",
-                };
+                let hint =
+                    match delimiter == b'\t' && headers.len() == 1 && headers[0].contains(',') {
+                        true => {
+                            "; the file is read as tab-separated (its extension): name a \
+                             comma-separated file .csv"
+                        }
+                        false => "",
+                    };
                 file_error(
                     path,
                     format!(
@@ -459,7 +461,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for ending in ["\n", "\r\n"] {
             let path = dir.path().join("table.csv");
-            let rows = ["Label,Text", "ham,hello", "\"spam\",\"two\nlines\"", "spam,a,b"];
+            let rows = [
+                "Label,Text",
+                "ham,hello",
+                "\"spam\",\"two\nlines\"",
+                "spam,a,b",
+            ];
             std::fs::write(&path, rows.join(ending) + ending).unwrap();
             // The quoted text spans lines 3 and 4, so the bad row is line 5.
             let err = read_table(&path, "Text", "Label").unwrap_err().to_string();

@@ -240,7 +240,9 @@ fn merged_adapters_on_an_autodiff_device_take_gradients() {
         ("mlp.c_proj", &block.mlp.c_proj.weight),
         ("head", &model.head.weight),
     ] {
-        let grad = weight.grad(&grads).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let grad = weight
+            .grad(&grads)
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
         let norm: f32 = grad.abs().sum().into_scalar();
         assert!(norm > 0.0, "{name}: zero gradient");
     }
