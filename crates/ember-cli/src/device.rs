@@ -39,6 +39,17 @@ fn not_compiled(spec: &str, feature: &str) -> anyhow::Error {
 /// `cpu` is the pure-Rust `flex` backend (or `ndarray` when only that one is compiled in).
 /// `wgpu:N` selects the N-th discrete GPU, plain `wgpu` the adapter wgpu prefers.
 pub fn parse_device(spec: &str) -> Result<Device> {
+    parse_device_spec(spec).map_err(|e| {
+        // A value nobody typed on this command line came from the environment: say so.
+        let typed = std::env::args().any(|a| a == "--device" || a.starts_with("--device="));
+        match !typed && std::env::var("EMBER_DEVICE").is_ok_and(|v| v == spec) {
+            true => e.context("EMBER_DEVICE"),
+            false => e,
+        }
+    })
+}
+
+fn parse_device_spec(spec: &str) -> Result<Device> {
     let (kind, index) = match spec.split_once(':') {
         Some((kind, index)) => {
             let Ok(index) = index.parse::<usize>() else {

@@ -174,6 +174,23 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             needle,
         );
     };
+    // The file is named once (its reader's error named it, and the instruction error again).
+    let latin1_json = c.write("latin1.json", b"[{\"instruction\": \"caf\xe9\"}]");
+    c.fails(
+        "non-UTF-8 instruction file",
+        &[
+            "finetune",
+            "instruct",
+            "--data",
+            &latin1_json,
+            "--random-init",
+            "--model-config",
+            &micro,
+            "--out",
+            "r-latin1-json",
+        ],
+        &format!("error: {latin1_json}: not valid UTF-8"),
+    );
     instruct(
         &mut c,
         "malformed-json",
@@ -426,6 +443,18 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             "a",
         ],
         "unknown device `tpu`",
+    );
+    // A device set in the environment is named as such.
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("info")
+        .current_dir(c.dir.path())
+        .env("EMBER_DEVICE", "tpu")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: EMBER_DEVICE: unknown device `tpu`"),
+        "{stderr}"
     );
     #[cfg(not(feature = "wgpu"))]
     c.fails(

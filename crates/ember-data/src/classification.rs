@@ -54,7 +54,7 @@ fn file_error(path: &Path, message: impl ToString) -> TableError {
 /// Reads the SMS Spam Collection (`ham<TAB>text` / `spam<TAB>text` per line); ham is class 0,
 /// spam class 1, as in the book.
 pub fn read_sms_spam(path: &Path) -> Result<LabeledTexts, TableError> {
-    let text = crate::read_text_file(path).map_err(|e| file_error(path, e))?;
+    let text = crate::read_text_file(path).map_err(|e| file_error(path, e.reason()))?;
     let mut examples = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

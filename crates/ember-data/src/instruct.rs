@@ -44,7 +44,7 @@ pub fn read_instructions(path: &Path) -> Result<Vec<InstructionEntry>, InstructE
         path: path.to_path_buf(),
         message,
     };
-    let text = crate::read_text_file(path).map_err(|e| file_error(e.to_string()))?;
+    let text = crate::read_text_file(path).map_err(|e| file_error(e.reason()))?;
     parse_instructions(&text).map_err(|(index, message)| match index {
         Some(index) => InstructError::Entry {
             path: path.to_path_buf(),

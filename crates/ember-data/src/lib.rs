@@ -41,6 +41,20 @@ pub enum TextFileError {
     NotUtf8 { path: PathBuf, offset: usize },
 }
 
+impl TextFileError {
+    /// What is wrong, without the path: for an error type of a caller that names the file
+    /// itself (`train.tsv: not valid UTF-8`, not `train.tsv: train.tsv: not valid UTF-8`).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Io { source, .. } => source.to_string(),
+            Self::IsDirectory { .. } => "is a directory, expected a text file".into(),
+            Self::NotUtf8 { offset, .. } => {
+                format!("not valid UTF-8 (first bad byte at offset {offset})")
+            }
+        }
+    }
+}
+
 /// Reads a whole UTF-8 text file, with errors that say which file and what is wrong with it.
 pub fn read_text_file(path: &Path) -> Result<String, TextFileError> {
     if path.is_dir() {

@@ -32,7 +32,7 @@ pub struct Pair {
 pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, TableError> {
     let text = crate::read_text_file(path).map_err(|e| TableError::File {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: e.reason(),
     })?;
     let mut pairs = Vec::new();
     for (index, line) in text.lines().enumerate() {

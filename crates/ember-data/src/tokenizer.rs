@@ -146,7 +146,7 @@ impl Tokenizer {
     /// its whitespace-and-punctuation pre-tokeniser, `##` continuations, and
     /// `[CLS] A [SEP] (B [SEP])` around the input.
     pub fn wordpiece(vocab: &Path, lowercase: bool) -> Result<Self, TokenizerError> {
-        let text = crate::read_text_file(vocab).map_err(|e| load_error(vocab, e))?;
+        let text = crate::read_text_file(vocab).map_err(|e| load_error(vocab, e.reason()))?;
         let mut ids = std::collections::HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let token = line.trim_end_matches('\r');
