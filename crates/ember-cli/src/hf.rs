@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ember_data::bpe::END_OF_TEXT;
 use ember_model::gpt_hf::{export_gpt2, gpt2_size_name};
@@ -97,11 +97,32 @@ pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
         .tokenizer()
         .map_err(|err| eprintln!("warning: {err:#}; exporting the weights without a vocabulary"))
         .ok();
+    // Every file is written into a staging directory inside --out first and moved into place
+    // once all are written: a failure part-way (a full disk, a file name taken by a
+    // directory) leaves a model being replaced whole, never new weights beside an old config.
+    const FILES: [&str; 4] = [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+    ];
+    if let Some(taken) = FILES.iter().map(|f| args.out.join(f)).find(|p| p.is_dir()) {
+        bail!(
+            "{} is a directory; the export writes a file there",
+            taken.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".export-")
+        .tempdir_in(&args.out)
+        .with_context(|| format!("creating a staging directory in {}", args.out.display()))?;
     export_gpt2(
         &loaded.model,
         &loaded.config,
         tokenizer.as_ref().and_then(|t| t.special_id(END_OF_TEXT)),
-        &args.out,
+        staging.path(),
     )?;
     let mut written = "config.json, model.safetensors";
     if tokenizer.is_some() {
@@ -109,12 +130,17 @@ pub fn run_export(command: ExportCommand, device_spec: &str) -> Result<()> {
             Some(dir) => dir.clone(),
             None => crate::data::gpt2_vocabulary_dir()?,
         };
-        runs::copy_vocabulary(&vocab_dir, &args.out, ("vocab.json", "merges.txt"))?;
+        runs::copy_vocabulary(&vocab_dir, staging.path(), ("vocab.json", "merges.txt"))?;
         written = "config.json, model.safetensors, vocab.json, merges.txt";
-    } else if args.force {
-        // The vocabulary of the model this export replaces would not fit these weights.
-        for file in ["vocab.json", "merges.txt"] {
-            runs::remove_file_if_present(&args.out.join(file))?;
+    }
+    for file in FILES {
+        let (staged, target) = (staging.path().join(file), args.out.join(file));
+        if staged.exists() {
+            std::fs::rename(&staged, &target)
+                .with_context(|| format!("moving {} into place", target.display()))?;
+        } else if args.force {
+            // The vocabulary of the model this export replaces would not fit these weights.
+            runs::remove_file_if_present(&target)?;
         }
     }
     println!(

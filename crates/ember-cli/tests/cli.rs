@@ -886,6 +886,52 @@ fn import_then_export_gives_back_the_huggingface_tensors() {
     assert!(!exported.join("vocab.json").exists() && !exported.join("merges.txt").exists());
     assert!(exported.join("model.safetensors").is_file());
 
+    // An export that cannot write one of its files changes none (and leaves no staging
+    // directory): here a directory holds merges.txt's name.
+    std::fs::create_dir(exported.join("merges.txt")).unwrap();
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let (names, weights) = (
+        listing(&exported),
+        std::fs::read(exported.join("model.safetensors")).unwrap(),
+    );
+    let out = ember(&[
+        "export",
+        "gpt2",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+        "--force",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("merges.txt is a directory"),
+        "{stderr}"
+    );
+    assert_eq!(listing(&exported), names);
+    assert!(
+        !names.iter().any(|n| n.starts_with(".export-")),
+        "{names:?}"
+    );
+    assert_eq!(
+        std::fs::read(exported.join("model.safetensors")).unwrap(),
+        weights
+    );
+    std::fs::remove_dir(exported.join("merges.txt")).unwrap();
+
     // The fixture has a 1,024-token vocabulary and no vocabulary files: text commands say so.
     assert_one_line_error(
         &ember(&[
