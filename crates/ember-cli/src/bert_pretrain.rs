@@ -209,6 +209,9 @@ fn new_recipe(args: &PretrainArgs) -> Result<BertRecipe> {
     if !args.corpus.is_empty() {
         recipe.corpus = args.corpus.clone();
     }
+    for source in &mut recipe.corpus {
+        *source = crate::runs::recorded_source(source);
+    }
     if let Some(lr) = args.lr {
         recipe.train.lr = lr;
     }

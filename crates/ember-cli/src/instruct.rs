@@ -152,6 +152,7 @@ fn apply_flags(recipe: &mut InstructRecipe, args: &FinetuneInstructArgs) -> Resu
     if let Some(data) = &args.data {
         recipe.data = data.clone();
     }
+    recipe.data = crate::runs::recorded_source(&recipe.data);
     if let Some(template) = &args.template {
         recipe.template = Template::parse(template).map_err(anyhow::Error::msg)?;
     }

@@ -410,6 +410,7 @@ fn new_run_info(args: &PretrainArgs, device: &Device) -> Result<(RunInfo, Option
         [corpus] => recipe.corpus = corpus.clone(),
         _ => bail!("GPT pretraining reads one --corpus; join the files into one text first"),
     }
+    recipe.corpus = runs::recorded_source(&recipe.corpus);
     if let Some(lr) = args.lr {
         recipe.train.lr = lr;
     }

@@ -135,6 +135,16 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// A data source as a new run records it: a file or directory that exists as its absolute
+/// path, so that `--resume` from another working directory reads the same data (a relative
+/// path would silently read another file of that name there); a dataset name as it is.
+pub fn recorded_source(source: &str) -> String {
+    match Path::new(source).exists() {
+        true => absolute(Path::new(source)).display().to_string(),
+        false => source.to_string(),
+    }
+}
+
 /// Gives a new run its own copy of its vocabulary: a tokenizer directory outside `run_dir`
 /// (`--tokenizer`, or the directory of the starting weights) is copied to
 /// `run_dir/tokenizer`, and `info` records that relative path, so the run keeps working when
@@ -422,4 +432,18 @@ pub fn load_gpt(path: &Path, device: &Device, context_length: Option<usize>) -> 
         tokenizer: BpeTokenizer::vocabulary_files(&hf.dir).map(|_| hf.dir.clone()),
         template: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_records_files_by_absolute_path_and_datasets_by_name() {
+        // Tests run in the crate's directory, which holds Cargo.toml.
+        let recorded = recorded_source("Cargo.toml");
+        assert!(Path::new(&recorded).is_absolute(), "{recorded}");
+        assert!(Path::new(&recorded).is_file(), "{recorded}");
+        assert_eq!(recorded_source("the-verdict"), "the-verdict");
+    }
 }

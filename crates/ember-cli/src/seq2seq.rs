@@ -227,6 +227,10 @@ pub fn run_train(command: TrainCommand, device_spec: &str) -> Result<()> {
     if let Some(data) = &args.data {
         recipe.data = data.clone();
     }
+    if previous.is_none() {
+        // Absolute, so that --resume from another directory reads the same pairs.
+        recipe.data = crate::runs::absolute(&recipe.data);
+    }
     crate::pretrain::set_epochs(
         &mut recipe.train,
         args.epochs,
