@@ -213,6 +213,9 @@ fn read_rows(
     };
     let (text_at, label_at) = (column(text_column)?, column(label_column)?);
     let mut raw: Vec<(String, String, usize)> = Vec::new();
+    // The line of the last record when its last field spans lines: with the file not ending
+    // in a quote, that field is a quote never closed, which swallowed every row after it.
+    let mut last_field_open = None;
     for record in reader.records() {
         let record = record.map_err(|e| {
             let line = line_at(e.position());
@@ -254,6 +257,21 @@ fn read_rows(
             });
         }
         raw.push((field(text_at, text_column)?, label, line));
+        last_field_open = record
+            .iter()
+            .last()
+            .is_some_and(|f| f.contains('\n'))
+            .then_some(line);
+    }
+    if let Some(line) = last_field_open
+        && !bytes.trim_ascii_end().ends_with(b"\"")
+    {
+        return Err(TableError::Line {
+            path: path.to_path_buf(),
+            line,
+            message: "a quoted field here is never closed: it runs to the end of the file"
+                .into(),
+        });
     }
     if raw.is_empty() {
         return Err(file_error(path, "no rows after the header"));
@@ -472,6 +490,11 @@ mod tests {
             let err = read_table(&path, "Text", "Label").unwrap_err().to_string();
             assert!(err.contains(": line 5: 3 fields"), "{ending:?}: {err}");
         }
+        // A quote never closed swallows the rows after it.
+        let unclosed = dir.path().join("unclosed.csv");
+        std::fs::write(&unclosed, "Label,Text\nham,hello\nspam,\"oops\nham,a\nham,b\n").unwrap();
+        let err = read_table(&unclosed, "Text", "Label").unwrap_err().to_string();
+        assert!(err.contains(": line 3: a quoted field here is never closed"), "{err}");
         let txt = dir.path().join("table.txt");
         std::fs::write(&txt, "Label,Text\nham,hello\n").unwrap();
         let err = read_table(&txt, "Text", "Label").unwrap_err().to_string();
