@@ -197,7 +197,7 @@ pub struct GenerateBenchArgs {
     #[arg(long, default_value = "gpt2-small")]
     model: String,
     /// Tokens to generate per run.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     new_tokens: usize,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 16)]
@@ -222,8 +222,26 @@ pub struct TokenizeBenchArgs {
     #[command(flatten)]
     reference: ReferenceArgs,
     /// Minimum measuring time per case, in seconds (the best repetition counts).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = measuring_seconds)]
     seconds: f64,
+}
+
+/// A count of at least 1.
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A measuring time: positive and at most an hour (`inf` cannot be a duration).
+fn measuring_seconds(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 3600.0 => Ok(s),
+        Ok(_) => Err("must be more than 0 and at most 3600".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Best wall time of `work` over repetitions that last at least `min_total` together.
@@ -254,6 +272,16 @@ pub fn run(cmd: BenchCommand, device_spec: &str) -> Result<()> {
         println!(
             "note: a debug build (ember's own code unoptimised); `cargo run --release -- bench …` gives the real figures"
         );
+    }
+    let json_out = match &cmd {
+        BenchCommand::All(args) => &args.reference.json,
+        BenchCommand::Tokenize(args) => &args.reference.json,
+        BenchCommand::Generate(args) => &args.reference.json,
+        BenchCommand::Train(args) => &args.reference.json,
+    };
+    if let Some(path) = json_out {
+        // The results file is replaced on purpose; its directory must exist before the work.
+        crate::runs::check_output_file(path, true)?;
     }
     let mut report = machine(device_spec);
     let json_path = match cmd {
@@ -570,6 +598,16 @@ fn train_case(
     let mut config = crate::models::load_gpt_config(&case.model, None)?;
     config.context_length = context;
     config.drop_rate = drop_rate;
+    config.validate()?;
+    // The model's training state and the step's [batch·context, vocab] logits with their
+    // gradient, a lower bound of the step's memory: an absurd case is refused, not aborted.
+    let (state, what) = crate::memory::model_bytes(config.num_params(), true);
+    let logits = 8 * (batch as u128) * (context as u128) * (config.vocab_size as u128);
+    crate::memory::check_bytes_fit(
+        state + logits,
+        &format!("{what}, with the step's logits,"),
+        &device,
+    )?;
     device.seed(0);
     let mut model = config.init(&device);
     let options = ember_train::lm::TrainOptions {
@@ -740,10 +778,12 @@ fn train_bench(
                 .args(["--drop-rate", &drop_rate.to_string()])
                 .output()
                 .context("running a bench case")?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
             anyhow::ensure!(
                 output.status.success(),
                 "case {name}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+                // The case's own one-line error, without a second `error: `.
+                stderr.trim().trim_start_matches("error: ")
             );
             serde_json::from_slice(&output.stdout).context("reading a bench case's JSON")
         };
@@ -867,6 +907,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
         config.context_length
     );
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    crate::memory::check_model_fits(config.num_params(), false, &device)?;
     device.seed(args.seed);
     let model = config.init(&device);
     // Parameters are initialised lazily: a first forward pass materialises them untimed.

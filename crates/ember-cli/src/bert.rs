@@ -290,7 +290,7 @@ fn sentence_transformers_settings(dir: &Path) -> Result<(Option<SentencePooling>
 
 pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
     if let Some(out) = &args.out {
-        crate::runs::refuse_to_replace_file(out, args.force)?;
+        crate::runs::check_output_file(out, args.force)?;
     }
     let texts: Vec<String> = match &args.file {
         Some(path) => ember_data::read_text_file(path)?

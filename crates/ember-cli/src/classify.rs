@@ -1207,9 +1207,6 @@ impl ClassifyObserver for Progress {
                 r.val_loss
             ),
         };
-        match &self.bar {
-            Some(bar) if !bar.is_hidden() => bar.println(line),
-            _ => eprintln!("{line}"),
-        }
+        crate::progress::say_above(self.bar.as_ref(), &line);
     }
 }

@@ -581,11 +581,11 @@ pub fn response_options(
 
 pub fn run_respond(args: RespondArgs, device_spec: &str) -> Result<()> {
     crate::memory::huge_pages_from_now();
-    crate::runs::refuse_to_replace_file(&args.out, args.force)?;
+    crate::runs::check_output_file(&args.out, args.force)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let entries = read_instructions(&args.data)?;
+    let entries = ember_data::instruct::read_queries(&args.data)?;
     let device = device::parse_device(device_spec)?;
     let (model, tokenizer, template) =
         load_responder_parts(&args.checkpoint, args.template.as_deref(), &device)?;
@@ -634,10 +634,10 @@ pub struct JudgeArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Attempts per entry when the server fails or is unreachable.
-    #[arg(long, default_value_t = 3)]
-    retries: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    retries: u32,
     /// Seconds to wait for one answer.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
     /// Replace --out if it exists.
     #[arg(long)]
@@ -695,12 +695,28 @@ pub fn parse_score(reply: &str) -> Option<u32> {
 /// One chat request to an Ollama server (`POST /api/chat`), deterministic as in the book
 /// (seed 123, temperature 0, num_ctx 2048). Accepts a single JSON answer or a stream of JSON
 /// lines and joins their `message.content`.
+/// Why a judge request failed, and whether asking again can help (not for a refusal such as
+/// an unknown model, HTTP 4xx).
+struct JudgeFailure {
+    message: String,
+    retry: bool,
+}
+
+impl From<String> for JudgeFailure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            retry: true,
+        }
+    }
+}
+
 fn ollama_chat(
     agent: &ureq::Agent,
     endpoint: &str,
     model: &str,
     prompt: &str,
-) -> Result<String, String> {
+) -> Result<String, JudgeFailure> {
     let url = format!("{}/api/chat", endpoint.trim_end_matches('/'));
     let body = serde_json::json!({
         "model": model,
@@ -712,21 +728,34 @@ fn ollama_chat(
         .post(&url)
         .header("Content-Type", "application/json")
         .send(body.to_string())
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| JudgeFailure::from(format!("{url}: {e}")))?;
+    let status = response.status();
     let text = response
         .body_mut()
         .read_to_string()
-        .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+        .map_err(|e| JudgeFailure::from(format!("{url}: reading the answer: {e}")))?;
+    if !status.is_success() {
+        // Ollama says what is wrong in the body (`{"error":"model \"x\" not found, try pulling it first"}`).
+        let said = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| text.trim().chars().take(200).collect());
+        return Err(JudgeFailure {
+            message: format!("{url}: HTTP {status}: {said}"),
+            retry: !status.is_client_error(),
+        });
+    }
     let mut content = String::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| format!("{url}: the answer is not Ollama chat JSON: {e}"))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            JudgeFailure::from(format!("{url}: the answer is not Ollama chat JSON: {e}"))
+        })?;
         if let Some(error) = value.get("error").and_then(Value::as_str) {
-            return Err(format!("{url}: {error}"));
+            return Err(format!("{url}: {error}").into());
         }
         match value.pointer("/message/content").and_then(Value::as_str) {
             Some(part) => content.push_str(part),
-            None => return Err(format!("{url}: the answer has no message.content")),
+            None => return Err(format!("{url}: the answer has no message.content").into()),
         }
     }
     Ok(content)
@@ -734,7 +763,7 @@ fn ollama_chat(
 
 pub fn run_judge(args: JudgeArgs) -> Result<()> {
     if let Some(out) = &args.out {
-        crate::runs::refuse_to_replace_file(out, args.force)?;
+        crate::runs::check_output_file(out, args.force)?;
     }
     let entries = read_instructions(&args.responses)?;
     let mut responses = Vec::with_capacity(entries.len());
@@ -749,6 +778,7 @@ pub fn run_judge(args: JudgeArgs) -> Result<()> {
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(args.timeout)))
+        .http_status_as_error(false)
         .build()
         .into();
     let bar = crate::progress::count_bar(entries.len() as u64, "judging");
@@ -761,14 +791,51 @@ pub fn run_judge(args: JudgeArgs) -> Result<()> {
             attempt += 1;
             match ollama_chat(&agent, &args.endpoint, &args.model, &prompt) {
                 Ok(reply) => break reply,
-                Err(e) if attempt >= args.retries.max(1) => {
+                Err(e) if attempt >= args.retries || !e.retry => {
                     bar.finish_and_clear();
-                    bail!("entry {index}: the judge failed {attempt} times: {e}");
+                    // The scores so far are kept: the entries not reached are written as
+                    // they were, without a judge_score.
+                    let kept = match (&args.out, scored.is_empty()) {
+                        (Some(out), false) => {
+                            let mut partial = scored.clone();
+                            partial.extend(
+                                entries[index..]
+                                    .iter()
+                                    .map(|e| Value::Object(e.fields.clone())),
+                            );
+                            let text = serde_json::to_string_pretty(&partial)
+                                .context("serializing scores")?;
+                            ember_data::write_atomically(out, text.as_bytes())
+                                .with_context(|| format!("writing {}", out.display()))?;
+                            match scored.len() {
+                                1 => {
+                                    format!(" (the entry scored before it is in {})", out.display())
+                                }
+                                n => format!(
+                                    " (the {n} entries scored before it are in {})",
+                                    out.display()
+                                ),
+                            }
+                        }
+                        _ => String::new(),
+                    };
+                    let times = match attempt {
+                        1 => String::new(),
+                        n => format!(" {n} times"),
+                    };
+                    bail!(
+                        "entry {index}: the judge failed{times}: {}{kept}",
+                        e.message
+                    );
                 }
                 Err(e) => {
-                    bar.println(format!(
-                        "entry {index}: attempt {attempt} failed ({e}); retrying"
-                    ));
+                    crate::progress::say_above(
+                        Some(&bar),
+                        &format!(
+                            "entry {index}: attempt {attempt} failed ({}); retrying",
+                            e.message
+                        ),
+                    );
                     std::thread::sleep(Duration::from_millis(250 << attempt.min(5)));
                 }
             }
@@ -780,9 +847,10 @@ pub fn run_judge(args: JudgeArgs) -> Result<()> {
                 fields.insert("judge_score".into(), Value::from(score));
             }
             None => {
-                bar.println(format!(
-                    "entry {index}: no score in the judge's reply {reply:?}"
-                ));
+                crate::progress::say_above(
+                    Some(&bar),
+                    &format!("entry {index}: no score in the judge's reply {reply:?}"),
+                );
                 fields.insert("judge_score".into(), Value::Null);
                 fields.insert("judge_reply".into(), Value::String(reply));
             }

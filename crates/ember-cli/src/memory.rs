@@ -152,16 +152,13 @@ pub fn check_model_fits(
     training: bool,
     device: &burn::prelude::Device,
 ) -> anyhow::Result<()> {
-    if !crate::device::is_cpu(device) {
-        return Ok(());
-    }
-    let Some(total) = total_memory() else {
-        return Ok(());
-    };
-    model_fits(params, training, total)
+    let (needed, what) = model_bytes(params, training);
+    check_bytes_fit(needed, &what, device)
 }
 
-fn model_fits(params: usize, training: bool, total: u64) -> anyhow::Result<()> {
+/// Bytes a model of `params` f32 parameters needs before any activation (see
+/// [`check_model_fits`]), and what they hold.
+pub fn model_bytes(params: usize, training: bool) -> (u128, String) {
     let (bytes_per_param, what) = match training {
         true => (
             16,
@@ -169,11 +166,31 @@ fn model_fits(params: usize, training: bool, total: u64) -> anyhow::Result<()> {
         ),
         false => (4, "its f32 weights"),
     };
-    let needed = params as u128 * bytes_per_param;
+    let what = format!("the model has {params} parameters: {what}");
+    (params as u128 * bytes_per_param, what)
+}
+
+/// Refuses work on a CPU `device` that needs `needed` bytes, more than this machine has;
+/// `what` says what takes them.
+pub fn check_bytes_fit(
+    needed: u128,
+    what: &str,
+    device: &burn::prelude::Device,
+) -> anyhow::Result<()> {
+    if !crate::device::is_cpu(device) {
+        return Ok(());
+    }
+    match total_memory() {
+        Some(total) => bytes_fit(needed, what, total),
+        None => Ok(()),
+    }
+}
+
+fn bytes_fit(needed: u128, what: &str, total: u64) -> anyhow::Result<()> {
     if needed > total as u128 {
         anyhow::bail!(
-            "the model has {params} parameters: {what} needs {:.1} GB, more than this machine's \
-             {:.1} GB of memory (check the model config's sizes)",
+            "{what} needs {:.1} GB, more than this machine's {:.1} GB of memory (check the \
+             model config's sizes)",
             needed as f64 / 1e9,
             total as f64 / 1e9
         );
@@ -188,15 +205,19 @@ mod tests {
     #[test]
     fn a_model_larger_than_memory_is_refused_with_its_size() {
         let gib = 1u64 << 30;
+        let fits = |params, training, total| {
+            let (needed, what) = model_bytes(params, training);
+            bytes_fit(needed, &what, total)
+        };
         // gpt2-small trains in 2 GiB (2.0 GB of state), not in 1 GiB.
-        assert!(model_fits(124_439_808, true, 2 * gib).is_ok());
-        let err = model_fits(124_439_808, true, gib).unwrap_err().to_string();
+        assert!(fits(124_439_808, true, 2 * gib).is_ok());
+        let err = fits(124_439_808, true, gib).unwrap_err().to_string();
         assert!(
             err.contains("124439808 parameters") && err.contains("2.0 GB"),
             "{err}"
         );
-        assert!(model_fits(124_439_808, false, gib).is_ok());
-        assert!(model_fits(usize::MAX, false, u64::MAX).is_err());
+        assert!(fits(124_439_808, false, gib).is_ok());
+        assert!(fits(usize::MAX, false, u64::MAX).is_err());
     }
 
     #[test]

@@ -47,6 +47,15 @@ pub fn batches(n: usize) -> String {
     }
 }
 
+/// `line` above `bar`, or on stderr when there is no visible bar (not a terminal): a bar's own
+/// `println` prints nothing while it is hidden.
+pub fn say_above(bar: Option<&ProgressBar>, line: &str) {
+    match bar {
+        Some(bar) if !bar.is_hidden() => bar.println(line),
+        _ => eprintln!("{line}"),
+    }
+}
+
 /// A plain counter bar with a message.
 pub fn count_bar(total: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
@@ -102,10 +111,7 @@ impl TrainBar {
 
     /// A line above the bar, or on stderr when there is no visible bar.
     pub fn say(&self, line: &str) {
-        match &self.bar {
-            Some(bar) if !bar.is_hidden() => bar.println(line),
-            _ => eprintln!("{line}"),
-        }
+        say_above(self.bar.as_ref(), line);
     }
 
     pub fn finish(&self) {

@@ -105,6 +105,24 @@ pub fn refuse_to_replace(dir: &Path, files: &[&str], force: bool) -> Result<()> 
         .try_for_each(|f| refuse_to_replace_file(&dir.join(f), force))
 }
 
+/// Checks an output file before the work that fills it: its directory exists (a mistyped one
+/// would otherwise fail only after all the work), and an existing file is replaced only with
+/// `force`.
+pub fn check_output_file(path: &Path, force: bool) -> Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "{}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    refuse_to_replace_file(path, force)
+}
+
 /// Refuses to write over the file at `path` if it exists, unless `force`.
 pub fn refuse_to_replace_file(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {

@@ -553,7 +553,7 @@ pub fn run_translate(args: TranslateArgs, device_spec: &str) -> Result<()> {
         bail!("--attention-png draws one text's attention; give exactly one text");
     }
     if let Some(png) = &args.attention_png {
-        crate::runs::refuse_to_replace_file(png, args.force)?;
+        crate::runs::check_output_file(png, args.force)?;
     }
     let vocab = run_vocab(&run, &args.checkpoint)?;
     let dir = checkpoint::latest(&args.checkpoint)?;

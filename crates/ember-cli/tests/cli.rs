@@ -1334,6 +1334,29 @@ fn finetune_instruct_generate_respond_and_judge() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!stdout(&out).contains("### "), "{}", stdout(&out));
+    // New instructions have no reference `output`: respond answers them all the same.
+    let queries = dir.path().join("queries.json");
+    std::fs::write(&queries, r#"[{"instruction": "Name a color."}]"#).unwrap();
+    let answered = dir.path().join("answered.json");
+    let out = ember(&[
+        "respond",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        queries.to_str().unwrap(),
+        "--out",
+        answered.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answered: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&answered).unwrap()).unwrap();
+    assert!(answered[0]["model_response"].is_string(), "{answered}");
     // An instruction longer than the context (64 tokens) is answered from its end, with a
     // warning that its start was dropped.
     let long = "Rewrite the sentence. ".repeat(20);
@@ -1443,8 +1466,36 @@ fn finetune_instruct_generate_respond_and_judge() {
             "--retries",
             "1",
         ]),
-        "the judge failed 1 times",
+        "entry 0: the judge failed: http://127.0.0.1:9/api/chat",
     );
+    // A refusal (an unknown model: HTTP 404) is shown as Ollama words it, not retried, and
+    // the scores before it are kept.
+    let (url, server) = fake_ollama(vec![
+        (200, reply("90")),
+        (
+            404,
+            "{\"error\": \"model \\\"llama3\\\" not found, try pulling it first\"}".into(),
+        ),
+    ]);
+    let partial = dir.path().join("partial.json");
+    assert_one_line_error(
+        &ember(&[
+            "judge",
+            "--responses",
+            three.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--out",
+            partial.to_str().unwrap(),
+        ]),
+        "404 Not Found: model \"llama3\" not found, try pulling it first (the entry scored before it is in",
+    );
+    assert_eq!(server.join().unwrap().len(), 2);
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&partial).unwrap()).unwrap();
+    assert_eq!(kept.as_array().unwrap().len(), 3);
+    assert_eq!(kept[0]["judge_score"], 90);
+    assert!(kept[1].get("judge_score").is_none(), "{kept}");
 
     // LoRA: only the adapters train (q, k, v, out: 4 × (16·4 + 4·16); ff: 2 × (16·4 + 4·64)).
     let lora_run = dir.path().join("lora");
@@ -2225,6 +2276,31 @@ fn bench_prints_and_writes_json_without_the_reference_environment() {
         (Some(32), Some(1))
     );
     assert_eq!(rows[0]["drop_rate"].as_f64(), Some(0.1), "{report}");
+    // A case far beyond memory is refused in one line, not aborted with a trace.
+    #[cfg(target_os = "linux")]
+    assert_one_line_error(
+        &ember(&[
+            "bench",
+            "train",
+            "--steps",
+            "1",
+            "--only",
+            "gpt-tiny:4294967296:1",
+        ]),
+        "more than this machine's",
+    );
+    // A results file in a directory that does not exist is refused before the work.
+    let nowhere = dir.path().join("no-dir").join("x.json");
+    assert_one_line_error(
+        &ember(&[
+            "bench",
+            "tokenize",
+            "--no-reference",
+            "--json",
+            nowhere.to_str().unwrap(),
+        ]),
+        "no-dir does not exist",
+    );
     let bad = ember(&["bench", "train", "--case", "gpt-tiny:32"]);
     let why = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success());

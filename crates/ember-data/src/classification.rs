@@ -269,8 +269,7 @@ fn read_rows(
         return Err(TableError::Line {
             path: path.to_path_buf(),
             line,
-            message: "a quoted field here is never closed: it runs to the end of the file"
-                .into(),
+            message: "a quoted field here is never closed: it runs to the end of the file".into(),
         });
     }
     if raw.is_empty() {
@@ -492,9 +491,18 @@ mod tests {
         }
         // A quote never closed swallows the rows after it.
         let unclosed = dir.path().join("unclosed.csv");
-        std::fs::write(&unclosed, "Label,Text\nham,hello\nspam,\"oops\nham,a\nham,b\n").unwrap();
-        let err = read_table(&unclosed, "Text", "Label").unwrap_err().to_string();
-        assert!(err.contains(": line 3: a quoted field here is never closed"), "{err}");
+        std::fs::write(
+            &unclosed,
+            "Label,Text\nham,hello\nspam,\"oops\nham,a\nham,b\n",
+        )
+        .unwrap();
+        let err = read_table(&unclosed, "Text", "Label")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(": line 3: a quoted field here is never closed"),
+            "{err}"
+        );
         let txt = dir.path().join("table.txt");
         std::fs::write(&txt, "Label,Text\nham,hello\n").unwrap();
         let err = read_table(&txt, "Text", "Label").unwrap_err().to_string();

@@ -40,12 +40,25 @@ pub enum InstructError {
 /// Reads an Alpaca-style JSON file: a list of objects with string fields `instruction`,
 /// `output` and optionally `input`.
 pub fn read_instructions(path: &Path) -> Result<Vec<InstructionEntry>, InstructError> {
+    read_entries(path, true)
+}
+
+/// [`read_instructions`] for entries to answer, whose `output` (a reference answer, which new
+/// instructions do not have) is optional: empty when absent.
+pub fn read_queries(path: &Path) -> Result<Vec<InstructionEntry>, InstructError> {
+    read_entries(path, false)
+}
+
+fn read_entries(
+    path: &Path,
+    output_required: bool,
+) -> Result<Vec<InstructionEntry>, InstructError> {
     let file_error = |message: String| InstructError::File {
         path: path.to_path_buf(),
         message,
     };
     let text = crate::read_text_file(path).map_err(|e| file_error(e.reason()))?;
-    parse_instructions(&text).map_err(|(index, message)| match index {
+    parse_entries(&text, output_required).map_err(|(index, message)| match index {
         Some(index) => InstructError::Entry {
             path: path.to_path_buf(),
             index,
@@ -58,6 +71,13 @@ pub fn read_instructions(path: &Path) -> Result<Vec<InstructionEntry>, InstructE
 /// Parses the JSON text of [`read_instructions`]; errors carry the entry index when one is at
 /// fault.
 pub fn parse_instructions(text: &str) -> Result<Vec<InstructionEntry>, (Option<usize>, String)> {
+    parse_entries(text, true)
+}
+
+fn parse_entries(
+    text: &str,
+    output_required: bool,
+) -> Result<Vec<InstructionEntry>, (Option<usize>, String)> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| (None, format!("invalid JSON: {e}")))?;
     let Value::Array(items) = value else {
@@ -91,7 +111,7 @@ pub fn parse_instructions(text: &str) -> Result<Vec<InstructionEntry>, (Option<u
             Ok(InstructionEntry {
                 instruction: field("instruction", true)?,
                 input: field("input", false)?,
-                output: field("output", true)?,
+                output: field("output", output_required)?,
                 fields: fields.clone(),
             })
         })
