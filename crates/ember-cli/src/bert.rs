@@ -230,6 +230,12 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
         .find_map(|t| tokenizer.token_id(t))
         .context("the tokenizer has no [MASK] token")?;
     let max_len = loaded.model.max_positions();
+    warn_cut(
+        args.texts
+            .iter()
+            .map(|t| tokenizer.encode_for_encoder(t, args.pair.as_deref(), max_len + 1)),
+        max_len,
+    )?;
     let mut inputs = Vec::new();
     for (n, text) in args.texts.iter().enumerate() {
         let input = tokenizer.encode_for_encoder(text, args.pair.as_deref(), max_len)?;
@@ -267,18 +273,64 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
     Ok(())
 }
 
+/// Warns when some of the texts, encoded one token past `max_len`, are longer than it: the
+/// model reads only their first `max_len` tokens.
+fn warn_cut<E>(
+    encoded: impl Iterator<Item = std::result::Result<EncoderInput, E>>,
+    max_len: usize,
+) -> Result<()>
+where
+    anyhow::Error: From<E>,
+{
+    let (mut cut, mut total) = (0, 0);
+    for input in encoded {
+        cut += usize::from(input?.ids.len() > max_len);
+        total += 1;
+    }
+    if cut > 0 {
+        eprintln!(
+            "warning: {cut} of {total} text(s) had more than {max_len} tokens (the model's \
+             limit); they were cut to it"
+        );
+    }
+    Ok(())
+}
+
 /// sentence-transformers' settings beside the weights: pooling (`1_Pooling/config.json`) and
-/// `max_seq_length` (`sentence_bert_config.json`); `None` where a file or field is absent.
-fn sentence_transformers_settings(dir: &Path) -> Result<(Option<SentencePooling>, Option<usize>)> {
+/// `max_seq_length` (`sentence_bert_config.json`); `None` where a file or field is absent, and
+/// the pooling when `pooling_given` (the command line chose it). A pooling mode ember does not
+/// have (max, weighted mean, last token, mean / √length) is an error: the model's vectors would
+/// silently be other ones.
+fn sentence_transformers_settings(
+    dir: &Path,
+    pooling_given: bool,
+) -> Result<(Option<SentencePooling>, Option<usize>)> {
     let pooling_config = dir.join("1_Pooling/config.json");
     let on = |key: &str| -> Result<bool> {
         Ok(ember_data::optional_json_field::<bool>(&pooling_config, key)? == Some(true))
     };
-    let pooling = if on("pooling_mode_cls_token")? {
+    let pooling = if pooling_given {
+        None
+    } else if on("pooling_mode_cls_token")? {
         Some(SentencePooling::Cls)
     } else if on("pooling_mode_mean_tokens")? {
         Some(SentencePooling::Mean)
     } else {
+        let other = [
+            "pooling_mode_max_tokens",
+            "pooling_mode_mean_sqrt_len_tokens",
+            "pooling_mode_weightedmean_tokens",
+            "pooling_mode_lasttoken",
+        ];
+        for mode in other {
+            if on(mode)? {
+                bail!(
+                    "{}: {mode} is not supported (ember pools by the CLS token or the mean); \
+                     pass --pooling cls or mean to embed with one of those anyway",
+                    pooling_config.display()
+                );
+            }
+        }
         None
     };
     let max_len = ember_data::optional_json_field::<usize>(
@@ -311,19 +363,31 @@ pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
     }
     let device = device::parse_device(device_spec)?;
     let loaded = load(&args.model, args.tokenizer.as_deref(), &device)?;
-    let (st_pooling, st_max_len) = sentence_transformers_settings(&loaded.dir)?;
+    let (st_pooling, st_max_len) =
+        sentence_transformers_settings(&loaded.dir, args.pooling.is_some())?;
     let pooling = match args.pooling {
         Some(PoolingArg::Cls) => SentencePooling::Cls,
         Some(PoolingArg::Mean) => SentencePooling::Mean,
         None => st_pooling.unwrap_or(SentencePooling::Mean),
     };
     let positions = loaded.model.max_positions();
-    let max_len = args.max_length.or(st_max_len).unwrap_or(positions);
+    // sentence_bert_config.json's length is capped by the positions, as sentence-transformers
+    // caps it by the tokenizer's limit; --max-length must fit.
+    let max_len = match args.max_length {
+        Some(n) => n,
+        None => st_max_len.map_or(positions, |n| n.min(positions)),
+    };
     if max_len < 3 || max_len > positions {
         bail!(
             "--max-length {max_len} must be between 3 and the model's max_position_embeddings {positions}"
         );
     }
+    warn_cut(
+        texts
+            .iter()
+            .map(|t| loaded.tokenizer.encode_for_encoder(t, None, max_len + 1)),
+        max_len,
+    )?;
     let pad = pad_id(&loaded);
     let bar = (texts.len() > args.batch_size as usize)
         .then(|| progress::count_bar(texts.len() as u64, "embedding"));

@@ -1694,6 +1694,33 @@ fn embed_writes_unit_vectors_that_do_not_depend_on_padding() {
         &ember(&["embed", "--model", "/nonexistent/bert", "hello"]),
         "/nonexistent/bert",
     );
+    // A text past the model's 64 positions is embedded from its start, with a warning.
+    let long = "w45 ".repeat(100);
+    let out = ember(&["embed", "--model", model_arg, &long]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: 1 of 1 text(s) had more than 64 tokens"),
+        "{stderr}"
+    );
+    // A sentence-transformers pooling ember does not have is refused unless --pooling says
+    // which to use instead.
+    std::fs::create_dir_all(model.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        model.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_max_tokens": true}"#,
+    )
+    .unwrap();
+    assert_one_line_error(
+        &ember(&["embed", "--model", model_arg, "w45"]),
+        "pooling_mode_max_tokens is not supported",
+    );
+    let out = ember(&["embed", "--model", model_arg, "--pooling", "mean", "w45"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
