@@ -103,6 +103,22 @@ impl Tokenizer {
     pub fn open(path: &Path) -> Result<Self, TokenizerError> {
         if path.is_file() {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
+            // One file of a byte-level BPE pair stands for the pair beside it.
+            let pair = ["encoder.json", "vocab.bpe", "vocab.json", "merges.txt"];
+            if pair.contains(&name.as_ref()) {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                return match BpeTokenizer::vocabulary_files(dir) {
+                    Some(_) => Ok(Self::Gpt2(BpeTokenizer::from_dir(dir)?)),
+                    None => Err(load_error(
+                        path,
+                        "a BPE vocabulary needs its pair beside it (encoder.json + vocab.bpe, \
+                         or vocab.json + merges.txt)",
+                    )),
+                };
+            }
             return if name.ends_with(".txt") {
                 Self::wordpiece(path, lowercase_beside(path)?)
             } else {

@@ -122,6 +122,22 @@ fn gpt2_bpe_behind_the_same_type() {
     let tokenizer = Tokenizer::open(encoder.parent().unwrap()).unwrap();
     let text = "Hello, world. Is this-- a test?";
     assert_eq!(tokenizer.encode(text).unwrap(), common::gpt2().encode(text));
+    // Either file of the pair stands for the pair (merges.txt is not a WordPiece vocab.txt).
+    for file in ["encoder.json", "vocab.bpe"] {
+        let one = Tokenizer::open(&encoder.with_file_name(file)).unwrap();
+        assert_eq!(
+            one.encode(text).unwrap(),
+            common::gpt2().encode(text),
+            "{file}"
+        );
+    }
+    let lone = tempfile::tempdir().unwrap();
+    std::fs::write(lone.path().join("merges.txt"), "#version: 0.2\n").unwrap();
+    let err = Tokenizer::open(&lone.path().join("merges.txt"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("needs its pair beside it"), "{err}");
     assert_eq!(tokenizer.vocab_size(), 50257);
     assert_eq!(tokenizer.token_id("<|endoftext|>"), Some(50256));
     assert_eq!(tokenizer.token(15496).as_deref(), Some("Hello"));
