@@ -1030,7 +1030,10 @@ pub fn run_classify(args: ClassifyArgs, device_spec: &str) -> Result<()> {
         None => args.texts.clone(),
     };
     if texts.is_empty() {
-        bail!("nothing to classify");
+        match &args.file {
+            Some(path) => bail!("{}: no text to classify (only blank lines)", path.display()),
+            None => bail!("nothing to classify"),
+        }
     }
     let predictions = match &model {
         Classifier::Gpt(m) => predict(m.as_ref(), &run, &encoder, &texts, &device)?,

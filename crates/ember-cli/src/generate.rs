@@ -170,10 +170,13 @@ pub fn run(args: GenerateArgs, device_spec: &str) -> Result<()> {
     .filter_map(|(flag, given)| given.then_some(flag))
     .collect();
     if sampling.temperature == 0.0 && !sampling_flags.is_empty() {
+        let (flags, verb) = match sampling_flags.len() {
+            1 => (sampling_flags[0].to_string(), "matters"),
+            _ => (sampling_flags.join(", "), "matter"),
+        };
         eprintln!(
-            "note: {} only matter when sampling; at --temperature 0 (the default) decoding is \
-             greedy: give a temperature, e.g. 0.8, to sample",
-            sampling_flags.join(", ")
+            "note: {flags} only {verb} when sampling; at --temperature 0 (the default) \
+             decoding is greedy: give a temperature, e.g. 0.8, to sample"
         );
     }
     let options = GenerateOptions {

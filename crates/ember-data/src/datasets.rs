@@ -154,7 +154,8 @@ pub struct DataCache {
 
 /// `$EMBER_HOME`, default `~/.cache/ember`: where ember keeps datasets and downloads.
 pub fn ember_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("EMBER_HOME") {
+    // Set but empty counts as unset (else the cache would land in ./datasets).
+    if let Some(home) = std::env::var_os("EMBER_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(home);
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);

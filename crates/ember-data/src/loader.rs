@@ -77,7 +77,7 @@ impl TokenWindows {
                 what: what.to_string(),
                 tokens: tokens.len(),
                 max_length,
-                needed: max_length + 1,
+                needed: max_length.saturating_add(1),
             });
         }
         let starts = (0..tokens.len() - max_length).step_by(stride).collect();

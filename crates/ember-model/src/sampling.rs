@@ -53,7 +53,7 @@ impl SamplingConfig {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return Err(format!(
-                "repetition penalty must be > 0, got {}",
+                "repetition penalty must be positive and finite, got {}",
                 self.repetition_penalty
             ));
         }
