@@ -259,7 +259,7 @@ fn read_rows(
         raw.push((field(text_at, text_column)?, label, line));
         last_field_open = record
             .iter()
-            .last()
+            .next_back()
             .is_some_and(|f| f.contains('\n'))
             .then_some(line);
     }
