@@ -246,9 +246,32 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
             "--endpoint",
             "http://127.0.0.1:9",
             "--retries",
-            "2",
+            "1",
         ],
         "127.0.0.1:9",
+    );
+    // With retries, each failed attempt is reported on stderr, also when it is not a terminal
+    // (a hidden progress bar prints nothing), then the one error line.
+    let out = ember_in(
+        c.dir.path(),
+        &[
+            "judge",
+            "--responses",
+            &responded,
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--retries",
+            "2",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with("entry 0: attempt 1 failed")
+            && lines[1].starts_with("error: entry 0: the judge failed 2 times"),
+        "{stderr}"
     );
 
     // CSV / TSV for classification.
