@@ -742,7 +742,8 @@ fn ollama_chat(
             .unwrap_or_else(|| text.trim().chars().take(200).collect());
         return Err(JudgeFailure {
             message: format!("{url}: HTTP {status}: {said}"),
-            retry: !status.is_client_error(),
+            // A refusal stays one, except a timeout or a request to slow down.
+            retry: !status.is_client_error() || matches!(status.as_u16(), 408 | 429),
         });
     }
     let mut content = String::new();
