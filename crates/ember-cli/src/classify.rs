@@ -126,8 +126,15 @@ impl LoraArgs {
     /// The validated config; without `head`, a `head` target (e.g. from `all`) is dropped,
     /// for models whose output layer is not adapted (the language-model head).
     pub fn config(&self, head: bool) -> Result<LoraConfig> {
-        let targets = LoraTarget::parse_list(self.lora_targets.as_deref().unwrap_or("all"))
-            .map_err(anyhow::Error::msg)?
+        let asked = LoraTarget::parse_list(self.lora_targets.as_deref().unwrap_or("all"))
+            .map_err(anyhow::Error::msg)?;
+        if !head && asked == [LoraTarget::Head] {
+            bail!(
+                "--lora-targets head: this model has no classification head to adapt (name its \
+                 layers: q, k, v, attn_out, ff_in, ff_out, or all)"
+            );
+        }
+        let targets = asked
             .into_iter()
             .filter(|t| head || *t != LoraTarget::Head)
             .collect();

@@ -67,9 +67,10 @@ pub struct WindowsArgs {
     /// Tokens per window (the model's context length).
     #[arg(long, default_value_t = 256)]
     max_length: usize,
-    /// Distance between window starts; equal to max_length for no overlap.
-    #[arg(long, default_value_t = 256)]
-    stride: usize,
+    /// Distance between window starts [default: --max-length, windows that neither overlap
+    /// nor skip tokens].
+    #[arg(long)]
+    stride: Option<usize>,
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
     /// Fraction of the text (by characters) used for training; the rest is validation.
@@ -189,9 +190,9 @@ fn windows(args: WindowsArgs) -> Result<()> {
     let tokenizer = crate::tokenize::load_tokenizer(tokenizer.as_ref())?;
     let text = ember_data::read_text_file(&resolve_text_source(&args.corpus)?)?;
     let (train_text, val_text) = split_text(&text, args.train_ratio)?;
+    let stride = args.stride.unwrap_or(args.max_length);
     let build = |part: &str, what: &str, drop_last: bool| -> Result<WindowLoader> {
-        let windows =
-            TokenWindows::new(tokenizer.encode(part), args.max_length, args.stride, what)?;
+        let windows = TokenWindows::new(tokenizer.encode(part), args.max_length, stride, what)?;
         Ok(WindowLoader::new(
             windows,
             args.batch_size,

@@ -21,7 +21,8 @@ const DEFAULT_SEED: u64 = 123;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Run directory written by `ember pretrain` or `ember import` (its latest checkpoint).
+    /// Run directory written by `ember pretrain`, `ember import` or (for --instruction)
+    /// `ember finetune instruct`: its latest checkpoint.
     #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
     checkpoint: Option<PathBuf>,
     /// Pretrained weights: a HuggingFace GPT-2 directory (config.json + model.safetensors or

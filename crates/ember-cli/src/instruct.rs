@@ -49,7 +49,7 @@ pub struct InstructRecipe {
     /// Ignore the targets of the instruction and input tokens (the book's exercise 7.2).
     #[serde(default)]
     pub mask_prompt: bool,
-    /// Texts are cut to this many tokens [default: 1024, at most the context length].
+    /// Texts are cut to this many tokens [default: 1024; at most the context length].
     pub allowed_max_length: Option<usize>,
     /// Dropout while fine-tuning (the book uses 0 for pretrained weights).
     pub drop_rate: Option<f64>,
@@ -90,7 +90,8 @@ pub struct FinetuneInstructArgs {
     /// Also ignore the loss on the instruction and input tokens.
     #[arg(long)]
     mask_prompt: bool,
-    /// Cut texts to this many tokens [default: 1024, at most the context length].
+    /// Cut texts to this many tokens [default: the recipe's (instruct: 1024, instruct-tiny:
+    /// 256), at most the context length].
     #[arg(long)]
     allowed_max_length: Option<usize>,
     /// Shuffle the entries with this seed before splitting 85/5/10 [default: the recipe's;

@@ -71,7 +71,8 @@ pub struct PretrainArgs {
     /// (the book's chapter 5 run), or bert-mini-verdict (the default with --arch bert).
     #[arg(long)]
     pub(crate) recipe: Option<PathBuf>,
-    /// Model config: a built-in name (gpt-tiny, gpt2-small, …) or a TOML file.
+    /// Model config: a built-in name (gpt-tiny, gpt2-small … gpt2-xl; with --arch bert
+    /// bert-tiny, bert-mini, bert-base) or a TOML file.
     #[arg(long)]
     pub(crate) model_config: Option<String>,
     /// Corpus: a text file or a dataset name (BERT: one or more).
@@ -92,7 +93,7 @@ pub struct PretrainArgs {
     /// Context length (window length; for BERT the longest sequence); overrides the recipe's.
     #[arg(long)]
     pub(crate) context_length: Option<usize>,
-    /// Distance between window starts [default: the context length].
+    /// GPT: distance between window starts [default: the context length].
     #[arg(long)]
     pub(crate) stride: Option<usize>,
     /// Tokenizer: for GPT a directory with encoder.json + vocab.bpe, or a GPT run directory (its
@@ -100,8 +101,8 @@ pub struct PretrainArgs {
     /// [default: WordPiece trained on the corpus].
     #[arg(long)]
     pub(crate) tokenizer: Option<PathBuf>,
-    /// Start from pretrained weights instead of random ones: a HuggingFace GPT-2 directory
-    /// or a run directory. Their config and tokenizer replace the recipe's.
+    /// GPT: start from pretrained weights instead of random ones, a HuggingFace GPT-2
+    /// directory or a run directory. Their config and tokenizer replace the recipe's.
     #[arg(long, conflicts_with_all = ["model_config", "tokenizer"])]
     pub(crate) weights: Option<PathBuf>,
     /// BERT: training objectives, `mlm` or `mlm,nsp` [default: the recipe's].
@@ -113,7 +114,8 @@ pub struct PretrainArgs {
     /// Run directory for checkpoints, metrics and the loss plot.
     #[arg(long, default_value = "runs/pretrain")]
     pub(crate) out: PathBuf,
-    /// Replace the run already in --out (its checkpoints, metrics and plot are deleted).
+    /// Replace the run already in --out (its run file, checkpoints, metrics and plots are
+    /// deleted; other files stay).
     #[arg(long)]
     pub(crate) overwrite: bool,
     /// Continue the run in this directory from its latest checkpoint, with its own settings

@@ -258,15 +258,36 @@ pub fn check_new_run_dir(dir: &Path, overwrite: bool, resumable: bool) -> Result
     let Some(found) = existing_run(dir).filter(|_| !overwrite) else {
         return Ok(());
     };
-    let resume = match resumable {
-        true => format!("continue it with --resume {}, ", dir.display()),
-        false => String::new(),
+    let resume = match resume_command(&found).filter(|_| resumable) {
+        Some(command) => format!("continue it with `{command} {}`, ", dir.display()),
+        None => String::new(),
     };
     bail!(
         "{} already holds a run ({}); {resume}replace it with --overwrite, or choose another --out",
         dir.display(),
         found.display()
     )
+}
+
+/// The command that continues the run whose file (or `checkpoints/`) is `found`: each kind of
+/// run resumes with its own command. `None` for imported weights, which have nothing to resume.
+fn resume_command(found: &Path) -> Option<&'static str> {
+    match found.file_name()?.to_str()? {
+        "classifier.toml" => Some("ember finetune classify --resume"),
+        "seq2seq.toml" => Some("ember train seq2seq --resume"),
+        "run.toml" => {
+            let text = std::fs::read_to_string(found).ok()?;
+            let table: toml::Table = toml::from_str(&text).ok()?;
+            if table.contains_key("instruct") {
+                Some("ember finetune instruct --resume")
+            } else if table.contains_key("recipe") {
+                Some("ember pretrain --resume")
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Makes `dir` ready for a new run: refuses it as [`check_new_run_dir`] does, and with

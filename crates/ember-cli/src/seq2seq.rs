@@ -24,7 +24,8 @@ use crate::progress::{EpochSample, TrainProgress};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
-    /// Train an encoder–decoder on source<TAB>target pairs (default task: date normalisation).
+    /// Train an encoder–decoder on source<TAB>target pairs from a recipe (--config
+    /// dates-transformer or dates-lstm: date normalisation), or continue one (--resume).
     Seq2seq(TrainSeq2SeqArgs),
 }
 

@@ -22,7 +22,8 @@ pub enum LoaderError {
     ZeroBatchSize,
     #[error(
         "{what} has {tokens} tokens, too short for one window of max_length {max_length} \
-         (needs at least {needed}); use a longer text or a smaller max_length"
+         (needs at least {needed}); use a longer text or shorter windows (--context-length, \
+         or --max-length for data windows)"
     )]
     TooShort {
         what: String,

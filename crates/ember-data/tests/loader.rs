@@ -45,6 +45,6 @@ fn a_text_shorter_than_one_window_is_a_clear_error() {
     assert_eq!(
         err.to_string(),
         "corpus.txt has 3 tokens, too short for one window of max_length 256 (needs at least 257); \
-         use a longer text or a smaller max_length"
+         use a longer text or shorter windows (--context-length, or --max-length for data windows)"
     );
 }
