@@ -36,22 +36,14 @@ pub struct TokenizeArgs {
 pub fn load_tokenizer(dir: Option<&PathBuf>) -> Result<BpeTokenizer> {
     match dir {
         // One file of the pair stands for its directory.
-        Some(file) if file.is_file() => {
-            let name = file.file_name().unwrap_or_default().to_string_lossy();
-            let pair = ["encoder.json", "vocab.bpe", "vocab.json", "merges.txt"];
-            let parent = file
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            match pair.contains(&name.as_ref()) {
-                true => Ok(BpeTokenizer::from_dir(parent)?),
-                false => anyhow::bail!(
-                    "{}: a GPT tokenizer is a directory with encoder.json + vocab.bpe (or \
-                     vocab.json + merges.txt), such as `ember tokenizer train` writes",
-                    file.display()
-                ),
-            }
-        }
+        Some(file) if file.is_file() => match BpeTokenizer::pair_file_dir(file) {
+            Some(dir) => Ok(BpeTokenizer::from_dir(dir)?),
+            None => anyhow::bail!(
+                "{}: a GPT tokenizer is a directory with encoder.json + vocab.bpe (or \
+                 vocab.json + merges.txt), such as `ember tokenizer train` writes",
+                file.display()
+            ),
+        },
         Some(dir) => Ok(BpeTokenizer::from_dir(dir)?),
         None => data::gpt2_tokenizer(),
     }

@@ -101,6 +101,19 @@ impl BpeTokenizer {
             .find(|(e, m)| e.is_file() && m.is_file())
     }
 
+    /// The directory that `file`, one file of a vocabulary pair (`encoder.json`, `vocab.bpe`,
+    /// `vocab.json` or `merges.txt`), stands for: a user may name either file of the pair.
+    /// `None` for any other file name.
+    pub fn pair_file_dir(file: &Path) -> Option<&Path> {
+        let name = file.file_name()?.to_str()?;
+        let pair = ["encoder.json", "vocab.bpe", "vocab.json", "merges.txt"];
+        pair.contains(&name).then(|| {
+            file.parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        })
+    }
+
     /// Loads `encoder.json` + `vocab.bpe` and checks that they agree: the ids in `encoder.json`
     /// must be exactly the ranks implied by the merge list (as tiktoken asserts), otherwise
     /// encoding would not match the vocabulary's training.

@@ -102,14 +102,8 @@ impl Tokenizer {
     /// order).
     pub fn open(path: &Path) -> Result<Self, TokenizerError> {
         if path.is_file() {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
             // One file of a byte-level BPE pair stands for the pair beside it.
-            let pair = ["encoder.json", "vocab.bpe", "vocab.json", "merges.txt"];
-            if pair.contains(&name.as_ref()) {
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+            if let Some(dir) = BpeTokenizer::pair_file_dir(path) {
                 return match BpeTokenizer::vocabulary_files(dir) {
                     Some(_) => Ok(Self::Gpt2(BpeTokenizer::from_dir(dir)?)),
                     None => Err(load_error(
@@ -119,6 +113,7 @@ impl Tokenizer {
                     )),
                 };
             }
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
             return if name.ends_with(".txt") {
                 Self::wordpiece(path, lowercase_beside(path)?)
             } else {
