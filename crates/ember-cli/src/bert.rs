@@ -230,11 +230,15 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
         .find_map(|t| tokenizer.token_id(t))
         .context("the tokenizer has no [MASK] token")?;
     let max_len = loaded.model.max_positions();
-    warn_cut(
-        args.texts
-            .iter()
-            .map(|t| tokenizer.encode_for_encoder(t, args.pair.as_deref(), max_len + 1)),
+    progress::warn_cut(
+        args.texts.iter().map(|t| {
+            Ok(tokenizer
+                .encode_for_encoder(t, args.pair.as_deref(), max_len + 1)?
+                .ids
+                .len())
+        }),
         max_len,
+        "the model's limit",
     )?;
     let mut inputs = Vec::new();
     for (n, text) in args.texts.iter().enumerate() {
@@ -269,29 +273,6 @@ pub fn run_fill_mask(args: FillMaskArgs, device_spec: &str) -> Result<()> {
                 println!("    {p:.4}  {token}  (id {id})");
             }
         }
-    }
-    Ok(())
-}
-
-/// Warns when some of the texts, encoded one token past `max_len`, are longer than it: the
-/// model reads only their first `max_len` tokens.
-fn warn_cut<E>(
-    encoded: impl Iterator<Item = std::result::Result<EncoderInput, E>>,
-    max_len: usize,
-) -> Result<()>
-where
-    anyhow::Error: From<E>,
-{
-    let (mut cut, mut total) = (0, 0);
-    for input in encoded {
-        cut += usize::from(input?.ids.len() > max_len);
-        total += 1;
-    }
-    if cut > 0 {
-        eprintln!(
-            "warning: {cut} of {total} text(s) had more than {max_len} tokens (the model's \
-             limit); they were cut to it"
-        );
     }
     Ok(())
 }
@@ -382,11 +363,16 @@ pub fn run_embed(args: EmbedArgs, device_spec: &str) -> Result<()> {
             "--max-length {max_len} must be between 3 and the model's max_position_embeddings {positions}"
         );
     }
-    warn_cut(
-        texts
-            .iter()
-            .map(|t| loaded.tokenizer.encode_for_encoder(t, None, max_len + 1)),
+    progress::warn_cut(
+        texts.iter().map(|t| {
+            Ok(loaded
+                .tokenizer
+                .encode_for_encoder(t, None, max_len + 1)?
+                .ids
+                .len())
+        }),
         max_len,
+        "the model's limit",
     )?;
     let pad = pad_id(&loaded);
     let bar = (texts.len() > args.batch_size as usize)

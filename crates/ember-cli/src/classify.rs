@@ -1088,19 +1088,13 @@ fn predict<M: ClassifierModel>(
         })
         .collect();
     let data = encoder.batches(&examples, run.max_length, run.pad_id)?;
-    // One token more than the classifier reads tells which texts it reads only in part.
-    let mut cut = 0;
-    for text in texts {
-        cut += usize::from(encoder.encode(text, run.max_length + 1)?.len() > run.max_length);
-    }
-    if cut > 0 {
-        eprintln!(
-            "warning: {cut} of {} text(s) had more than {} tokens (the run's max_length); they \
-             were cut to it",
-            texts.len(),
-            run.max_length
-        );
-    }
+    crate::progress::warn_cut(
+        texts
+            .iter()
+            .map(|t| Ok(encoder.encode(t, run.max_length + 1)?.len())),
+        run.max_length,
+        "the run's max_length",
+    )?;
     let mut out = Vec::with_capacity(texts.len());
     for rows in data.batches(16, None, false) {
         let (ids, lengths, _) = data.tensors(&rows, device);

@@ -56,6 +56,28 @@ pub fn say_above(bar: Option<&ProgressBar>, line: &str) {
     }
 }
 
+/// Warns when some texts are longer than the `max_len` tokens a model reads. `lengths` are the
+/// texts' token counts, each encoded up to one token past `max_len` (enough to tell); `limit`
+/// names where `max_len` comes from ("the run's max_length").
+pub fn warn_cut(
+    lengths: impl Iterator<Item = anyhow::Result<usize>>,
+    max_len: usize,
+    limit: &str,
+) -> anyhow::Result<()> {
+    let (mut cut, mut total) = (0, 0);
+    for len in lengths {
+        cut += usize::from(len? > max_len);
+        total += 1;
+    }
+    if cut > 0 {
+        eprintln!(
+            "warning: {cut} of {total} text(s) had more than {max_len} tokens ({limit}); they \
+             were cut to it"
+        );
+    }
+    Ok(())
+}
+
 /// A plain counter bar with a message.
 pub fn count_bar(total: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
