@@ -465,7 +465,12 @@ fn write_entries(
             Value::Object(fields)
         })
         .collect();
-    let text = serde_json::to_string_pretty(&list).context("serializing entries")?;
+    write_json_list(path, &list)
+}
+
+/// Writes `list` as pretty JSON to `path`, atomically: the output files of respond and judge.
+fn write_json_list(path: &Path, list: &[Value]) -> Result<()> {
+    let text = serde_json::to_string_pretty(list).context("serializing entries")?;
     ember_data::write_atomically(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -693,9 +698,6 @@ pub fn parse_score(reply: &str) -> Option<u32> {
         .filter(|score| *score <= 100)
 }
 
-/// One chat request to an Ollama server (`POST /api/chat`), deterministic as in the book
-/// (seed 123, temperature 0, num_ctx 2048). Accepts a single JSON answer or a stream of JSON
-/// lines and joins their `message.content`.
 /// Why a judge request failed, and whether asking again can help (not for a refusal such as
 /// an unknown model, HTTP 4xx).
 struct JudgeFailure {
@@ -712,6 +714,9 @@ impl From<String> for JudgeFailure {
     }
 }
 
+/// One chat request to an Ollama server (`POST /api/chat`), deterministic as in the book
+/// (seed 123, temperature 0, num_ctx 2048). Accepts a single JSON answer or a stream of JSON
+/// lines and joins their `message.content`.
 fn ollama_chat(
     agent: &ureq::Agent,
     endpoint: &str,
@@ -805,10 +810,7 @@ pub fn run_judge(args: JudgeArgs) -> Result<()> {
                                     .iter()
                                     .map(|e| Value::Object(e.fields.clone())),
                             );
-                            let text = serde_json::to_string_pretty(&partial)
-                                .context("serializing scores")?;
-                            ember_data::write_atomically(out, text.as_bytes())
-                                .with_context(|| format!("writing {}", out.display()))?;
+                            write_json_list(out, &partial)?;
                             match scored.len() {
                                 1 => {
                                     format!(" (the entry scored before it is in {})", out.display())
@@ -862,9 +864,7 @@ pub fn run_judge(args: JudgeArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     if let Some(out) = &args.out {
-        let text = serde_json::to_string_pretty(&scored).context("serializing scores")?;
-        ember_data::write_atomically(out, text.as_bytes())
-            .with_context(|| format!("writing {}", out.display()))?;
+        write_json_list(out, &scored)?;
     }
     let unscored = entries.len() - scores.len();
     if scores.is_empty() {

@@ -145,8 +145,9 @@ pub fn total_memory() -> Option<u64> {
 
 /// Refuses to build a model of `params` f32 parameters on a CPU `device` when it cannot fit in
 /// this machine's memory: the weights alone (4 bytes a parameter), or for `training` the
-/// weights, their gradients and AdamW's two moments (16 bytes), before any activation. Why: the allocation of a too-large model aborts the process with a trace, and
-/// a config with a mistyped size (`emb_dim = 1000000`) should get a line that says why.
+/// weights, their gradients and AdamW's two moments (16 bytes), before any activation. Why: the
+/// allocation of a too-large model aborts the process with a trace, and a config with a
+/// mistyped size (`emb_dim = 1000000`) should get a line that says why.
 pub fn check_model_fits(
     params: usize,
     training: bool,
