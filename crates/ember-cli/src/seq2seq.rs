@@ -10,7 +10,7 @@ use ember_data::bpe::BpeTokenizer;
 use ember_data::seq2seq::{
     BOS, CharVocab, EOS, Pair, Seq2SeqBatch, Seq2SeqLoader, Seq2SeqVocab, read_pairs, split_files,
 };
-use ember_model::config::parse_toml;
+use ember_model::config::{ConfigError, parse_toml};
 use ember_model::lstm_seq2seq::LstmSeq2SeqConfig;
 use ember_model::seq2seq::{DecodeOptions, Decoded, Seq2SeqModel, beam_search, greedy};
 use ember_model::transformer_seq2seq::TransformerSeq2SeqConfig;
@@ -149,11 +149,15 @@ impl Seq2SeqConfig {
                 bail!("{name} = {} is below the data's {size} characters", *field);
             }
         }
+        Ok(self.validate()?)
+    }
+
+    /// The model's own checks (sizes, dropout), whichever architecture it is.
+    fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            Self::Transformer(c) => c.validate()?,
-            Self::Lstm(c) => c.validate()?,
+            Self::Transformer(c) => c.validate(),
+            Self::Lstm(c) => c.validate(),
         }
-        Ok(())
     }
 }
 
@@ -522,11 +526,7 @@ fn read_run(dir: &Path) -> Result<Seq2SeqRun> {
     let run: Seq2SeqRun =
         parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     crate::runs::checked_run_file(&path, run, |run| {
-        match &run.recipe.model {
-            Seq2SeqConfig::Transformer(c) => c.validate(),
-            Seq2SeqConfig::Lstm(c) => c.validate(),
-        }
-        .map_err(|e| e.to_string())?;
+        run.recipe.model.validate().map_err(|e| e.to_string())?;
         run.recipe.train.validate()?;
         if !(1..=run.recipe.model.max_len()).contains(&run.decode_max_len) {
             return Err(format!(
