@@ -571,9 +571,7 @@ fn finetune_classifier(args: FinetuneClassifyArgs, device_spec: &str) -> Result<
     // A data path is recorded absolute: --resume may run from another directory.
     let data_arg = match is_spam_dataset(&args.data) {
         true => args.data.clone(),
-        false => runs::absolute(Path::new(&args.data))
-            .to_string_lossy()
-            .into_owned(),
+        false => runs::recorded_source(&args.data),
     };
     let splits = load_splits(&DataSource {
         data: &data_arg,
