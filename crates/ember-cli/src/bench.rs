@@ -946,7 +946,7 @@ fn generate_bench(args: &GenerateBenchArgs, device_spec: &str) -> Result<Value> 
     };
     let gpu = is_gpu_spec(device_spec);
     if gpu {
-        // GPU backends compile kernels (and, with the `fusion` feature, tune and fuse them) for
+        // GPU backends compile and tune kernels (and, with the `fusion` feature, fuse them) for
         // each new shape on first use, and every cached decoding step has a longer key/value
         // length: one untimed decode of the same length meets the shapes the timed ones will.
         let started = Instant::now();
