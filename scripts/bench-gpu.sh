@@ -6,10 +6,12 @@
 #
 #   bash scripts/bench-gpu.sh [EMBER_BINARY] [OUT_DIR]
 #
-# EMBER_BINARY: an ember built with --features wgpu (or cuda) [default: $CARGO_TARGET_DIR or target, /release/ember];
+# EMBER_BINARY: an ember built with --features wgpu (or cuda; add fusion for training speed, at
+# the cost of decoding speed) [default: $CARGO_TARGET_DIR or target, /release/ember];
 # OUT_DIR: where the JSON reports and the log go [default: bench-gpu-out].
 # Environment: DEVICE (wgpu), CASE (gpt2-small:1024:8), STEPS (10), EMBER_PYTHON (a Python with
-# torch + transformers and CUDA; default scripts/.venv-hf/bin/python).
+# torch + transformers and CUDA: a path, or a name on PATH such as python3; default
+# scripts/.venv-hf/bin/python).
 set -uo pipefail
 ember=${1:-${CARGO_TARGET_DIR:-target}/release/ember}
 out=${2:-bench-gpu-out}

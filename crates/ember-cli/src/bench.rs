@@ -37,8 +37,9 @@ pub enum BenchCommand {
 /// Where the references come from and where the table goes.
 #[derive(Args, Clone)]
 pub struct ReferenceArgs {
-    /// Python of the reference environment [default: $EMBER_PYTHON, else
-    /// scripts/.venv-hf/bin/python, which `bash scripts/setup-bench.sh` creates]. With
+    /// Python of the reference environment: a path, or a name looked up on PATH such as `python3`
+    /// [default: $EMBER_PYTHON, else scripts/.venv-hf/bin/python, which
+    /// `bash scripts/setup-bench.sh` creates]. With
     /// `--device wgpu` or `cuda` the train and generate references run on PyTorch's CUDA device.
     #[arg(long)]
     python: Option<PathBuf>,
@@ -503,7 +504,7 @@ impl ReferenceArgs {
             .clone()
             .or_else(|| std::env::var_os("EMBER_PYTHON").map(PathBuf::from))
             .unwrap_or_else(|| scripts.join(".venv-hf/bin/python"));
-        if python.exists() {
+        if let Some(python) = find_program(&python) {
             return Some(Reference { python, scripts });
         }
         println!(
@@ -512,6 +513,17 @@ impl ReferenceArgs {
         );
         None
     }
+}
+
+/// `program` as given when it is a path to a file, or, when it is a bare name such as `python3`
+/// (no `/`), the first file of that name on `PATH`, as a shell would run it.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 /// `scripts/` of the repository: the working directory's when run from the repository root,
@@ -1384,6 +1396,17 @@ fn print_summary(report: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_python_given_by_bare_name_is_found_on_path() {
+        // `sh` is on every PATH this runs on; the bare name used to be read as a relative path.
+        let sh = find_program(Path::new("sh")).expect("sh on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(find_program(Path::new("no-such-program-ember")), None);
+        assert_eq!(find_program(&sh), Some(sh.clone()));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(find_program(&dir.path().join("python")), None);
+    }
 
     #[test]
     fn train_cases_parse_and_bad_ones_say_what_is_wrong() {
