@@ -2,7 +2,6 @@
 //! pooled position, AdamW, loss evaluations every `eval_freq` steps, accuracies on the three
 //! splits after every epoch, and the checkpoint with the best validation accuracy kept.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use crate::adamw::FusedAdamW;
 use crate::checkpoint::{self, TrainState};
 use crate::clip::clip_global_norm;
 use crate::lm::TrainError;
+use crate::metrics::MetricsFile;
 
 /// Settings of a classification fine-tune (defaults: the book's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -227,7 +227,6 @@ pub fn finetune<M: ClassifierModel>(
             .map_err(TrainError::Invalid)?;
     }
     let device = model.device();
-    let metrics_path = run_dir.join("metrics.jsonl");
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TrainError::Io { path, source }
@@ -237,14 +236,11 @@ pub fn finetune<M: ClassifierModel>(
     std::fs::create_dir_all(run_dir.join("best")).map_err(io(run_dir))?;
     // On resume: the records up to the checkpoint's step, the best finished epoch among them
     // (its model is in best/), and the seconds already spent.
-    let kept: Vec<ClassRecord> = match &resume {
-        Some(state) if metrics_path.exists() => read_class_metrics(&metrics_path)
-            .map_err(TrainError::Invalid)?
-            .into_iter()
-            .filter(|r| r.step <= state.step)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let (mut metrics, kept) = MetricsFile::open(
+        &run_dir.join("metrics.jsonl"),
+        resume.as_ref().map(|state| state.step),
+        |r: &ClassRecord| r.step,
+    )?;
     let mut best: Option<(f64, f64, usize)> = None; // (val_acc, -val_loss, epoch)
     for record in kept.iter().filter(|r| r.kind == "epoch") {
         let key = (
@@ -256,25 +252,12 @@ pub fn finetune<M: ClassifierModel>(
             best = Some(key);
         }
     }
-    let mut kept_text = String::new();
-    for record in &kept {
-        kept_text += &serde_json::to_string(record).expect("metrics serialize");
-        kept_text.push('\n');
-    }
-    ember_data::write_atomically(&metrics_path, kept_text.as_bytes()).map_err(io(&metrics_path))?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
     let seconds_before = kept.last().map_or(0.0, |r| r.seconds);
     let started = Instant::now();
     let seconds = move || seconds_before + started.elapsed().as_secs_f64();
     let mut write = |record: &ClassRecord, observer: &mut dyn ClassifyObserver| {
-        let line = serde_json::to_string(record).expect("metrics serialize");
         observer.on_record(record);
-        writeln!(metrics, "{line}")
-            .and_then(|()| metrics.flush())
-            .map_err(io(&metrics_path))
+        metrics.append(record)
     };
 
     let mut state = match resume {
@@ -387,14 +370,7 @@ pub fn finetune<M: ClassifierModel>(
 
 /// Reads the `kind = "epoch"` and `"loss"` lines of a fine-tune's `metrics.jsonl`.
 pub fn read_class_metrics(path: &Path) -> Result<Vec<ClassRecord>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| format!("{}: line {}: {e}", path.display(), i + 1))
-        })
-        .collect()
+    crate::metrics::read_records(path)
 }
 
 /// Where a fine-tune keeps its best model.

@@ -6,6 +6,7 @@
 //! - [`lm`]: the language-model training loop with evaluation and metrics.
 //! - [`classify`]: classification fine-tuning with per-epoch accuracies.
 //! - [`checkpoint`]: atomic checkpoints and resume.
+//! - [`metrics`]: `metrics.jsonl`, read, cut back on resume and appended to.
 //! - [`plot`]: the loss plot PNG.
 
 pub mod adamw;
@@ -13,6 +14,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod clip;
 pub mod lm;
+pub mod metrics;
 pub mod plot;
 pub mod schedule;
 

@@ -5,7 +5,6 @@
 //! masks of step `s` come from the device seeded with (seed, s), so a run resumed from a
 //! checkpoint replays exactly the steps an uninterrupted run would take.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::adamw::FusedAdamW;
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::clip::clip_global_norm;
+use crate::metrics::MetricsFile;
 use crate::schedule::LrSchedule;
 
 /// Optimizer and loop settings (the `[train]` table of a pretraining recipe).
@@ -392,6 +392,7 @@ fn train_steps<B: Batch, M: LossModel<B>>(
     let total_steps = steps_per_epoch.saturating_mul(options.epochs);
     let schedule = options.schedule(total_steps);
     let device = model.device();
+    let resume_step = resume.as_ref().map(|state| state.step);
     let mut state = match resume {
         Some(state) => {
             state
@@ -404,8 +405,11 @@ fn train_steps<B: Batch, M: LossModel<B>>(
         }
         None => TrainState::start(steps_per_epoch),
     };
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, state.step)?;
+    let (mut metrics, _) = MetricsFile::open(
+        &run_dir.join("metrics.jsonl"),
+        resume_step,
+        |r: &EvalRecord| r.step,
+    )?;
     observer.on_start(total_steps, state.step);
 
     let mut window_start = Instant::now();
@@ -451,7 +455,7 @@ fn train_steps<B: Batch, M: LossModel<B>>(
                     lr,
                     tokens_per_s,
                 };
-                write_metrics(&mut metrics, &metrics_path, &record)?;
+                metrics.append(&record)?;
                 observer.on_eval(&record);
                 window_start = Instant::now();
                 window_tokens = 0;
@@ -484,52 +488,7 @@ fn train_steps<B: Batch, M: LossModel<B>>(
 
 /// Opens `metrics.jsonl` for appending, first dropping lines past `resume_step` (they belong to
 /// steps that will be redone).
-fn open_metrics(path: &Path, resume_step: usize) -> Result<std::fs::File, TrainError> {
-    let io = |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if path.exists() {
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let kept: String = text
-            .lines()
-            .filter(|line| {
-                serde_json::from_str::<EvalRecord>(line).is_ok_and(|r| r.step <= resume_step)
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
-        ember_data::write_atomically(path, kept.as_bytes()).map_err(io)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)
-}
-
-fn write_metrics(
-    file: &mut std::fs::File,
-    path: &Path,
-    record: &EvalRecord,
-) -> Result<(), TrainError> {
-    let line = serde_json::to_string(record).expect("metrics serialize");
-    writeln!(file, "{line}")
-        .and_then(|()| file.flush())
-        .map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
 /// Reads `metrics.jsonl` (for plots and reports).
 pub fn read_metrics(path: &Path) -> Result<Vec<EvalRecord>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
-        })
-        .collect()
+    crate::metrics::read_records(path)
 }
