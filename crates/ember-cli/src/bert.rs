@@ -36,11 +36,11 @@ pub struct FillMaskArgs {
     tokenizer: Option<PathBuf>,
 }
 
+/// How a sentence's token vectors become one vector. Described in `--pooling`'s own help: help
+/// on the values would switch `embed --help` to clap's long, multi-line form.
 #[derive(Clone, Copy, ValueEnum)]
 enum PoolingArg {
-    /// The [CLS] position.
     Cls,
-    /// The mean over real tokens.
     Mean,
 }
 
@@ -56,7 +56,8 @@ pub struct EmbedArgs {
     /// Embed every line of this file instead (empty lines skipped).
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Pooling [default: from the model's 1_Pooling/config.json, else mean].
+    /// Pooling: `cls` (the [CLS] position) or `mean` (the mean over real tokens) [default: from
+    /// the model's 1_Pooling/config.json, else mean].
     #[arg(long, value_enum)]
     pooling: Option<PoolingArg>,
     /// Longest input in tokens, special tokens included [default: the model's
