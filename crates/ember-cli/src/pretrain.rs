@@ -303,6 +303,12 @@ pub(crate) fn resume_from<M: Module>(
             .check_batches_per_epoch(batches)
             .map_err(|e| anyhow::anyhow!("{}: {e}", run_dir.display()))?;
     }
+    // Training cuts metrics.jsonl back to this step once it starts, after the run file is
+    // written: damage found only then would leave that file changed by a resume that never ran.
+    let metrics = run_dir.join("metrics.jsonl");
+    if metrics.exists() {
+        ember_train::lm::read_metrics(&metrics).map_err(anyhow::Error::msg)?;
+    }
     let model = checkpoint::load_model(dir, model)?;
     let optim = checkpoint::load_optimizer(dir, optim)?;
     eprintln!("resuming {} from step {}", run_dir.display(), state.step);

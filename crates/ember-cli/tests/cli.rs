@@ -460,6 +460,26 @@ fn pretrain_then_generate_then_resume() {
         &ember(&["pretrain", "--resume", damaged_str]),
         "the training data changed since the checkpoint of step 9: 9 batches per epoch then, 5 now",
     );
+    // A damaged metrics line (not a torn last one) is refused before the run file is written.
+    std::fs::write(damaged.join("run.toml"), &run_toml).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    std::fs::write(
+        damaged.join("metrics.jsonl"),
+        format!("{{\"step\n{metrics}"),
+    )
+    .unwrap();
+    let out = ember(&["pretrain", "--resume", damaged_str, "--epochs", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("metrics.jsonl line 1: "),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(damaged.join("run.toml")).unwrap(),
+        run_toml
+    );
 
     // Resume with one more epoch: continues from step 9 to 18, on a schedule that now spans
     // two epochs (and says so).

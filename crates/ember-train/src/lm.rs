@@ -486,8 +486,6 @@ fn train_steps<B: Batch, M: LossModel<B>>(
     Ok((model, state))
 }
 
-/// Opens `metrics.jsonl` for appending, first dropping lines past `resume_step` (they belong to
-/// steps that will be redone).
 /// Reads `metrics.jsonl` (for plots and reports).
 pub fn read_metrics(path: &Path) -> Result<Vec<EvalRecord>, String> {
     crate::metrics::read_records(path)
