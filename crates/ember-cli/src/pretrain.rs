@@ -305,9 +305,11 @@ pub(crate) fn resume_from<M: Module>(
     }
     // Training cuts metrics.jsonl back to this step once it starts, after the run file is
     // written: damage found only then would leave that file changed by a resume that never ran.
+    // Read as plain JSON: language-model and classifier runs keep different records there.
     let metrics = run_dir.join("metrics.jsonl");
     if metrics.exists() {
-        ember_train::lm::read_metrics(&metrics).map_err(anyhow::Error::msg)?;
+        ember_train::metrics::read_records::<serde_json::Value>(&metrics)
+            .map_err(anyhow::Error::msg)?;
     }
     let model = checkpoint::load_model(dir, model)?;
     let optim = checkpoint::load_optimizer(dir, optim)?;
