@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The GPU comparison of issue 10 in one command: ember on a GPU device against PyTorch CUDA
-# (eager and torch.compile) for gpt2-small at context 1024, transformers' generate, and a
+# The GPU comparison of issue 10 in one command: ember on a GPU device against transformers'
+# generate and PyTorch CUDA (eager and torch.compile) for gpt2-small at context 1024, and a
 # correctness check: pretrain gpt-tiny on the GPU, then decode the same greedy text from that
 # checkpoint on the GPU and on the CPU.
 #
-#   bash scripts/bench-gpu.sh [EMBER_BINARY] [OUT_DIR]
+#   bash scripts/bench-gpu.sh [EMBER_BINARY] [OUT_DIR] [FUSION_BINARY]
 #
-# EMBER_BINARY: an ember built with --features wgpu (or cuda; add fusion for training speed, at
-# the cost of decoding speed) [default: $CARGO_TARGET_DIR or target, /release/ember];
-# OUT_DIR: where the JSON reports and the log go [default: bench-gpu-out].
-# Environment: DEVICE (wgpu), CASE (gpt2-small:1024:8), STEPS (10), EMBER_PYTHON (a Python with
-# torch + transformers and CUDA: a path, or a name on PATH such as python3; default
-# scripts/.venv-hf/bin/python).
+# EMBER_BINARY: an ember built with --features wgpu (or cuda) [default: $CARGO_TARGET_DIR or
+# target, /release/ember]; OUT_DIR: where the JSON reports and the log go [default:
+# bench-gpu-out]; FUSION_BINARY: optionally one built with `fusion` too, whose decoding and
+# training run after the first binary's, in the same call (fusion trains faster, decodes slower).
+# Environment: DEVICE (wgpu), CASE (gpt2-small:1024:8), STEPS (10), ROUNDS (2), EMBER_PYTHON (a
+# Python with torch + transformers and CUDA: a path, or a name on PATH; default
+# scripts/.venv-hf/bin/python where it exists, else python3).
 set -uo pipefail
 ember=${1:-${CARGO_TARGET_DIR:-target}/release/ember}
 out=${2:-bench-gpu-out}
+fusion=${3:-}
 device=${DEVICE:-wgpu}
+if [ -z "${EMBER_PYTHON:-}" ] && [ ! -x scripts/.venv-hf/bin/python ]; then
+  export EMBER_PYTHON=python3
+fi
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 # wgpu wants a runtime directory even headless.
@@ -23,11 +28,15 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 
-echo "== train bench ${CASE:-gpt2-small:1024:8} on $device ($(elapsed))"
-"$ember" --device "$device" bench train --case "${CASE:-gpt2-small:1024:8}" --steps "${STEPS:-10}" \
-  --torch-compile --json "$out/train.json"
-echo "== generate bench on $device ($(elapsed))"
-"$ember" --device "$device" bench generate --skip-no-cache --json "$out/generate.json"
+# Decoding first: it is quick, and a call cut short keeps it.
+binaries=("$ember")
+[ -n "$fusion" ] && binaries+=("$fusion")
+for i in "${!binaries[@]}"; do
+  name=$([ "$i" = 0 ] && echo ember || echo fusion)
+  echo "== generate bench, $name binary, on $device ($(elapsed))"
+  "${binaries[$i]}" --device "$device" bench generate --skip-no-cache --rounds "${ROUNDS:-2}" \
+    --json "$out/generate-$name.json"
+done
 echo "== pretrain gpt-tiny on $device, greedy decode on $device and cpu ($(elapsed))"
 run=$(mktemp -d)
 "$ember" --device "$device" pretrain --epochs 3 --out "$run" --overwrite 2>&1 | grep -v '^\s*$' | tail -2
@@ -39,5 +48,13 @@ done
 cmp -s "$out/greedy-$device.txt" "$out/greedy-cpu.txt" || same=no
 echo "greedy text identical on $device and cpu: $same"
 rm -rf "$run"
+for i in "${!binaries[@]}"; do
+  name=$([ "$i" = 0 ] && echo ember || echo fusion)
+  # torch.compile's reference once, with the first binary.
+  compile=$([ "$i" = 0 ] && echo --torch-compile)
+  echo "== train bench ${CASE:-gpt2-small:1024:8}, $name binary, on $device ($(elapsed))"
+  "${binaries[$i]}" --device "$device" bench train --case "${CASE:-gpt2-small:1024:8}" \
+    --steps "${STEPS:-10}" $compile --json "$out/train-$name.json"
+done
 echo "== done ($(elapsed))"
 [ "$same" = yes ]
