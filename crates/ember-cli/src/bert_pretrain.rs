@@ -403,7 +403,7 @@ pub fn run(args: &PretrainArgs, device_spec: &str) -> Result<()> {
     } else {
         None
     };
-    let (model, optim, state) = resume_from(
+    let (model, optim, state) = resume_from::<ember_train::lm::EvalRecord, _>(
         resume_dir.as_deref(),
         &run_dir,
         model,

@@ -753,8 +753,10 @@ fn fit(
     // Trainable weights are chosen after loading: a loaded record replaces them.
     match classifier_of(body, run) {
         Classifier::Gpt(model) => {
-            let (model, optim, state) =
-                crate::pretrain::resume_from(resume_dir, out, *model, optim, None)?;
+            let (model, optim, state) = crate::pretrain::resume_from::<
+                ember_train::classify::ClassRecord,
+                _,
+            >(resume_dir, out, *model, optim, None)?;
             let model = model.set_trainable(trainable);
             let counts = model.param_counts();
             let best = train_classifier(model, optim, counts, run, data, out, state)?;
@@ -763,8 +765,10 @@ fn fit(
             }
         }
         Classifier::Bert(model) => {
-            let (model, optim, state) =
-                crate::pretrain::resume_from(resume_dir, out, *model, optim, None)?;
+            let (model, optim, state) = crate::pretrain::resume_from::<
+                ember_train::classify::ClassRecord,
+                _,
+            >(resume_dir, out, *model, optim, None)?;
             let model = model.set_trainable(trainable).map_err(anyhow::Error::msg)?;
             let counts = model.param_counts();
             train_classifier(model, optim, counts, run, data, out, state)?;

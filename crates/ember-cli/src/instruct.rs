@@ -316,7 +316,7 @@ pub fn run_finetune(args: FinetuneInstructArgs, device_spec: &str) -> Result<()>
     };
     // The checkpoint before the run file: a resume that fails on a damaged checkpoint leaves
     // the run's description (its epochs) as it was.
-    let (mut model, optim, state) = resume_from(
+    let (mut model, optim, state) = resume_from::<ember_train::lm::EvalRecord, _>(
         resume_dir.as_deref(),
         &run_dir,
         model,

@@ -225,7 +225,7 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
     };
     // The checkpoint before the run file: a resume that fails on a damaged checkpoint leaves
     // the run's description (its epochs) as it was.
-    let (model, optim, state) = resume_from(
+    let (model, optim, state) = resume_from::<ember_train::lm::EvalRecord, _>(
         resume_dir.as_deref(),
         &run_dir,
         model,
@@ -286,8 +286,9 @@ pub fn run(args: PretrainArgs, device_spec: &str) -> Result<()> {
 
 /// Loads the checkpoint in `resume_dir` (when resuming) into `model` and `optim`, refusing it
 /// when the training data no longer gives the `train_batches` per epoch it was saved with
-/// (`None`: checked by the training loop).
-pub(crate) fn resume_from<M: Module>(
+/// (`None`: checked by the training loop), or when the run's `metrics.jsonl` does not read as
+/// records `R` (`EvalRecord` for language-model runs, `ClassRecord` for classifiers).
+pub(crate) fn resume_from<R: serde::de::DeserializeOwned, M: Module>(
     resume_dir: Option<&Path>,
     run_dir: &Path,
     model: M,
@@ -305,11 +306,9 @@ pub(crate) fn resume_from<M: Module>(
     }
     // Training cuts metrics.jsonl back to this step once it starts, after the run file is
     // written: damage found only then would leave that file changed by a resume that never ran.
-    // Read as plain JSON: language-model and classifier runs keep different records there.
     let metrics = run_dir.join("metrics.jsonl");
     if metrics.exists() {
-        ember_train::metrics::read_records::<serde_json::Value>(&metrics)
-            .map_err(anyhow::Error::msg)?;
+        ember_train::metrics::read_records::<R>(&metrics).map_err(anyhow::Error::msg)?;
     }
     let model = checkpoint::load_model(dir, model)?;
     let optim = checkpoint::load_optimizer(dir, optim)?;

@@ -403,7 +403,7 @@ where
         pair: cx.val_pairs.first().cloned(),
         decode_max_len: cx.run.decode_max_len,
     });
-    let (model, optim, state) = resume_from(
+    let (model, optim, state) = resume_from::<ember_train::lm::EvalRecord, _>(
         cx.resume_dir,
         cx.out,
         model,

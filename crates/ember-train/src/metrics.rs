@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use crate::lm::TrainError;
 
 /// Reads a metrics file's records (for plots, reports and resume). Blank lines are skipped, and
-/// a last line that does not parse and has no newline is dropped: that is a write the process
-/// was killed in. Any other line that does not parse is an error naming the file and line.
+/// a last line with no newline whose JSON ends early is dropped: that is a write the process was
+/// killed in. Any other line that does not parse is an error naming the file and line.
 pub fn read_records<R: DeserializeOwned>(path: &Path) -> Result<Vec<R>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let torn_tail = !text.is_empty() && !text.ends_with('\n');
@@ -26,7 +26,7 @@ pub fn read_records<R: DeserializeOwned>(path: &Path) -> Result<Vec<R>, String> 
         }
         match serde_json::from_str(line) {
             Ok(record) => records.push(record),
-            Err(_) if torn_tail && i + 1 == lines.len() => {}
+            Err(e) if torn_tail && i + 1 == lines.len() && e.is_eof() => {}
             Err(e) => return Err(format!("{} line {}: {e}", path.display(), i + 1)),
         }
     }
@@ -153,6 +153,10 @@ mod tests {
         .unwrap();
         let err = read_records::<Record>(&path).unwrap_err();
         assert!(err.contains("metrics.jsonl line 2"), "{err}");
+        // A whole last line of the wrong shape is no torn write either, newline or not.
+        std::fs::write(&path, "{\"step\":5,\"loss\":0.5}\n{\"step\":10}").unwrap();
+        let err = read_records::<Record>(&path).unwrap_err();
+        assert!(err.contains("line 2: missing field `loss`"), "{err}");
         let before = std::fs::read(&path).unwrap();
         assert!(MetricsFile::open::<Record>(&path, Some(10), |r| r.step).is_err());
         assert_eq!(
