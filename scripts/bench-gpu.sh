@@ -10,15 +10,16 @@
 # target, /release/ember]; OUT_DIR: where the JSON reports and the log go [default:
 # bench-gpu-out]; FUSION_BINARY: optionally one built with `fusion` too, whose decoding and
 # training run after the first binary's, in the same call (fusion trains faster, decodes slower).
-# Environment: DEVICE (wgpu), CASE (gpt2-small:1024:8), STEPS (10), ROUNDS (2), EMBER_PYTHON (a
-# Python with torch + transformers and CUDA: a path, or a name on PATH; default
-# scripts/.venv-hf/bin/python where it exists, else python3).
+# Environment: DEVICE (wgpu), CASE (gpt2-small:1024:8) and STEPS (10) of the train bench, ROUNDS
+# (2) of the generate bench, EMBER_PYTHON (a Python with torch + transformers and CUDA: a path,
+# or a name on PATH; default scripts/.venv-hf/bin/python where it exists, else python3).
+# Exits non-zero when a bench failed or the GPU's greedy text differs from the CPU's.
 set -uo pipefail
 ember=${1:-${CARGO_TARGET_DIR:-target}/release/ember}
 out=${2:-bench-gpu-out}
 fusion=${3:-}
 device=${DEVICE:-wgpu}
-if [ -z "${EMBER_PYTHON:-}" ] && [ ! -x scripts/.venv-hf/bin/python ]; then
+if [ -z "${EMBER_PYTHON:-}" ] && [ ! -x "$(dirname "$0")/.venv-hf/bin/python" ]; then
   export EMBER_PYTHON=python3
 fi
 mkdir -p "$out"
@@ -26,6 +27,7 @@ exec > >(tee "$out/log.txt") 2>&1
 # wgpu wants a runtime directory even headless.
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 start=$(date +%s)
+failed=no
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 
 # Decoding first: it is quick, and a call cut short keeps it.
@@ -35,7 +37,7 @@ for i in "${!binaries[@]}"; do
   name=$([ "$i" = 0 ] && echo ember || echo fusion)
   echo "== generate bench, $name binary, on $device ($(elapsed))"
   "${binaries[$i]}" --device "$device" bench generate --skip-no-cache --rounds "${ROUNDS:-2}" \
-    --json "$out/generate-$name.json"
+    --json "$out/generate-$name.json" || failed=yes
 done
 echo "== pretrain gpt-tiny on $device, greedy decode on $device and cpu ($(elapsed))"
 run=$(mktemp -d)
@@ -54,7 +56,7 @@ for i in "${!binaries[@]}"; do
   compile=$([ "$i" = 0 ] && echo --torch-compile)
   echo "== train bench ${CASE:-gpt2-small:1024:8}, $name binary, on $device ($(elapsed))"
   "${binaries[$i]}" --device "$device" bench train --case "${CASE:-gpt2-small:1024:8}" \
-    --steps "${STEPS:-10}" $compile --json "$out/train-$name.json"
+    --steps "${STEPS:-10}" $compile --json "$out/train-$name.json" || failed=yes
 done
-echo "== done ($(elapsed))"
-[ "$same" = yes ]
+echo "== done ($(elapsed)); a bench failed: $failed; greedy text identical: $same"
+[ "$same" = yes ] && [ "$failed" = no ]

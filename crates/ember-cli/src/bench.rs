@@ -515,15 +515,33 @@ impl ReferenceArgs {
     }
 }
 
-/// `program` as given when it is a path to a file, or, when it is a bare name such as `python3`
-/// (no `/`), the first file of that name on `PATH`, as a shell would run it.
+/// `program` as given when it holds a `/`, or else the first file of that name on `PATH`, as a
+/// shell would run it; either way only a file that can be executed.
 fn find_program(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_path_buf());
+    let name = program.as_os_str();
+    if name.is_empty() {
+        return None;
+    }
+    if name.as_encoded_bytes().contains(&b'/') {
+        return is_executable(program).then(|| program.to_path_buf());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
+        .filter(|dir| !dir.as_os_str().is_empty())
         .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
 }
 
 /// `scripts/` of the repository: the working directory's when run from the repository root,
@@ -1404,8 +1422,13 @@ mod tests {
         assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
         assert_eq!(find_program(Path::new("no-such-program-ember")), None);
         assert_eq!(find_program(&sh), Some(sh.clone()));
+        assert_eq!(find_program(Path::new("")), None);
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(find_program(&dir.path().join("python")), None);
+        let python = dir.path().join("python");
+        assert_eq!(find_program(&python), None);
+        // A file that cannot be executed is not a Python to run.
+        std::fs::write(&python, "#!/bin/sh\n").unwrap();
+        assert_eq!(find_program(&python), None);
     }
 
     #[test]
