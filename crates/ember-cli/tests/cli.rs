@@ -419,18 +419,23 @@ fn pretrain_then_generate_then_resume() {
     std::fs::write(&model_bpk, &bytes[..bytes.len() / 2]).unwrap();
     let damaged_str = damaged.to_str().unwrap();
     let run_toml = std::fs::read_to_string(damaged.join("run.toml")).unwrap();
-    let out = ember(&["pretrain", "--resume", damaged_str, "--epochs", "2"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: ") && last.contains("model.bpk"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(damaged.join("run.toml")).unwrap(),
-        run_toml
-    );
+    // A resume with one more epoch that fails with an error naming `needle` (after a note on
+    // the schedule) and leaves the run file as it was.
+    let assert_resume_refused = |needle: &str| {
+        let out = ember(&["pretrain", "--resume", damaged_str, "--epochs", "2"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let last = stderr.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(damaged.join("run.toml")).unwrap(),
+            run_toml
+        );
+    };
+    assert_resume_refused("model.bpk");
     // A value edited into the run file by hand is refused naming the file, not a panic.
     std::fs::write(
         damaged.join("run.toml"),
@@ -468,18 +473,7 @@ fn pretrain_then_generate_then_resume() {
         format!("{{\"step\n{metrics}"),
     )
     .unwrap();
-    let out = ember(&["pretrain", "--resume", damaged_str, "--epochs", "2"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: ") && last.contains("metrics.jsonl line 1: "),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(damaged.join("run.toml")).unwrap(),
-        run_toml
-    );
+    assert_resume_refused("metrics.jsonl line 1: ");
 
     // Resume with one more epoch: continues from step 9 to 18, on a schedule that now spans
     // two epochs (and says so).
