@@ -45,6 +45,24 @@ impl TrainState {
         }
     }
 
+    /// The state a training loop continues from on `batches_per_epoch` batches an epoch: the
+    /// checkpoint's (`resumed`), refused when it was saved with another count, else a start.
+    pub fn resume_or_start(
+        resumed: Option<Self>,
+        batches_per_epoch: usize,
+    ) -> Result<Self, String> {
+        match resumed {
+            Some(state) => {
+                state.check_batches_per_epoch(batches_per_epoch)?;
+                Ok(Self {
+                    batches_per_epoch: Some(batches_per_epoch),
+                    ..state
+                })
+            }
+            None => Ok(Self::start(batches_per_epoch)),
+        }
+    }
+
     /// Refuses to continue on `batches` training batches per epoch when the checkpoint was
     /// saved with another count: the training data changed since.
     pub fn check_batches_per_epoch(&self, batches: usize) -> Result<(), String> {

@@ -221,11 +221,9 @@ pub fn finetune<M: ClassifierModel>(
             options.batch_size
         )));
     }
-    if let Some(state) = &resume {
-        state
-            .check_batches_per_epoch(steps_per_epoch)
-            .map_err(TrainError::Invalid)?;
-    }
+    let resume_step = resume.as_ref().map(|state| state.step);
+    let mut state =
+        TrainState::resume_or_start(resume, steps_per_epoch).map_err(TrainError::Invalid)?;
     let device = model.device();
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -238,7 +236,7 @@ pub fn finetune<M: ClassifierModel>(
     // (its model is in best/), and the seconds already spent.
     let (mut metrics, kept) = MetricsFile::open(
         &run_dir.join("metrics.jsonl"),
-        resume.as_ref().map(|state| state.step),
+        resume_step,
         |r: &ClassRecord| r.step,
     )?;
     let mut best: Option<(f64, f64, usize)> = None; // (val_acc, -val_loss, epoch)
@@ -260,13 +258,6 @@ pub fn finetune<M: ClassifierModel>(
         metrics.append(record)
     };
 
-    let mut state = match resume {
-        Some(state) => TrainState {
-            batches_per_epoch: Some(steps_per_epoch),
-            ..state
-        },
-        None => TrainState::start(steps_per_epoch),
-    };
     observer.on_start(steps_per_epoch.saturating_mul(options.epochs));
     for epoch in state.epoch..options.epochs {
         let epoch_seed = options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);

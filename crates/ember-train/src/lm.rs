@@ -393,18 +393,8 @@ fn train_steps<B: Batch, M: LossModel<B>>(
     let schedule = options.schedule(total_steps);
     let device = model.device();
     let resume_step = resume.as_ref().map(|state| state.step);
-    let mut state = match resume {
-        Some(state) => {
-            state
-                .check_batches_per_epoch(steps_per_epoch)
-                .map_err(TrainError::Invalid)?;
-            TrainState {
-                batches_per_epoch: Some(steps_per_epoch),
-                ..state
-            }
-        }
-        None => TrainState::start(steps_per_epoch),
-    };
+    let mut state =
+        TrainState::resume_or_start(resume, steps_per_epoch).map_err(TrainError::Invalid)?;
     let (mut metrics, _) = MetricsFile::open(
         &run_dir.join("metrics.jsonl"),
         resume_step,
